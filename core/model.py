@@ -1,0 +1,142 @@
+"""Truncated backbone + classification head.
+
+The full classifier is ``image (0..255) -> preprocess -> backbone cut (training=False) -> avg_pool
+-> head``. The head is its own small model (``[head_bn] -> [dense_1024] -> top_dropout -> pred``)
+so it can be trained alone on cached, pooled backbone features and then used unchanged inside the
+full model. BatchNorm, when asked for, normalises the pooled features (after ``avg_pool``): the
+pooled features are what the feature cache holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from core.backbones import ResolvedWeights, build_base, cut_base, get_backbone
+
+logger = logging.getLogger(__name__)
+
+
+def build_head(
+    in_features: int,
+    classes: int,
+    *,
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+    dense_1024: bool = False,
+) -> Any:
+    """``features -> [head_bn] -> [dense_1024, relu] -> top_dropout -> pred (softmax)``."""
+    import keras
+
+    inputs = keras.Input((in_features,), name="features")
+    x = inputs
+    if batch_norm:
+        x = keras.layers.BatchNormalization(name="head_bn")(x)
+    if dense_1024:
+        x = keras.layers.Dense(1024, activation="relu", name="dense_1024")(x)
+    x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="pred")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+@dataclass
+class Classifier:
+    """The parts of one classifier; ``model`` and ``features`` share the backbone's layers."""
+
+    model: Any  # image -> class probabilities
+    features: Any  # image -> pooled backbone features
+    base: Any  # the truncated backbone (freeze/unfreeze this)
+    head: Any  # pooled features -> class probabilities
+    cut_layer: str
+
+    @property
+    def backbone_params(self) -> int:
+        return int(self.base.count_params())
+
+
+def build_classifier(
+    backbone: str,
+    image_size: int,
+    classes: int,
+    *,
+    weights: ResolvedWeights,
+    remove_blocks: int = 0,
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+    dense_1024: bool = False,
+) -> Classifier:
+    """Build the truncated backbone with its weights, and a fresh head for ``classes`` classes."""
+    import keras
+
+    spec = get_backbone(backbone)
+    base = cut_base(build_base(backbone, image_size, weights), backbone, remove_blocks)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = spec.preprocess()(inputs)  # type: ignore[operator]
+    x = base(x, training=False)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    head = build_head(
+        int(pooled.shape[-1]), classes, dropout=dropout, batch_norm=batch_norm, dense_1024=dense_1024
+    )
+    outputs = head(pooled)
+    model = keras.Model(inputs, outputs, name=f"{backbone}_classifier")
+    features = keras.Model(inputs, pooled, name=f"{backbone}_features")
+    return Classifier(model, features, base, head, spec.cut_layer(remove_blocks))
+
+
+def set_base_trainable(clf: Classifier, trainable: bool) -> None:
+    """Freeze or unfreeze the backbone; BatchNorm layers stay frozen (keras-io fine-tuning recipe)."""
+    import keras
+
+    clf.base.trainable = trainable
+    if trainable:
+        for layer in clf.base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+
+
+def count_trainable(model: Any) -> int:
+    import numpy as np
+
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
+
+
+def describe(
+    backbone: str = "densenet121",
+    remove_blocks: int = 0,
+    *,
+    classes: int = 8,
+    dense_1024: bool = False,
+    batch_norm: bool = False,
+    image_size: int = 224,
+) -> dict[str, Any]:
+    """Parameter counts of a classifier without loading any weights (instant for the UI)."""
+    import keras
+
+    keras.backend.clear_session()
+    clf = build_classifier(
+        backbone,
+        image_size,
+        classes,
+        weights=ResolvedWeights("none", None, f"{backbone}:none"),
+        remove_blocks=remove_blocks,
+        batch_norm=batch_norm,
+        dense_1024=dense_1024,
+    )
+    feature_shape = tuple(int(d) for d in clf.base.output.shape[1:])
+    head_params = int(clf.head.count_params())
+    set_base_trainable(clf, True)
+    return {
+        "backbone": backbone,
+        "remove_blocks": remove_blocks,
+        "cut_layer": clf.cut_layer,
+        "image_size": image_size,
+        "classes": classes,
+        "dense_1024": dense_1024,
+        "feature_shape": list(feature_shape),
+        "backbone_params": clf.backbone_params,
+        "head_params": head_params,
+        "params_total": int(clf.model.count_params()),
+        "params_trainable": count_trainable(clf.model),
+        "params_trainable_head_phase": count_trainable(clf.head),
+    }

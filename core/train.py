@@ -1,0 +1,575 @@
+"""Training with the study's recipe, cached on disk by the hash of everything that decides a result.
+
+``train(cfg, data_root, store)`` returns the stored run when one exists and otherwise trains it:
+
+* phase ``head``: backbone frozen. Without augmentation the head trains on pooled backbone features
+  computed once per (backbone, weights, cut, image size, dataset) and cached under ``features/``,
+  so a head trains in seconds. With augmentation images go through the frozen backbone each epoch.
+* phase ``full``: every layer but BatchNorm trains (BatchNorm stays in inference mode).
+* phase ``head+full``: the study's task 0, head first and then the whole network at a lower rate.
+
+Model selection (early stopping, reduce-LR) looks at the validation split only; test is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.augment import build_augmenter
+from core.backbones import ResolvedWeights, resolve_weights
+from core.config import RunConfig, stable_hash
+from core.data import DatasetInfo, DecodedDataset, Splits, decode_dataset, make_splits, make_tf_dataset, scan_dataset
+from core.errors import SceneLabError
+from core.model import Classifier, build_classifier, count_trainable, set_base_trainable
+from core.store import (
+    CACHE_FORMAT_VERSION,
+    RunRecord,
+    Store,
+    atomic_write_json,
+    atomic_write_npz,
+    load_npz,
+    write_history_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[dict[str, Any]], None]
+StopFn = Callable[[], bool]
+
+
+class TrainingCancelled(SceneLabError):
+    """The user cancelled a run; nothing was saved."""
+
+
+@dataclass
+class TrainResult:
+    record: RunRecord
+    cached: bool
+
+    @property
+    def run_id(self) -> str:
+        return self.record.run_id
+
+    def summary(self) -> dict[str, Any]:
+        """The CLI's JSON: id, whether reused, accuracies, epochs, seconds, parameters."""
+        m = self.record.metrics
+        keys = (
+            "train_accuracy",
+            "val_accuracy",
+            "test_accuracy",
+            "epochs_run",
+            "seconds",
+            "params_total",
+            "params_trainable",
+            "backbone_params",
+            "feature_seconds",
+            "feature_cache_hit",
+        )
+        out: dict[str, Any] = {"run_id": self.run_id, "cached": self.cached}
+        out.update({k: m.get(k) for k in keys})
+        out["dataset"] = self.record.config.get("dataset", {}).get("root")
+        out["path"] = str(self.record.path)
+        return out
+
+
+# -- identities ---------------------------------------------------------------------------------------
+def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
+    return stable_hash(
+        {"config": cfg.to_dict(), "dataset": fingerprint, "weights": weights.identity, "v": CACHE_FORMAT_VERSION}
+    )
+
+
+def features_key(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
+    return stable_hash(
+        {
+            "backbone": cfg.backbone,
+            "weights": weights.identity,
+            "remove_blocks": cfg.remove_blocks,
+            "image_size": cfg.image_size,
+            "dataset": fingerprint,
+            "v": CACHE_FORMAT_VERSION,
+        }
+    )
+
+
+@dataclass
+class Prepared:
+    """A config resolved against a dataset and weights: everything needed to find or train a run."""
+
+    cfg: RunConfig
+    info: DatasetInfo
+    weights: ResolvedWeights
+    run_id: str
+
+
+def prepare(cfg: RunConfig, data_root: str | os.PathLike[str]) -> Prepared:
+    """Validate the config, scan the dataset and resolve weights (no decoding, no training)."""
+    cfg.validate()
+    info = scan_dataset(data_root)
+    weights = resolve_weights(cfg.backbone, cfg.weights)
+    return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights))
+
+
+def find_run(cfg: RunConfig, data_root: str | os.PathLike[str], store: Store) -> RunRecord | None:
+    """The stored run for ``cfg`` on this dataset, if it was trained before."""
+    prep = prepare(cfg, data_root)
+    return store.load_run(prep.run_id)
+
+
+# -- callbacks ----------------------------------------------------------------------------------------
+def _make_callbacks(
+    cfg: RunConfig,
+    phase: str,
+    epochs: int,
+    steps: int,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    history: list[dict[str, float]],
+    epoch_offset: int,
+) -> list[Any]:
+    import keras
+
+    class Recorder(keras.callbacks.Callback):
+        """Records each epoch with its learning rate, reports progress, honours cancellation."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.cancelled = False
+            self.t0 = time.monotonic()
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            if should_stop is not None and should_stop():
+                self.cancelled = True
+                self.model.stop_training = True
+            if progress is not None and (batch % 5 == 0 or batch + 1 == steps):
+                progress(
+                    {
+                        "event": "batch",
+                        "phase": phase,
+                        "epoch": len(history) - epoch_offset + 1,
+                        "epochs": epochs,
+                        "batch": batch + 1,
+                        "batches": steps,
+                        "logs": {k: float(v) for k, v in (logs or {}).items()},
+                        "elapsed": time.monotonic() - self.t0,
+                    }
+                )
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            logs = dict(logs or {})
+            lr = float(np.asarray(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+            row = {
+                "epoch": float(len(history) + 1),
+                "phase": 0.0 if phase == "head" else 1.0,
+                "loss": float(logs.get("loss", np.nan)),
+                "accuracy": float(logs.get("accuracy", np.nan)),
+                "val_loss": float(logs.get("val_loss", np.nan)),
+                "val_accuracy": float(logs.get("val_accuracy", np.nan)),
+                "lr": lr,
+            }
+            history.append(row)
+            if progress is not None:
+                progress(
+                    {
+                        "event": "epoch",
+                        "phase": phase,
+                        "epoch": epoch + 1,
+                        "epochs": epochs,
+                        "row": row,
+                        "elapsed": time.monotonic() - self.t0,
+                    }
+                )
+            if should_stop is not None and should_stop():
+                self.cancelled = True
+                self.model.stop_training = True
+
+    callbacks: list[Any] = [Recorder()]
+    if cfg.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    if cfg.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=cfg.reduce_lr_factor, patience=cfg.reduce_lr_patience, min_lr=1e-7
+            )
+        )
+    return callbacks
+
+
+def make_optimizer(name: str, lr: float, weight_decay: float, momentum: float) -> Any:
+    import keras
+
+    wd = weight_decay or None
+    opts = {
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=momentum, weight_decay=wd),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=momentum, weight_decay=wd),
+        "adagrad": lambda: keras.optimizers.Adagrad(lr, weight_decay=wd),
+        "adadelta": lambda: keras.optimizers.Adadelta(lr, weight_decay=wd),
+        "adam": lambda: keras.optimizers.Adam(lr, weight_decay=wd),
+        "adamax": lambda: keras.optimizers.Adamax(lr, weight_decay=wd),
+        "nadam": lambda: keras.optimizers.Nadam(lr, weight_decay=wd),
+    }
+    return opts[name]()
+
+
+# -- features -----------------------------------------------------------------------------------------
+def compute_features(
+    clf: Classifier,
+    ds: DecodedDataset,
+    key: str,
+    store: Store,
+    progress: ProgressFn | None = None,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray, bool, float]:
+    """Pooled backbone features of every train and test image, cached by ``key``.
+
+    Returns (train features, test features, cache hit, seconds spent computing)."""
+    path = store.features_dir / f"{key}.npz"
+    cached = load_npz(path)
+    if cached is not None:
+        f_train, f_test = cached.get("train"), cached.get("test")
+        if f_train is not None and f_test is not None and len(f_train) == len(ds.x_train) and len(f_test) == len(ds.x_test):
+            return f_train, f_test, True, 0.0
+        logger.warning("Feature cache %s does not match the dataset; recomputing it.", path)
+    t0 = time.monotonic()
+    total = len(ds.x_train) + len(ds.x_test)
+    done = 0
+    outs = []
+    for x in (ds.x_train, ds.x_test):
+        parts = []
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size].astype("float32")
+            parts.append(np.asarray(clf.features(batch, training=False)))
+            done += len(batch)
+            if progress is not None:
+                progress({"event": "features", "done": done, "total": total, "elapsed": time.monotonic() - t0})
+        outs.append(np.concatenate(parts) if parts else np.zeros((0, clf.head.input.shape[-1]), "float32"))
+    seconds = time.monotonic() - t0
+    try:
+        atomic_write_npz(path, train=outs[0], test=outs[1])
+    except SceneLabError as exc:  # caching is an optimisation: warn and go on
+        logger.warning("%s", exc)
+    return outs[0], outs[1], False, seconds
+
+
+# -- training -----------------------------------------------------------------------------------------
+def train(
+    cfg: RunConfig,
+    data_root: str | os.PathLike[str],
+    store: Store,
+    *,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    force: bool = False,
+) -> TrainResult:
+    """Return the stored run for ``cfg`` or train it now (one process at a time per run id)."""
+    prep = prepare(cfg, data_root)
+    if not force:
+        record = store.load_run(prep.run_id)
+        if record is not None:
+            return TrainResult(record, cached=True)
+    with store.lock(prep.run_id):
+        if not force:
+            record = store.load_run(prep.run_id)  # another process may have finished it meanwhile
+            if record is not None:
+                return TrainResult(record, cached=True)
+        record = _train_uncached(prep, store, progress, should_stop)
+    return TrainResult(record, cached=False)
+
+
+def _fit(
+    model: Any,
+    x: Any,
+    y: Any,
+    val: tuple[Any, Any] | Any,
+    cfg: RunConfig,
+    epochs: int,
+    phase: str,
+    steps: int,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    history: list[dict[str, float]],
+) -> bool:
+    """Fit and record history; return True if the user cancelled."""
+    callbacks = _make_callbacks(cfg, phase, epochs, steps, progress, should_stop, history, len(history))
+    kwargs: dict[str, Any] = {"epochs": epochs, "callbacks": callbacks, "verbose": 0}
+    if y is None:
+        model.fit(x, validation_data=val, **kwargs)
+    else:
+        model.fit(x, y, validation_data=val, batch_size=cfg.batch_size, shuffle=True, **kwargs)
+    return bool(callbacks[0].cancelled)
+
+
+def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, should_stop: StopFn | None) -> RunRecord:
+    import keras
+
+    cfg = prep.cfg
+    t_start = time.monotonic()
+    if progress is not None:
+        progress({"event": "status", "message": "decoding images"})
+    ds = decode_dataset(prep.info, cfg.image_size, store.datasets_dir)
+    splits = make_splits(ds.y_train, cfg.val_fraction, cfg.seed, cfg.train_per_class)
+    classes = len(ds.classes)
+
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg.seed)
+    if progress is not None:
+        progress({"event": "status", "message": "building model"})
+    clf = build_classifier(
+        cfg.backbone,
+        cfg.image_size,
+        classes,
+        weights=prep.weights,
+        remove_blocks=cfg.remove_blocks,
+        dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
+        dense_1024=cfg.dense_1024,
+    )
+    history: list[dict[str, float]] = []
+    feature_seconds = 0.0
+    feature_hit: bool | None = None
+    cancelled = False
+    f_train = f_test = None
+
+    def check_cancel() -> None:
+        if cancelled:
+            raise TrainingCancelled("Training was cancelled; nothing was saved.")
+
+    x_tr, y_tr = ds.x_train[splits.train], ds.y_train[splits.train]
+    x_val, y_val = ds.x_train[splits.val], ds.y_train[splits.val]
+    augmenter = build_augmenter(cfg.augment, cfg.seed)
+
+    if cfg.phase in ("head", "head+full"):
+        set_base_trainable(clf, False)
+        if cfg.uses_feature_cache:
+            key = features_key(cfg, ds.fingerprint, prep.weights)
+            if progress is not None:
+                progress({"event": "status", "message": "computing backbone features"})
+            f_train, f_test, feature_hit, feature_seconds = compute_features(clf, ds, key, store, progress)
+            clf.head.compile(
+                optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            steps = int(np.ceil(len(splits.train) / cfg.batch_size))
+            cancelled = _fit(
+                clf.head,
+                f_train[splits.train],
+                y_tr,
+                (f_train[splits.val], y_val),
+                cfg,
+                cfg.epochs,
+                "head",
+                steps,
+                progress,
+                should_stop,
+                history,
+            )
+        else:
+            clf.model.compile(
+                optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            train_ds = make_tf_dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augmenter)
+            val_ds = make_tf_dataset(x_val, y_val, cfg.batch_size)
+            steps = int(np.ceil(len(x_tr) / cfg.batch_size))
+            cancelled = _fit(clf.model, train_ds, None, val_ds, cfg, cfg.epochs, "head", steps, progress, should_stop, history)
+        check_cancel()
+
+    base_trained = cfg.phase in ("full", "head+full")
+    if base_trained:
+        set_base_trainable(clf, True)
+        lr = cfg.lr if cfg.phase == "full" else cfg.resolved_full_lr
+        epochs = cfg.epochs if cfg.phase == "full" else cfg.resolved_full_epochs
+        clf.model.compile(
+            optimizer=make_optimizer(cfg.optimizer, lr, cfg.weight_decay, cfg.momentum),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        if progress is not None:
+            progress({"event": "status", "message": "fine-tuning the whole network"})
+        train_ds = make_tf_dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augmenter)
+        val_ds = make_tf_dataset(x_val, y_val, cfg.batch_size)
+        steps = int(np.ceil(len(x_tr) / cfg.batch_size))
+        cancelled = _fit(clf.model, train_ds, None, val_ds, cfg, epochs, "full", steps, progress, should_stop, history)
+        check_cancel()
+
+    # -- evaluation: on cached features when the backbone did not change, else on images
+    if progress is not None:
+        progress({"event": "status", "message": "evaluating"})
+    if f_train is not None and not base_trained:
+        p_val = np.asarray(clf.head.predict(f_train[splits.val], verbose=0, batch_size=256))
+        p_test = np.asarray(clf.head.predict(f_test, verbose=0, batch_size=256))
+    else:
+        p_val = np.asarray(clf.model.predict(make_tf_dataset(x_val, y_val, 64), verbose=0))
+        p_test = np.asarray(clf.model.predict(make_tf_dataset(ds.x_test, ds.y_test, 64), verbose=0))
+    metrics = _metrics(cfg, ds, splits, history, p_val, p_test, y_val)
+    metrics.update(
+        {
+            "seconds": round(time.monotonic() - t_start, 3),
+            "feature_seconds": round(feature_seconds, 3),
+            "feature_cache_hit": feature_hit,
+            "backbone_params": clf.backbone_params,
+            "params_total": int(clf.model.count_params()),
+            "params_trainable": count_trainable(clf.model) if base_trained else count_trainable(clf.head),
+            "cut_layer": clf.cut_layer,
+        }
+    )
+    return _save_run(prep, store, clf, ds, splits, history, metrics, p_test, base_trained)
+
+
+def _metrics(
+    cfg: RunConfig,
+    ds: DecodedDataset,
+    splits: Splits,
+    history: list[dict[str, float]],
+    p_val: np.ndarray,
+    p_test: np.ndarray,
+    y_val: np.ndarray,
+) -> dict[str, Any]:
+    k = len(ds.classes)
+    pred_test = p_test.argmax(axis=1)
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (ds.y_test, pred_test), 1)
+    per_class = {
+        c: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+        for i, c in enumerate(ds.classes)
+    }
+    # training accuracy as Keras reported it at the epoch whose weights were kept
+    best = _kept_epoch(cfg, history)
+    return {
+        "train_accuracy": round(float(history[best]["accuracy"]), 4) if history else None,
+        "val_accuracy": round(float((p_val.argmax(axis=1) == y_val).mean()), 4) if len(y_val) else None,
+        "test_accuracy": round(float((pred_test == ds.y_test).mean()), 4),
+        "epochs_run": len(history),
+        "kept_epoch": best + 1,
+        "classes": ds.classes,
+        "confusion": confusion.tolist(),
+        "per_class_accuracy": per_class,
+        "n_train": int(len(splits.train)),
+        "n_val": int(len(splits.val)),
+        "n_test": int(len(ds.y_test)),
+        "n_skipped": len(ds.skipped),
+    }
+
+
+def _kept_epoch(cfg: RunConfig, history: list[dict[str, float]]) -> int:
+    if not history:
+        return 0
+    if cfg.early_stopping_patience:
+        last_phase = history[-1]["phase"]
+        idx = [i for i, r in enumerate(history) if r["phase"] == last_phase]
+        return min(idx, key=lambda i: history[i]["val_loss"] if np.isfinite(history[i]["val_loss"]) else np.inf)
+    return len(history) - 1
+
+
+def _save_run(
+    prep: Prepared,
+    store: Store,
+    clf: Classifier,
+    ds: DecodedDataset,
+    splits: Splits,
+    history: list[dict[str, float]],
+    metrics: dict[str, Any],
+    p_test: np.ndarray,
+    base_trained: bool,
+) -> RunRecord:
+    tmp = store.begin_run(prep.run_id)
+    try:
+        config = {
+            "run_id": prep.run_id,
+            "run": prep.cfg.to_dict(),
+            "dataset": {
+                "root": str(prep.info.root),
+                "name": prep.info.root.name,
+                "fingerprint": prep.info.fingerprint,
+                "classes": ds.classes,
+            },
+            "weights_identity": prep.weights.identity,
+            "weights_request": prep.weights.request,
+            "base_trained": base_trained,
+            "cache_format": CACHE_FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if base_trained or prep.weights.path is None:
+            clf.model.save(tmp / "model.keras")
+        else:  # the backbone is the pretrained file's: keep only the head (kilobytes, not megabytes)
+            clf.head.save_weights(tmp / "head.weights.h5")
+        atomic_write_npz(
+            tmp / "predictions.npz",
+            probs=p_test.astype("float32"),
+            y_true=ds.y_test.astype("int32"),
+            paths=np.asarray(ds.test_paths, dtype=str),
+        )
+        write_history_csv(tmp / "history.csv", history)
+        atomic_write_json(tmp / "metrics.json", metrics)
+        atomic_write_json(tmp / "config.json", config)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return store.commit_run(prep.run_id, tmp)
+
+
+# -- loading a trained model ----------------------------------------------------------------------------
+def load_classifier(record: RunRecord) -> Any:
+    """The trained classifier of a stored run (image 0..255 -> probabilities)."""
+    import keras
+
+    cfg = RunConfig.from_dict(record.config["run"])
+    if record.model_path.exists():
+        return keras.models.load_model(record.model_path, safe_mode=True, compile=False)
+    weights = resolve_weights(cfg.backbone, cfg.weights)
+    clf = build_classifier(
+        cfg.backbone,
+        cfg.image_size,
+        len(record.config["dataset"]["classes"]),
+        weights=weights,
+        remove_blocks=cfg.remove_blocks,
+        dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
+        dense_1024=cfg.dense_1024,
+    )
+    clf.head.load_weights(record.path / "head.weights.h5")
+    return clf.model
+
+
+def export_model(record: RunRecord, dest: Path) -> Path:
+    """Write a stand-alone ``.keras`` file of a run's classifier (takes raw 0..255 pixels)."""
+    model = load_classifier(record)
+    model.save(dest)
+    return dest
+
+
+def summary_row(record: RunRecord) -> dict[str, Any]:
+    """One flat row per run for tables: config columns, accuracies, seconds."""
+    run = record.config.get("run", {})
+    aug = run.get("augment", {}) or {}
+    row: dict[str, Any] = {"run_id": record.run_id, "dataset": record.config.get("dataset", {}).get("name")}
+    row.update({k: v for k, v in run.items() if k != "augment"})
+    row.update({f"aug_{k}": v for k, v in aug.items()})
+    m = record.metrics
+    for k in ("train_accuracy", "val_accuracy", "test_accuracy", "epochs_run", "seconds", "params_total", "backbone_params"):
+        row[k] = m.get(k)
+    row["created"] = record.config.get("created")
+    return row
+
+
+def read_config_file(path: str | os.PathLike[str]) -> RunConfig:
+    """A RunConfig from a JSON file (a run's config.json or a bare settings object)."""
+    data = json.loads(Path(path).read_text())
+    return RunConfig.from_dict(data.get("run", data))

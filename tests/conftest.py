@@ -1,0 +1,63 @@
+"""Shared fixtures: tiny generated datasets (a few 32x32 images per class) and a temp artifact store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+MIT64 = SHARED_DATASETS / "mit_split_64"
+COLOURS = {"coast": (40, 90, 200), "forest": (30, 140, 40), "street": (120, 120, 120)}
+
+
+def make_image(cls: str, i: int, size: int = 32) -> Image.Image:
+    """A class-dependent image: a base colour plus noise and a class-specific stripe pattern."""
+    rng = np.random.default_rng(hash((cls, i)) % (2**32))
+    base = np.array(COLOURS.get(cls, (200, 60, 60)), dtype=np.float32)
+    arr = base + rng.normal(0, 25, (size, size, 3))
+    idx = sorted(COLOURS).index(cls) if cls in COLOURS else 3
+    arr[:, :: (2 + idx), :] += 60
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def make_dataset(root: Path, classes=("coast", "forest", "street"), n_train: int = 8, n_test: int = 3, size: int = 32) -> Path:
+    for split, n in (("train", n_train), ("test", n_test)):
+        for cls in classes:
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                make_image(cls, i + (1000 if split == "test" else 0), size).save(d / f"{cls}_{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 classes x (8 train + 3 test) JPEGs of 32x32; treat as read-only."""
+    return make_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture()
+def fresh_dataset(tmp_path: Path) -> Path:
+    """A writable copy-sized tiny dataset for tests that damage it."""
+    return make_dataset(tmp_path / "ds")
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    from core.store import Store
+
+    return Store(tmp_path / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def mit64() -> Path:
+    if not (MIT64 / "train").is_dir():
+        pytest.skip(f"the real dataset is absent ({MIT64}); see ../shared/datasets/README.md")
+    return MIT64

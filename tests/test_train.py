@@ -1,0 +1,161 @@
+"""Cached training on a tiny generated dataset with a tiny (truncated, random-weight) DenseNet121."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core import train as train_mod
+from core.config import AugmentConfig, RunConfig
+from core.errors import ConfigError, WeightsError
+from core.store import Store
+from core.train import TrainingCancelled, find_run, load_classifier, train
+
+TINY = RunConfig(
+    backbone="densenet121",
+    weights="none",
+    remove_blocks=3,
+    image_size=32,
+    epochs=2,
+    batch_size=8,
+    val_fraction=0.25,
+)
+
+
+def test_head_run_trains_reports_and_is_cached(tiny_dataset, store, monkeypatch):
+    events = []
+    first = train(TINY, tiny_dataset, store, progress=events.append)
+    assert not first.cached
+    m = first.record.metrics
+    for key in ("train_accuracy", "val_accuracy", "test_accuracy", "epochs_run", "seconds", "params_total"):
+        assert m[key] is not None, key
+    assert m["epochs_run"] == 2 and len(first.record.history) == 2
+    assert m["n_test"] == 9 and np.array(m["confusion"]).sum() == 9
+    assert set(m["per_class_accuracy"]) == {"coast", "forest", "street"}
+    assert m["feature_cache_hit"] is False
+    assert {e["event"] for e in events} >= {"status", "features", "epoch", "batch"}
+    files = {p.name for p in first.record.path.iterdir()}
+    assert {"config.json", "history.csv", "metrics.json", "predictions.npz", "model.keras"} <= files  # random base: whole model kept
+
+    def boom(*a, **k):
+        raise AssertionError("a cached run must not train")
+
+    monkeypatch.setattr(train_mod, "_train_uncached", boom)
+    second = train(TINY, tiny_dataset, store)
+    assert second.cached and second.run_id == first.run_id
+    assert second.record.metrics == m
+    assert find_run(TINY, tiny_dataset, store).run_id == first.run_id
+
+
+def test_feature_cache_is_reused_by_another_head(tiny_dataset, store):
+    train(TINY, tiny_dataset, store)
+    other = train(TINY.replace(dropout=0.5, lr=3e-3), tiny_dataset, store)
+    assert not other.cached and other.record.metrics["feature_cache_hit"] is True
+    assert len(list(store.features_dir.glob("*.npz"))) == 1
+
+
+def test_run_id_depends_on_config_and_dataset(tiny_dataset, fresh_dataset, store):
+    a = train(TINY, tiny_dataset, store)
+    b = train(TINY, fresh_dataset, store)  # same images, other mtimes: another fingerprint
+    assert a.run_id != b.run_id
+    assert train_mod.run_id_for(TINY, "x", train_mod.resolve_weights("densenet121", "none")) != train_mod.run_id_for(
+        TINY.replace(seed=1), "x", train_mod.resolve_weights("densenet121", "none")
+    )
+
+
+def test_saved_head_reloads_to_same_predictions(tiny_dataset, store):
+    result = train(TINY, tiny_dataset, store)
+    model = load_classifier(result.record)
+    from core.data import decode_dataset, scan_dataset
+
+    ds = decode_dataset(scan_dataset(tiny_dataset), 32, store.datasets_dir)
+    probs = np.asarray(model.predict(ds.x_test.astype("float32"), verbose=0))
+    np.testing.assert_allclose(probs, result.record.predictions()["probs"], atol=1e-4)
+
+
+def test_augmented_head_and_full_phases(tiny_dataset, store):
+    aug = TINY.replace(augment=AugmentConfig(rotation=20, zoom=0.2, hflip=True), epochs=1)
+    r = train(aug, tiny_dataset, store)
+    assert r.record.metrics["feature_cache_hit"] is None and r.record.metrics["epochs_run"] == 1
+    both = train(TINY.replace(phase="head+full", epochs=1, full_epochs=1, dense_1024=True, batch_norm=True), tiny_dataset, store)
+    hist = both.record.history
+    assert [row["phase"] for row in hist] == [0.0, 1.0]
+    assert hist[1]["lr"] == pytest.approx(TINY.lr / 10)
+    assert (both.record.path / "model.keras").exists()
+    assert both.record.metrics["params_trainable"] > both.record.metrics["params_total"] * 0.5
+    reloaded = load_classifier(both.record)
+    assert reloaded.get_layer("head").get_layer("dense_1024") is not None
+
+
+def test_early_stopping_and_reduce_lr(tiny_dataset, store):
+    cfg = TINY.replace(epochs=12, lr=10.0, optimizer="sgd", early_stopping_patience=1, reduce_lr_patience=1, reduce_lr_factor=0.1)
+    r = train(cfg, tiny_dataset, store)
+    lrs = [row["lr"] for row in r.record.history]
+    assert r.record.metrics["epochs_run"] < 12  # a huge LR stalls val loss: stopped early
+    assert lrs[0] == pytest.approx(10.0)
+    if len(lrs) > 2:
+        assert min(lrs) < 10.0
+
+
+def test_small_data_uses_n_per_class(tiny_dataset, store):
+    r = train(TINY.replace(train_per_class=2), tiny_dataset, store)
+    assert r.record.metrics["n_train"] == 6 and r.record.metrics["n_val"] == 6
+
+
+def test_cancel_saves_nothing(tiny_dataset, store):
+    with pytest.raises(TrainingCancelled):
+        train(TINY.replace(seed=7), tiny_dataset, store, should_stop=lambda: True)
+    assert store.list_runs() == []
+    assert not list(store.runs_dir.glob(".tmp-*"))
+
+
+def test_interrupted_write_leaves_no_complete_run(tiny_dataset, store, monkeypatch):
+    cfg = TINY.replace(seed=11)
+
+    def die(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_mod, "write_history_csv", die)
+    with pytest.raises(Exception, match="disk is full|No space"):
+        train(cfg, tiny_dataset, store)
+    assert store.list_runs() == [] and not list(store.runs_dir.glob(".tmp-*"))
+    monkeypatch.undo()
+    assert not train(cfg, tiny_dataset, store).cached  # trains again, then caches
+    assert train(cfg, tiny_dataset, store).cached
+
+
+def test_damaged_run_is_quarantined_and_retrained(tiny_dataset, store):
+    r = train(TINY.replace(seed=3), tiny_dataset, store)
+    (r.record.path / "metrics.json").write_text("{ not json")
+    again = train(TINY.replace(seed=3), tiny_dataset, store)
+    assert not again.cached
+    assert list(store.runs_dir.glob(".corrupt-*"))
+
+
+def test_bad_settings_and_weights(tiny_dataset, store, tmp_path):
+    with pytest.raises(ConfigError, match="remove_blocks"):
+        train(TINY.replace(remove_blocks=4), tiny_dataset, store)
+    with pytest.raises(ConfigError, match="optimizer"):
+        train(TINY.replace(optimizer="lion"), tiny_dataset, store)
+    with pytest.raises(WeightsError, match="does not exist"):
+        train(TINY.replace(weights=str(tmp_path / "nope.h5")), tiny_dataset, store)
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(WeightsError, match="does not fit"):
+        train(TINY.replace(weights=str(bad)), tiny_dataset, store)
+
+
+def test_config_roundtrip_and_unknown_keys():
+    cfg = TINY.replace(augment=AugmentConfig(hflip=True, zoom=0.2))
+    assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="Unknown run setting"):
+        RunConfig.from_dict({"nope": 1})
+
+
+def test_lite0_head_trains_on_tiny_data(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    r = train(RunConfig(backbone="efficientnet_lite0", weights="imagenet", image_size=32, epochs=2, batch_size=8), tiny_dataset, Store(tmp_path / "a"))
+    assert r.record.metrics["backbone_params"] == 3_413_024
+    assert r.record.config["weights_identity"].startswith("efficientnet_lite0:imagenet")
