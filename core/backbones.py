@@ -265,4 +265,5 @@ def activation_layer_names(model: object, backbone: str) -> list[str]:
     """Layer names of ``model``'s backbone offered for activation maps, input to output."""
     spec = get_backbone(backbone)
     names = [layer.name for layer in model.layers]  # type: ignore[attr-defined]
-    return [n for n in names if n.endswith(spec.activation_suffixes)]
+    # DenseNet's final "relu" is offered, its hundreds of inner "*_relu" layers are not
+    return [n for n in names if n.endswith(spec.activation_suffixes) and (n == "relu" or not n.endswith("_relu"))]

@@ -1,0 +1,175 @@
+"""AppTest of pages/activations.py on a tiny trained run, and the upload decoding it uses."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core.activations import decode_upload
+from core.config import RunConfig
+from core.data import ImageDecodeError
+from core.errors import SceneLabError
+from core.store import Store
+from core.train import train
+
+PAGE = Path(__file__).resolve().parent.parent / "pages" / "activations.py"
+TINY = RunConfig(
+    backbone="densenet121",
+    weights="none",
+    remove_blocks=3,
+    image_size=32,
+    epochs=1,
+    batch_size=8,
+    val_fraction=0.25,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """(artifacts folder, run id) of one tiny run, trained once for this module."""
+    store = Store(tmp_path_factory.mktemp("act") / "artifacts")
+    result = train(TINY, tiny_dataset, store)
+    return store.root, result.run_id
+
+
+def _page(artifacts: Path, data_root: Path) -> AppTest:
+    at = AppTest.from_file(str(PAGE), default_timeout=120)
+    at.session_state["artifacts"] = str(artifacts)
+    at.session_state["data_root"] = str(data_root)
+    at.session_state["backbone"] = "densenet121"
+    at.session_state["weights"] = "none"
+    at.session_state["image_size"] = 32
+    return at
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _text(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_page_shows_prediction_channels_and_grad_cam(trained, tiny_dataset):
+    artifacts, run_id = trained
+    at = _page(artifacts, tiny_dataset).run()
+    assert not at.exception, at.exception
+    at.selectbox(key="act_model").select(run_id).run()
+    assert at.selectbox(key="act_class").value == "coast"
+    at.selectbox(key="act_class").select("forest").run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert Path(at.selectbox(key="act_image").value).name == "forest_0.jpg"
+
+    text = _text(at)
+    predicted = [m.value for m in at.markdown if str(m.value).startswith("Predicted: **")]
+    assert len(predicted) == 1
+    assert any(f"**{c}**" in predicted[0] for c in ("coast", "forest", "street"))
+    assert "%" in predicted[0]
+    assert run_id in text and "32 px" in text and "densenet121" in text
+    # the layer picker defaults to the last conv layer of the cut backbone
+    assert at.selectbox(key="act_layer").value == "pool2_pool"
+    assert "conv2_block1_concat" in at.selectbox(key="act_layer").options
+    cam_class = at.selectbox(key="act_cam_class")
+    assert cam_class.value == -1 and cam_class.options[:2] == ["the predicted class", "coast"]
+    # three images: the photo, the channel grid and the Grad-CAM overlay
+    captions = " | ".join(c for img in at.image for c in img.captions)
+    assert len(at.image) == 3, captions
+    assert all(url for img in at.image for url in img.value)
+    assert "most active of 128 channels of pool2_pool" in captions
+    assert "Where the evidence for" in captions
+    assert len(at.get("vega_lite_chart")) == 1  # the probability bars
+
+    # another layer and a chosen class for Grad-CAM
+    at.selectbox(key="act_layer").select("conv2_block2_concat").run()
+    at.selectbox(key="act_cam_class").select(2).run()
+    assert not at.exception, at.exception
+    captions = " | ".join(c for img in at.image for c in img.captions)
+    assert "of 128 channels of conv2_block2_concat (8×8)" in captions
+    assert "evidence for street (chosen class)" in captions
+
+
+def test_page_upload_good_and_bad(trained, tiny_dataset):
+    artifacts, run_id = trained
+    at = _page(artifacts, tiny_dataset).run()
+    at.selectbox(key="act_model").select(run_id).run()
+    at.radio(key="act_source").set_value("Upload a photo").run()
+    assert not at.exception, at.exception
+    assert any("upload a photo" in i.value.lower() for i in at.info)
+
+    at.file_uploader(key="act_upload").upload("notes.jpg", b"this is not a picture", "image/jpeg").run()
+    assert not at.exception, at.exception
+    assert len(at.error) == 1
+    assert "notes.jpg could not be used as an image" in at.error[0].value
+    assert not at.info  # the error says it all
+    assert "Traceback" not in at.error[0].value
+
+    rgb = np.zeros((300, 200, 3), np.uint8)
+    rgb[:, :, 2] = 200
+    at.file_uploader(key="act_upload").upload("sea.png", _png(rgb), "image/png").run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any(str(m.value).startswith("Predicted: **") for m in at.markdown)
+    assert len(at.image) == 3
+
+
+def test_page_without_runs_offers_imagenet_and_says_why_not(tmp_path, tiny_dataset, monkeypatch):
+    from core import backbones
+    from core.errors import WeightsError
+
+    def missing(*args, **kwargs):
+        raise WeightsError("DenseNet121 ImageNet weights are not cached; choose efficientnet_lite0.")
+
+    monkeypatch.setattr(backbones, "resolve_weights", missing)
+    at = _page(tmp_path / "empty", tiny_dataset).run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="act_model").value == "imagenet"
+    assert any("No trained runs" in c.value for c in at.caption)
+    assert len(at.error) == 1 and "not cached" in at.error[0].value
+
+
+def test_page_bare_imagenet_backbone_shows_feature_maps_only(tmp_path, tiny_dataset, monkeypatch):
+    from core import backbones
+    from core.backbones import ResolvedWeights
+
+    # stand-in for cached DenseNet121 ImageNet weights: the same path with a random initialisation
+    monkeypatch.setattr(backbones, "resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
+    at = _page(tmp_path / "empty", tiny_dataset)
+    at.session_state["image_size"] = 48  # a cache key of its own
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any("feature maps only" in i.value for i in at.info)
+    assert at.selectbox(key="act_layer").value == "relu"
+    assert len(at.image) == 2  # the photo and the channel grid; no Grad-CAM
+    assert not [m for m in at.markdown if str(m.value).startswith("Predicted:")]
+    assert any("of 1024 channels of relu" in c for img in at.image for c in img.captions)
+
+
+def test_decode_upload_refuses_non_images_corrupt_and_huge_files():
+    ok = decode_upload(_png(np.full((50, 80, 3), 90, np.uint8)), 32)
+    assert ok.shape == (32, 32, 3) and ok.dtype == np.uint8
+
+    with pytest.raises(ImageDecodeError, match="could not be used as an image") as info:
+        decode_upload(b"%PDF-1.4 not an image", 32)
+    assert isinstance(info.value, SceneLabError)
+    assert "\n" not in str(info.value)
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="JPEG")
+    with pytest.raises(ImageDecodeError, match="could not be used as an image"):
+        decode_upload(buf.getvalue()[:200], 32)  # truncated JPEG
+
+    buf = io.BytesIO()
+    Image.new("1", (8000, 6000)).save(buf, format="PNG")  # 48 megapixels, a few kB on disk
+    with pytest.raises(ImageDecodeError, match="megapixel") as info:
+        decode_upload(buf.getvalue(), 32, name="The file big.png")
+    assert str(info.value).startswith("The file big.png could not be used as an image")
