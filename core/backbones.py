@@ -225,7 +225,8 @@ def weights_status(backbone: str) -> str:
     spec = get_backbone(backbone)
     if backbone == "densenet121":
         cached = keras_models_dir() / DENSENET121_NOTOP_FILE
-        return "ImageNet weights cached" if cached.is_file() else "ImageNet weights need a download"
+        usable = cached.is_file() and cached.stat().st_size > 1_000_000  # what _densenet_imagenet accepts
+        return "ImageNet weights cached" if usable else "ImageNet weights need a download"
     try:
         spec.imagenet_weights()
     except WeightsError as exc:

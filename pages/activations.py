@@ -143,6 +143,9 @@ def _bar_chart(pairs: list[tuple[str, float]]) -> alt.Chart:
 
 
 # -- the page ---------------------------------------------------------------------------------------
+from ui import common as _common  # noqa: E402
+
+_common.ensure_router()  # a deep link on a fresh server: hand over to app.py first
 st.title("6 · Activations")
 st.caption(
     "What each conv block responds to, and where the network looks when it decides: the most active "

@@ -1,0 +1,200 @@
+"""Task 0: fine-tune a pretrained network, head first and then the whole network; inspect its mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.config import OPTIMIZERS
+from core.store import RunRecord
+from ui import common
+from ui import reference as ref
+
+P = "finetune"
+PHASE_LABELS = {
+    "head+full": "Head, then the whole network (the study)",
+    "head": "Head only (backbone frozen)",
+    "full": "Whole network from the start",
+}
+DEFAULTS = {
+    f"{P}_phase": "head+full",
+    f"{P}_epochs": 10,
+    f"{P}_full_epochs": 2,
+    f"{P}_lr": 1e-3,
+    f"{P}_full_lr": None,
+    f"{P}_optimizer": "adam",
+    f"{P}_batch_size": 32,
+}
+FIELDS = {
+    "phase": f"{P}_phase",
+    "epochs": f"{P}_epochs",
+    "full_epochs": f"{P}_full_epochs",
+    "lr": f"{P}_lr",
+    "full_lr": f"{P}_full_lr",
+    "optimizer": f"{P}_optimizer",
+    "batch_size": f"{P}_batch_size",
+}
+
+common.ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
+st.title("0 · Fine-tune")
+st.markdown(
+    "Train a new classification head on the frozen ImageNet backbone, then unfreeze the whole network and "
+    "train it a little more at a tenth of the learning rate (BatchNorm stays frozen). Test accuracy is the "
+    "final figure; early stopping and model choice only ever look at the validation split."
+)
+info = common.require_dataset()
+s = common.settings()
+common.setup_widgets(P, FIELDS, DEFAULTS)
+common.show_loaded_extras(P)
+
+with st.form(f"{P}_form"):
+    c1, c2, c3, c4 = st.columns([2.2, 1, 1, 1])
+    c1.radio("What to train", list(PHASE_LABELS), key=f"{P}_phase", format_func=PHASE_LABELS.get, persist_state="session")
+    c1.selectbox("Optimizer", OPTIMIZERS, key=f"{P}_optimizer", persist_state="session")
+    c2.number_input("Head epochs", 1, 500, step=1, key=f"{P}_epochs", persist_state="session",
+                    help="Epochs of the head phase (or of the only phase).")
+    c2.number_input("Whole-network epochs", 1, 200, step=1, key=f"{P}_full_epochs", persist_state="session",
+                    placeholder="same as head", help="Used by 'head, then the whole network'; empty = same as the head.")
+    c3.number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.1e", key=f"{P}_lr", persist_state="session")
+    c3.number_input("Whole-network learning rate", 1e-7, 1.0, step=1e-5, format="%.1e", key=f"{P}_full_lr",
+                    persist_state="session", placeholder="learning rate / 10", help="Empty = a tenth of the learning rate.")
+    c4.number_input("Batch size", 1, 1024, step=8, key=f"{P}_batch_size", persist_state="session")
+    submitted = c4.form_submit_button("Train", type="primary", key=f"{P}_train", icon=":material/play_arrow:")
+
+ss = st.session_state
+phase = ss[f"{P}_phase"]
+values = {
+    "phase": phase,
+    "epochs": int(ss[f"{P}_epochs"]),
+    "optimizer": ss[f"{P}_optimizer"],
+    "lr": float(ss[f"{P}_lr"]),
+    "batch_size": int(ss[f"{P}_batch_size"]),
+    # the whole-network settings only matter to head+full: keep them out of other runs' identity
+    "full_epochs": int(ss[f"{P}_full_epochs"]) if phase == "head+full" and ss[f"{P}_full_epochs"] else None,
+    "full_lr": float(ss[f"{P}_full_lr"]) if phase == "head+full" and ss[f"{P}_full_lr"] else None,
+}
+cfg = common.page_config(P, {}, values)
+if cfg is None:
+    st.stop()
+run_id, record = common.lookup(cfg, s["data_root"])
+if submitted and run_id:
+    common.submit_runs(P, [cfg], s["data_root"])
+    if record is not None:
+        st.toast("These settings were trained before: showing the stored run.")
+running = common.track_jobs(P, watch=[run_id])
+
+st.caption(
+    f"Reference: {ref.STUDY} reached train {ref.FINETUNE['train_accuracy']:.3f} / validation "
+    f"{ref.FINETUNE['val_accuracy']:.3f}; its validation set was MIT_split's test folder, so set it beside our test accuracy."
+)
+if record is None:
+    if not running and run_id:
+        st.info("Not trained yet with these settings. Press **Train**; it runs in the background, so you can keep exploring.")
+    st.stop()
+
+
+# -- results ------------------------------------------------------------------------------------------
+def show_metrics(record: RunRecord) -> None:
+    m = record.metrics
+    common.result_caption(record)
+    c = st.columns(5)
+    c[0].metric("Train accuracy", common.fmt_acc(m.get("train_accuracy")), help="As Keras reported it at the kept epoch.")
+    c[1].metric("Validation accuracy", common.fmt_acc(m.get("val_accuracy")), help=f"{m.get('n_val')} images held out of train.")
+    c[2].metric("Test accuracy", common.fmt_acc(m.get("test_accuracy")), help=f"{m.get('n_test')} test images.")
+    c[3].metric("Epochs", m.get("epochs_run"))
+    c[4].metric("Trainable parameters", f"{m.get('params_trainable', 0):,}", help=f"of {m.get('params_total', 0):,} in all")
+
+
+show_metrics(record)
+st.altair_chart(common.curves_chart({record.run_id: record.history}), key=f"{P}_curves")
+
+classes = list(record.metrics.get("classes") or record.config.get("dataset", {}).get("classes", []))
+confusion = record.metrics.get("confusion")
+preds = record.predictions()
+if not classes or confusion is None or preds is None:
+    st.warning("This run has no stored test predictions, so its confusion matrix cannot be shown.")
+    st.stop()
+
+probs, y_true = preds["probs"], preds["y_true"]
+y_pred = probs.argmax(axis=1)
+conf = np.asarray(confusion)
+
+# the cell shown by default: the most frequent mistake
+if ss.get(f"{P}_cell_run") != record.run_id or ss.get(f"{P}_true") not in classes or ss.get(f"{P}_pred") not in classes:
+    off = conf.copy()
+    np.fill_diagonal(off, -1)
+    i, j = np.unravel_index(int(off.argmax()), off.shape)
+    ss[f"{P}_true"], ss[f"{P}_pred"] = classes[i], classes[j]
+    ss[f"{P}_cell_run"] = record.run_id
+
+
+def on_cell_click() -> None:
+    state = st.session_state.get(f"{P}_confusion")
+    cells = (state or {}).get("selection", {}).get("cell") or []
+    if cells:
+        st.session_state[f"{P}_true"] = cells[0].get("true", st.session_state[f"{P}_true"])
+        st.session_state[f"{P}_pred"] = cells[0].get("predicted", st.session_state[f"{P}_pred"])
+
+
+st.subheader("Test set: where it goes wrong")
+left, right = st.columns([3, 2])
+with left:
+    st.markdown("**Confusion matrix** (rows: true class; click a cell to see its images)")
+    cell = alt.selection_point(name="cell", fields=["true", "predicted"], on="click", clear=False)
+    st.altair_chart(
+        common.confusion_chart(classes, confusion, cell),
+        key=f"{P}_confusion",
+        on_select=on_cell_click,
+        selection_mode="cell",
+    )
+with right:
+    st.markdown("**Accuracy per class**")
+    per = record.metrics.get("per_class_accuracy") or {}
+    per_df = pd.DataFrame({"class": list(per), "accuracy": [v if v is not None else np.nan for v in per.values()]})
+    st.altair_chart(
+        alt.Chart(per_df)
+        .mark_bar()
+        .encode(
+            x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("class:N", sort=classes, title=None, axis=alt.Axis(labelOverlap=False, labelLimit=160)),
+            color=alt.Color("accuracy:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0, 1]), legend=None),
+            tooltip=["class", alt.Tooltip("accuracy:Q", format=".1%")],
+        )
+        .properties(height=max(160, 30 * len(classes))),
+        key=f"{P}_per_class",
+    )
+
+c1, c2, _ = st.columns([1, 1, 2])
+c1.selectbox("True class", classes, key=f"{P}_true")
+c2.selectbox("Predicted as", classes, key=f"{P}_pred")
+t, p = classes.index(ss[f"{P}_true"]), classes.index(ss[f"{P}_pred"])
+idx = np.flatnonzero((y_true == t) & (y_pred == p))
+idx = idx[np.argsort(-probs[idx, p])] if t != p else idx[np.argsort(probs[idx, p])]
+if t == p:
+    st.markdown(f"{len(idx)} **{classes[t]}** test images classified correctly; least confident first.")
+else:
+    st.markdown(f"{len(idx)} **{classes[t]}** test images predicted as **{classes[p]}**; most confident mistakes first.")
+
+root = Path(record.config.get("dataset", {}).get("root") or s["data_root"])
+if not root.is_dir():
+    root = Path(s["data_root"])
+shown = idx[:18]
+if len(shown) == 0:
+    st.info(f"No test image of class {classes[t]} was predicted as {classes[p]}.")
+cols = st.columns(6)
+for n, k in enumerate(shown):
+    rel = str(preds["paths"][k])
+    img = common.thumbnail(str(root / rel), 128)
+    top = np.argsort(-probs[k])[:3]
+    caption = " · ".join(f"{classes[c]} {probs[k, c]:.0%}" for c in top)
+    with cols[n % 6]:
+        if img is None:
+            st.caption(f"{rel} (cannot be read any more)")
+        else:
+            st.image(img, caption=f"{caption} — {Path(rel).name}", width="stretch")
+if len(idx) > len(shown):
+    st.caption(f"…and {len(idx) - len(shown)} more.")

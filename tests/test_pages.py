@@ -1,0 +1,219 @@
+"""One AppTest per page: what each page shows on a tiny generated dataset with a tiny DenseNet121.
+
+The pages run through app.py (the router) with the shared session keys set the way the sidebar sets
+them. Runs are trained into a temporary artifacts folder, so nothing here touches ./artifacts.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.config import RunConfig
+from core.store import Store
+from core.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+# the tiny run of tests/test_train.py; the pages reach it through their "loaded extras"
+TINY = RunConfig(backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=2, batch_size=8, val_fraction=0.25)
+TINY_EXTRAS = {"remove_blocks": 3, "val_fraction": 0.25, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dataset, tmp_path_factory):
+    """An artifacts folder holding the tiny head run."""
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    record = train(TINY, tiny_dataset, Store(artifacts)).record
+    return artifacts, record
+
+
+def open_page(page: str | None, data_root, artifacts, **state) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    at.session_state["data_root"] = str(data_root)
+    at.session_state["backbone"] = "densenet121"
+    at.session_state["weights"] = "none"
+    at.session_state["image_size"] = 32
+    at.session_state["seed"] = 0
+    at.session_state["artifacts"] = str(artifacts)
+    for key, value in state.items():
+        at.session_state[key] = value
+    if page is not None:
+        at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def wait_for(at: AppTest, done, timeout: float = 90.0) -> AppTest:
+    """Rerun the page (as its polling fragment would) until ``done(at)``."""
+    deadline = time.monotonic() + timeout
+    while not done(at):
+        assert time.monotonic() < deadline, "the page never showed the finished run"
+        time.sleep(0.5)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in (at.markdown, at.caption, at.info, at.error, at.warning, at.success) for e in kind]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_first_screen_says_what_to_put_where(tmp_path):
+    at = open_page(None, tmp_path / "nowhere", tmp_path / "artifacts")
+    assert any("does not exist" in e.value for e in at.error)
+    assert any(s.value == "Point SceneLab at a dataset" for s in at.subheader)
+    code = "\n".join(c.value for c in at.code)
+    assert "<root>/train/<class>/*.jpg" in code and "python -m core download-data --to data/mit8" in code
+    assert not at.metric  # nothing else is drawn
+
+
+def test_sidebar_reports_the_dataset(tiny_dataset, tmp_path):
+    at = open_page(None, tiny_dataset, tmp_path / "artifacts")
+    sidebar = "\n".join(c.value for c in at.sidebar.caption)
+    assert "3 classes · 24 train · 9 test images" in sidebar
+    assert at.sidebar.selectbox(key="backbone").value == "densenet121"
+    assert at.sidebar.radio(key="weights").value == "none"
+
+
+def test_finetune_trains_in_the_background_then_shows_results(tiny_dataset, tmp_path):
+    at = open_page(None, tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
+    assert "Not trained yet" in texts(at)
+    at.radio(key="finetune_phase").set_value("head")
+    at.number_input(key="finetune_epochs").set_value(2)
+    at.button(key="finetune_train").click()
+    at.run()
+    assert not at.exception
+    at = wait_for(at, lambda a: "Test accuracy" in metrics(a))
+    m = metrics(at)
+    assert float(m["Test accuracy"]) >= 0.0 and m["Epochs"] == "2"
+    assert "dataset **" + tiny_dataset.name in texts(at)  # the numbers name their dataset and run
+    record = Store(tmp_path / "artifacts").list_runs()[0]
+    assert f"run `{record.run_id}`" in texts(at)
+    assert record.config["run"]["remove_blocks"] == 3 and record.config["run"]["phase"] == "head"
+
+
+def test_finetune_opens_on_cached_run_and_lists_mistakes(tiny_dataset, trained):
+    artifacts, record = trained
+    at = open_page(None, tiny_dataset, artifacts, finetune_extra=TINY_EXTRAS, finetune_phase="head", finetune_epochs=2, finetune_batch_size=8)
+    m = metrics(at)
+    assert m["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
+    assert f"run `{record.run_id}`" in texts(at)
+    classes = at.selectbox(key="finetune_true").options
+    assert classes == ["coast", "forest", "street"] == at.selectbox(key="finetune_pred").options
+    preds = record.predictions()
+    wrong = int((preds["probs"].argmax(1) != preds["y_true"]).sum())
+    # choose every cell in turn: the images shown are that cell's, most confident first
+    shown = 0
+    for t in range(3):
+        for p in range(3):
+            if t == p:
+                continue
+            at.selectbox(key="finetune_true").set_value(classes[t])
+            at.selectbox(key="finetune_pred").set_value(classes[p])
+            at.run()
+            n = int(((preds["y_true"] == t) & (preds["probs"].argmax(1) == p)).sum())
+            assert len(at.image) == n
+            if n:
+                assert f"{n} **{classes[t]}** test images predicted as **{classes[p]}**" in texts(at)
+                confidences = [float(c.split(" ")[1].rstrip("%")) for img in at.image for c in img.captions]
+                assert confidences == sorted(confidences, reverse=True)
+            shown += n
+    assert shown == wrong
+
+
+def test_truncate_counts_parameters_before_training(tiny_dataset, trained):
+    artifacts, record = trained
+    at = open_page("pages/truncate.py", tiny_dataset, artifacts, truncate_extra={"val_fraction": 0.25, "batch_size": 8}, truncate_epochs=2)
+    assert metrics(at)["Backbone parameters"] == "7,037,504"
+    at.slider(key="truncate_remove_blocks").set_value(2).run()
+    assert metrics(at)["Backbone parameters"] == "1,444,928"
+    assert "1.4M backbone parameters, 0.825 accuracy" in texts(at)  # the study's figure beside ours
+    assert "Test accuracy" not in metrics(at)  # not trained at this cut
+    at.slider(key="truncate_remove_blocks").set_value(3).run()
+    assert metrics(at)["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
+    assert at.get("vega_lite_chart"), "the parameters-against-accuracy chart is missing"
+
+
+def test_small_data_shows_small_and_full_side_by_side(tiny_dataset, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    at = open_page("pages/small_data.py", tiny_dataset, artifacts, small_data_extra=TINY_EXTRAS)
+    assert [s.value for s in at.subheader] == ["50 images per class", "The full training set"]
+    at.slider(key="small_data_per_class").set_value(10)
+    at.number_input(key="small_data_epochs").set_value(2)
+    at.button(key="small_data_train").click().run()
+    at = wait_for(at, lambda a: [m.label for m in a.metric].count("Test accuracy") == 2)
+    assert [s.value for s in at.subheader] == ["10 images per class", "The full training set"]
+    runs = {r.config["run"]["train_per_class"]: r for r in Store(artifacts).list_runs()}
+    assert set(runs) == {10, None}
+    assert [m.value for m in at.metric if m.label == "Training images"] == [
+        str(runs[10].metrics["n_train"]),
+        str(runs[None].metrics["n_train"]),
+    ]
+
+
+def test_augmentation_preview_follows_the_controls(tiny_dataset, tmp_path):
+    at = open_page("pages/augmentation.py", tiny_dataset, tmp_path / "artifacts")
+    first = at.image[0].value
+    assert first and "8 training images at 32 px" in at.image[0].captions[0]
+    at.toggle(key="augmentation_hflip").set_value(True)
+    at.slider(key="augmentation_rotation").set_value(90.0).run()
+    flipped = at.image[0].value
+    assert flipped != first
+    assert "**Augmented** (rotation 90 + h-flip)" in texts(at)
+    at.button(key="augmentation_reshuffle").click().run()
+    assert at.image[0].value != flipped  # another draw of the same transformations
+    assert "preview seed 1" in texts(at)
+
+
+def test_augmentation_table_lists_stored_runs(tiny_dataset, trained):
+    artifacts, record = trained
+    at = open_page(
+        "pages/augmentation.py", tiny_dataset, artifacts, augmentation_extra=TINY_EXTRAS, augmentation_epochs=2
+    )
+    table = at.dataframe[0].value
+    assert list(table["run_id"]) == [record.run_id] and list(table["augmentation"]) == ["none"]
+
+
+def test_regularisation_overlays_the_previous_setting(tiny_dataset, trained):
+    artifacts, record = trained
+    at = open_page("pages/regularisation.py", tiny_dataset, artifacts, regularisation_extra=TINY_EXTRAS, regularisation_epochs=2)
+    assert metrics(at)["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
+    at.slider(key="regularisation_dropout").set_value(0.5)
+    at.button(key="regularisation_train").click().run()
+    at = wait_for(at, lambda a: "Previous:" in texts(a))
+    assert f"run `{record.run_id}`" in texts(at)  # the previous run, named
+    test_metric = next(m for m in at.metric if m.label == "Test accuracy")
+    assert test_metric.delta.endswith("vs previous")
+    table = at.dataframe[0].value
+    assert sorted(table["dropout"]) == [0.0, 0.5]
+
+
+def test_loaded_config_prefills_a_page_and_is_consumed(tiny_dataset, trained):
+    artifacts, record = trained
+    loaded = TINY.replace(dropout=0.25, image_size=64, seed=3).to_dict()
+    at = open_page("pages/regularisation.py", tiny_dataset, artifacts, loaded_config=loaded)
+    assert "loaded_config" not in at.session_state
+    assert at.slider(key="regularisation_dropout").value == 0.25
+    assert at.number_input(key="regularisation_epochs").value == 2
+    assert at.session_state["image_size"] == 64 and at.session_state["seed"] == 3
+    assert "Also kept from the loaded run: remove_blocks=3, val_fraction=0.25, batch_size=8." in texts(at)
+
+
+def test_runs_page_lists_every_stored_run(tiny_dataset, trained):
+    artifacts, record = trained
+    at = open_page("pages/runs.py", tiny_dataset, artifacts)
+    table = at.dataframe[0].value
+    stored = {r.run_id for r in Store(artifacts).list_runs()}
+    assert set(table["run_id"]) == stored and record.run_id in stored
+    row = table[table["run_id"] == record.run_id].iloc[0]
+    assert row["dataset"] == tiny_dataset.name and row["test_accuracy"] == record.metrics["test_accuracy"]
+    assert at.selectbox(key="runs_dataset").options == ["All datasets", tiny_dataset.name]
