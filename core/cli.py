@@ -213,6 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SceneLabError as exc:
         sys.stderr.write(f"scenelab: {exc}\n")
         return 2
+    except OSError as exc:  # a full or read-only disk met outside the store's own checks
+        from core.errors import os_error_phrase
+
+        sys.stderr.write(
+            f"scenelab: could not complete {args.command} because {os_error_phrase(exc)}; free some space or "
+            "choose a writable artifacts folder (--artifacts). Earlier results are untouched.\n"
+        )
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("scenelab: interrupted; finished runs are kept, the unfinished one was not saved.\n")
         return 130

@@ -7,21 +7,25 @@ on disk (``<cache>/<fingerprint>-<size>.npz``) so later runs skip decoding entir
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import struct
 import warnings
-import zipfile
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import DatasetError
+from core.errors import DataRootError, DatasetError, SceneLabError, os_error_phrase
+from core.security import allowed_roots, check_data_root, check_inside
 
 logger = logging.getLogger(__name__)
 
@@ -88,36 +92,81 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__") or name == "Thumbs.db"
 
 
+def _show(text: object) -> str:
+    """``text`` for a one-line message: control characters (a newline in a folder name) escaped."""
+    s = str(text)
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s)
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()``, False for links that loop or cannot be followed."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _list_dirs(path: Path) -> list[str]:
     try:
-        return sorted(e.name for e in os.scandir(path) if e.is_dir() and not _is_hidden(e.name))
-    except PermissionError as exc:
+        with os.scandir(path) as it:
+            return sorted(e.name for e in it if not _is_hidden(e.name) and _is_dir(e))
+    except OSError as exc:
         raise DatasetError(
-            f"The folder {path} cannot be read ({exc.strerror}); give the app read permission on it."
+            f"The folder {_show(path)} cannot be read ({os_error_phrase(exc, writing=False)}); "
+            "give the app read permission on it or choose another dataset folder."
         ) from exc
 
 
+def _scandir_sorted(path: Path) -> list[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
 def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
-    """List a dataset folder's classes and image files; raise :class:`DatasetError` on a bad layout."""
-    root = Path(root).expanduser().resolve()
+    """List a dataset folder's classes and image files; raise :class:`DatasetError` on a bad layout.
+
+    The path must be allowed by ``SCENELAB_DATA_ROOTS`` (see :mod:`core.security`); every problem,
+    an unreadable folder or a link loop included, is one sentence, never a traceback.
+    """
+    path = check_data_root(root)
+    try:
+        return _scan(path)
+    except DatasetError:
+        raise
+    except (OSError, RuntimeError) as exc:  # a folder that vanished, a permission, a loop
+        where = getattr(exc, "filename", None) or path
+        reason = os_error_phrase(exc, writing=False) if isinstance(exc, OSError) else "a symbolic link loop"
+        raise DatasetError(
+            f"The dataset folder {_show(path)} cannot be read ({_show(where)}: {reason}); "
+            "give the app read permission on it or choose another dataset folder."
+        ) from exc
+
+
+def _scan(root: Path) -> DatasetInfo:
     hint = "expected <root>/train/<class>/<images> and <root>/test/<class>/<images>"
     if not root.exists():
+        if root.is_symlink():
+            raise DatasetError(
+                f"The dataset path {_show(root)} is a broken symbolic link or a link loop; {hint}: "
+                "point the dataset path at the real folder."
+            )
         raise DatasetError(
-            f"The dataset folder {root} does not exist; {hint}: set the dataset path to such a folder "
+            f"The dataset folder {_show(root)} does not exist; {hint}: set the dataset path to such a folder "
             "or run `python -m core download-data --to DIR`."
         )
     if not root.is_dir():
-        raise DatasetError(f"The dataset path {root} is a file, not a folder; {hint}.")
+        raise DatasetError(f"The dataset path {_show(root)} is a file, not a folder; {hint}.")
     for split in SPLITS:
         if not (root / split).is_dir():
-            found = ", ".join(_list_dirs(root)) or "no folders"
+            found = ", ".join(_show(d) for d in _list_dirs(root)) or "no folders"
             raise DatasetError(
-                f"The dataset folder {root} has no '{split}' folder (found: {found}); {hint}."
+                f"The dataset folder {_show(root)} has no '{split}' folder (found: {found}); {hint}."
             )
     classes = _list_dirs(root / "train")
     if len(classes) < 2:
         raise DatasetError(
-            f"{root / 'train'} holds {len(classes)} class folder(s) ({', '.join(classes) or 'none'}); "
+            f"{_show(root / 'train')} holds {len(classes)} class folder(s) "
+            f"({', '.join(_show(c) for c in classes) or 'none'}); "
             "at least 2 class folders are needed, one per class."
         )
     test_classes = _list_dirs(root / "test")
@@ -126,30 +175,39 @@ def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing from test: {', '.join(missing)}")
+            parts.append(f"missing from test: {', '.join(_show(c) for c in missing)}")
         if extra:
-            parts.append(f"only in test: {', '.join(extra)}")
+            parts.append(f"only in test: {', '.join(_show(c) for c in extra)}")
         raise DatasetError(
-            f"The train and test folders of {root} have different classes ({'; '.join(parts)}); "
+            f"The train and test folders of {_show(root)} have different classes ({'; '.join(parts)}); "
             "give test the same class folders as train."
         )
 
+    restricted = bool(allowed_roots())
     files: dict[str, list[tuple[str, int]]] = {}
     skipped: list[Skipped] = []
     stats: list[tuple[str, int, int]] = []
     for split in SPLITS:
         split_dir = root / split
-        for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-            if not _is_hidden(entry.name) and not entry.is_dir():
+        for entry in _scandir_sorted(split_dir):
+            if not _is_hidden(entry.name) and not _is_dir(entry):
                 skipped.append(Skipped(f"{split}/{entry.name}", "file outside any class folder"))
         items: list[tuple[str, int]] = []
         for label, name in enumerate(classes):
             class_dir = split_dir / name
+            if restricted and not check_inside(class_dir):
+                raise DataRootError(
+                    f"The class folder {_show(class_dir)} links to a folder outside "
+                    "the folders this installation allows (SCENELAB_DATA_ROOTS); copy those images into "
+                    "the dataset instead of linking to them."
+                )
             try:
-                entries = sorted(os.scandir(class_dir), key=lambda e: e.name)
-            except PermissionError:
-                skipped.append(Skipped(f"{split}/{name}", "class folder cannot be read"))
-                continue
+                entries = _scandir_sorted(class_dir)
+            except OSError as exc:
+                raise DatasetError(
+                    f"The class folder {_show(class_dir)} cannot be read ({os_error_phrase(exc, writing=False)}); "
+                    "give the app read permission on it or remove it from train and test."
+                ) from exc
             for entry in entries:
                 rel = f"{split}/{name}/{entry.name}"
                 if _is_hidden(entry.name):
@@ -159,14 +217,17 @@ def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
                         skipped.append(Skipped(rel, "folder inside a class folder (not read)"))
                         continue
                     if not entry.is_file():
-                        skipped.append(Skipped(rel, "not a regular file (broken link or loop)"))
+                        skipped.append(Skipped(rel, "not a regular file (broken link, link loop, device or pipe)"))
                         continue
                     st = entry.stat()
                 except OSError as exc:
-                    skipped.append(Skipped(rel, f"cannot be read ({exc.strerror or exc})"))
+                    skipped.append(Skipped(rel, f"cannot be read ({os_error_phrase(exc, writing=False)})"))
                     continue
                 if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
                     skipped.append(Skipped(rel, "not an image file extension"))
+                    continue
+                if restricted and entry.is_symlink() and not check_inside(Path(entry.path)):
+                    skipped.append(Skipped(rel, "link to a file outside the allowed data folders (not read)"))
                     continue
                 items.append((rel, label))
                 stats.append((rel, st.st_size, st.st_mtime_ns))
@@ -174,8 +235,8 @@ def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
         empty = [c for i, c in enumerate(classes) if not any(lab == i for _, lab in items)]
         if empty:
             raise DatasetError(
-                f"Class folder(s) {', '.join(empty)} in {split_dir} hold no image files; "
-                "add images (JPEG, PNG, BMP, GIF, WEBP) or remove the folder from train and test."
+                f"Class folder(s) {', '.join(_show(c) for c in empty)} in {_show(split_dir)} hold no image files; "
+                "add images (JPEG, PNG, BMP, GIF, WEBP, TIFF) or remove the folder from train and test."
             )
     info = DatasetInfo(root=root, classes=classes, files=files, skipped=skipped)
     info.fingerprint = _fingerprint(classes, stats)
@@ -184,24 +245,45 @@ def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
 
 def _fingerprint(classes: list[str], stats: Iterable[tuple[str, int, int]]) -> str:
     h = hashlib.sha256()
-    h.update("\n".join(classes).encode())
+    # surrogateescape: a file name that is not valid UTF-8 hashes as its raw bytes
+    h.update("\n".join(classes).encode("utf-8", "surrogateescape"))
     for rel, size, mtime in sorted(stats):
-        h.update(f"\n{rel}\t{size}\t{mtime}".encode())
+        h.update(f"\n{rel}\t{size}\t{mtime}".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 
 # -- decoding ---------------------------------------------------------------------------------------
-def decode_image(source: str | os.PathLike[str] | bytes, size: int | None = None) -> np.ndarray:
+# Only these Pillow plugins may decode anything: an upload cannot reach EPS (Ghostscript), PSD, ICNS,
+# FITS or any other of Pillow's less travelled decoders (camera MPO files open through JPEG).
+DECODE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
+FORMATS_HINT = "JPEG, PNG, BMP, GIF, WEBP or TIFF expected"
+_ROWS_PER_CHUNK = 256  # high-bit-depth images are converted a band of rows at a time (bounded memory)
+
+ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
+
+
+def _first_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:200]
+    return text or type(exc).__name__
+
+
+def decode_image(source: ImageSource, size: int | None = None) -> np.ndarray:
     """Decode any supported image to an RGB uint8 array, resized to ``size`` x ``size`` if given.
 
-    Handles JPEG, PNG, BMP, GIF (first frame), WEBP, TIFF in RGB, greyscale, RGBA, palette, CMYK and
-    16-bit, and applies EXIF orientation. Raises :class:`ImageDecodeError` with the reason.
+    ``source`` is a path, or the bytes (or a binary file object) of an upload: uploads are decoded
+    in memory and never written to disk. Handles JPEG, PNG, BMP, GIF (first frame), WEBP, TIFF in
+    RGB, greyscale, RGBA, palette, CMYK and 16-bit, and applies EXIF orientation. Anything else
+    (another format, a corrupt or truncated file, over 40 megapixels) raises
+    :class:`ImageDecodeError` with a one-line reason; no other exception escapes.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            fp = io.BytesIO(source) if isinstance(source, bytes) else source
-            with Image.open(fp) as img:
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                fp: Any = io.BytesIO(bytes(source))
+            else:
+                fp = source
+            with Image.open(fp, formats=DECODE_FORMATS) as img:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise ImageDecodeError(
@@ -212,39 +294,77 @@ def decode_image(source: str | os.PathLike[str] | bytes, size: int | None = None
                     raise ImageDecodeError("image has no pixels")
                 img.seek(0)
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                img = _to_rgb(img)
+                ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to turn
+                out = _to_rgb(img)
                 if size is not None:
-                    img = img.resize((size, size), Image.Resampling.BILINEAR)
-                return np.asarray(img, dtype=np.uint8).copy()
+                    out = out.resize((size, size), Image.Resampling.BILINEAR)
+                arr = np.asarray(out, dtype=np.uint8)
+                if arr.ndim != 3 or arr.shape[2] != 3:
+                    raise ImageDecodeError(f"decoded to an unexpected shape {arr.shape}")
+                return arr.copy()
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"image is too large (decompression bomb guard: {exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a recognised image format") from exc
-    except FileNotFoundError as exc:
-        raise ImageDecodeError("file not found") from exc
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, TypeError) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise ImageDecodeError(f"corrupt or truncated image ({reason})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError(
+            f"image is too large: over the {MAX_PIXELS // 1_000_000}-megapixel limit (decompression bomb guard)"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not a recognised image format ({FORMATS_HINT})") from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a folder, not an image file") from None
+    except MemoryError:
+        raise ImageDecodeError("too large to decode in the memory available") from None
+    except OSError as exc:
+        if exc.errno is not None:  # the file system refused (permission, I/O error), not the decoder
+            raise ImageDecodeError(f"cannot be read ({os_error_phrase(exc, writing=False)})") from None
+        raise ImageDecodeError(f"corrupt or truncated image ({_first_line(exc)})") from None
+    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error, zlib.error) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image ({_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a decoder bug on a hostile file is still a skipped file
+        logger.debug("Unexpected %s while decoding", type(exc).__name__, exc_info=True)
+        raise ImageDecodeError(f"corrupt or unsupported image ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _to_uint8_rows(arr: np.ndarray, offset: float, divisor: float, scale: float) -> np.ndarray:
+    """``clip((arr - offset) / divisor * scale, 0, 255)`` as uint8, computed in float64 a band of
+    rows at a time, so a 40-megapixel 16-bit image needs tens of megabytes, not gigabytes."""
+    out = np.empty(arr.shape, dtype=np.uint8)
+    for start in range(0, arr.shape[0], _ROWS_PER_CHUNK):
+        band = arr[start : start + _ROWS_PER_CHUNK].astype(np.float64)
+        if offset:
+            band -= offset
+        if divisor != 1.0:
+            band /= divisor
+        band *= scale
+        np.nan_to_num(band, copy=False)
+        np.clip(band, 0, 255, out=band)
+        out[start : start + _ROWS_PER_CHUNK] = band.astype(np.uint8)
+    return out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() if arr.size else 1.0
+        arr = np.asarray(img)
+        top = float(arr.max()) if arr.size else 1.0
         scale = 255.0 / (65535.0 if top > 255 else max(top, 1.0))
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+        img = Image.fromarray(_to_uint8_rows(arr, 0.0, 1.0, scale), mode="L")
     elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(np.nan_to_num(arr).astype(np.uint8), mode="L")
+        arr = np.asarray(img)
+        finite = np.isfinite(arr)
+        lo = float(arr[finite].min()) if finite.any() else 0.0
+        hi = float(arr[finite].max()) if finite.any() else 0.0
+        del finite
+        if hi > lo:
+            img = Image.fromarray(_to_uint8_rows(arr, lo, hi - lo, 255.0), mode="L")
+        else:
+            img = Image.new("L", img.size, 0)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
+        if img.mode != "RGBA":
+            img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
@@ -286,7 +406,8 @@ def decode_dataset(
             empty = [c for i, c in enumerate(info.classes) if i not in set(ys)]
             if empty:
                 raise DatasetError(
-                    f"No image of class(es) {', '.join(empty)} in {info.root / split} could be decoded; "
+                    f"No image of class(es) {', '.join(_show(c) for c in empty)} in {_show(info.root / split)} "
+                    "could be decoded; "
                     "replace the unreadable files (see the skipped-file report) with JPEG or PNG images."
                 )
             x = np.stack(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8)
@@ -325,11 +446,15 @@ def _save_decoded(path: Path, ds: DecodedDataset) -> None:
             classes=np.asarray(ds.classes, dtype=str),
             skipped=np.asarray([[s.path, s.reason] for s in ds.skipped], dtype=str).reshape(-1, 2),
         )
-    except OSError as exc:  # a full disk or read-only cache only costs speed
+    except (OSError, SceneLabError) as exc:  # a full disk or read-only cache only costs speed
         logger.warning("Could not cache decoded images at %s: %s", path, exc)
 
 
 def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedDataset | None:
+    """The decoded-image cache if it is intact and matches ``info``; otherwise warn, delete it, None.
+
+    Loaded without pickle; a truncated, foreign or tampered file is reported and rebuilt, not trusted.
+    """
     if not path.exists():
         return None
     try:
@@ -346,19 +471,30 @@ def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedData
                 skipped=[Skipped(str(a), str(b)) for a, b in z["skipped"]],
                 fingerprint=info.fingerprint,
             )
+        k = len(info.classes)
+        shape = (image_size, image_size, 3)
         ok = (
             ds.classes == info.classes
-            and ds.x_train.shape[1:] == (image_size, image_size, 3)
+            and ds.x_train.dtype == np.uint8
+            and ds.x_test.dtype == np.uint8
+            and ds.x_train.shape[1:] == shape
+            and ds.x_test.shape[1:] == shape
+            and ds.y_train.ndim == 1
+            and ds.y_test.ndim == 1
+            and np.issubdtype(ds.y_train.dtype, np.integer)
+            and np.issubdtype(ds.y_test.dtype, np.integer)
             and len(ds.x_train) == len(ds.y_train) == len(ds.train_paths)
             and len(ds.x_test) == len(ds.y_test) == len(ds.test_paths)
+            and all(len(y) == 0 or (int(y.min()) >= 0 and int(y.max()) < k) for y in (ds.y_train, ds.y_test))
         )
         if ok:
             return ds
         reason = "contents do not match the dataset"
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        reason = str(exc) or type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt, never trusted
+        reason = _first_line(exc)
     logger.warning("Decoded-image cache %s is corrupt (%s); rebuilding it.", path, reason)
-    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.unlink()
     return None
 
 

@@ -3,6 +3,8 @@ what was expected and what to do."""
 
 from __future__ import annotations
 
+import errno
+
 
 class SceneLabError(Exception):
     """Base class for every error SceneLab reports to a user as one sentence."""
@@ -10,6 +12,10 @@ class SceneLabError(Exception):
 
 class DatasetError(SceneLabError):
     """The dataset folder or its images are not usable."""
+
+
+class DataRootError(DatasetError):
+    """A dataset path points outside the folders this installation allows (``SCENELAB_DATA_ROOTS``)."""
 
 
 class WeightsError(SceneLabError):
@@ -22,3 +28,18 @@ class ConfigError(SceneLabError):
 
 class StoreError(SceneLabError):
     """The artifact store cannot be read or written."""
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def os_error_phrase(exc: OSError, *, writing: bool = True) -> str:
+    """A short phrase for why a file operation failed ("the disk is full", ...), never a traceback."""
+    if exc.errno in _DISK_FULL:
+        return "the disk is full (or a size quota was reached)"
+    if exc.errno in _NOT_WRITABLE:
+        return "it is read-only or not writable" if writing else "permission denied"
+    if exc.errno == errno.ELOOP:
+        return "its path contains a symbolic link loop"
+    return (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
