@@ -60,11 +60,10 @@ def isolate_keras_sessions() -> None:
             import tensorflow as tf
 
             tf.compat.v1.reset_default_graph()  # the default-graph stack is per thread as well
-        if free_memory:
-            # a full collection per call is costly: Streamlit clears after every script run of every
-            # session (twice a second per watcher); collect only on the worker's own thread
-            if threading.current_thread().name.startswith("scenelab-worker"):
-                gc.collect()
+        # a full collection per call is costly: Streamlit clears after every script run of every
+        # session (twice a second per watcher); collect only on the worker's own thread
+        if free_memory and threading.current_thread().name.startswith("scenelab-worker"):
+            gc.collect()
 
     clear_session.__doc__ = (current.__doc__ or "") + "\n(SceneLab: clears the calling thread's state only.)"
     clear_session.scenelab_thread_local = True  # type: ignore[attr-defined]
