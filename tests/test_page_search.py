@@ -1,0 +1,169 @@
+"""AppTest of pages/search.py (through app.py): a study made by the test, errors, workers, loading the best."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+from streamlit.testing.v1 import AppTest
+
+from core import tuning
+from core.cli import build_parser
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ARGS = [
+    "--backbone", "densenet121", "--weights", "none", "--remove-blocks", "3", "--image-size", "32",
+    "--epochs", "3", "--val-fraction", "0.25",
+]  # fmt: skip
+DIST = {
+    "optimizer": optuna.distributions.CategoricalDistribution(["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamax", "nadam"]),
+    "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+    "dropout": optuna.distributions.FloatDistribution(0.0, 0.9),
+}
+
+
+def make_study(data: Path, artifacts: Path, name: str = "demo", trials: int = 6) -> optuna.Study:
+    """A study created the way the CLI creates one, holding hand-made trials (no training)."""
+    args = build_parser().parse_args(
+        ["tune", "--data", str(data), "--study", name, "--artifacts", str(artifacts), "--trials", str(trials), *TINY_ARGS]
+    )
+    study, _, _ = tuning.prepare_cli_study(args)
+    rows = [("adam", 1e-3, 0.1, 0.80, 0.78), ("nadam", 3e-3, 0.5, 0.90, 0.88), ("sgd", 1e-2, 0.2, 0.70, 0.66)]
+    for i, (opt, lr, dropout, val, test) in enumerate(rows):
+        study.add_trial(
+            create_trial(
+                params={"optimizer": opt, "lr": lr, "dropout": dropout}, distributions=DIST, value=val,
+                intermediate_values={1: val - 0.2, 2: val - 0.1, 3: val},
+                user_attrs={"test_accuracy": test, "run_id": f"run{i}"},
+            )
+        )  # fmt: skip
+    study.add_trial(
+        create_trial(
+            state=TrialState.PRUNED, params={"optimizer": "adagrad", "lr": 1e-5, "dropout": 0.0}, distributions=DIST,
+            intermediate_values={1: 0.3, 2: 0.31}, user_attrs={"prune_reason": "pruned after epoch 2"},
+        )
+    )  # fmt: skip
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"fail_reason": "the disk is full."}))
+    return study
+
+
+def open_page(data: Path, artifacts: Path, **state) -> AppTest:
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    at.session_state["data_root"] = str(data)
+    at.session_state["backbone"] = "densenet121"
+    at.session_state["weights"] = "none"
+    at.session_state["image_size"] = 32
+    at.session_state["seed"] = 0
+    at.session_state["artifacts"] = str(artifacts)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page("pages/search.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in (at.markdown, at.caption, at.info, at.error, at.warning, at.success) for e in kind]
+    return "\n".join(str(p) for p in parts)
+
+
+def wait_exit(pid: int, timeout: float = 120.0) -> None:
+    """Wait for a worker the page started (our child) to end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped already
+            return
+        if done:
+            return
+        time.sleep(0.3)
+    os.kill(pid, signal.SIGTERM)
+    raise AssertionError(f"the worker {pid} did not finish in {timeout:.0f} s")
+
+
+def last_json_line(log: Path) -> dict:
+    return json.loads([line for line in log.read_text().splitlines() if line.startswith("{")][-1])
+
+
+@pytest.fixture()
+def demo(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, optuna.Study]:
+    artifacts = tmp_path / "artifacts"
+    return artifacts, make_study(tiny_dataset, artifacts)
+
+
+def test_page_shows_the_study(tiny_dataset: Path, demo) -> None:
+    artifacts, _ = demo
+    at = open_page(tiny_dataset, artifacts)
+    assert at.selectbox(key="search_study_pick").value == "demo"
+    m = metrics(at)
+    assert (m["complete"], m["pruned"], m["failed"], m["running"]) == ("3", "1", "1", "0")
+    assert m["best val accuracy"] == "0.9000" and m["its test accuracy"] == "0.8800"
+    text = texts(at)
+    assert "Best trial 1" in text and "optimizer=nadam" in text and "run `run1`" in text
+    assert "4 of 6 trials finished" in " ".join(str(p.proto.text) for p in at.get("progress"))
+    trials = next(df.value for df in at.dataframe if "state" in df.value.columns)
+    assert list(trials["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    assert "the disk is full." in set(trials["reason"])
+    reference = next(df.value for df in at.dataframe if list(df.value.columns) == ["optimizer", "accuracy"])
+    assert len(reference) == 8 and reference.iloc[0].tolist() == ["Nadam", 0.952]
+    assert "reference study (selected on test)" in text and "study's reported figures" in text
+    ours = next(df.value for df in at.dataframe if "val accuracy" in df.value.columns)
+    assert ours.iloc[0]["optimizer"] == "nadam" and len(ours) == 3
+    assert len(at.dataframe) == 4  # the studies list, trials, reference and per-optimizer tables
+    # charts: history, learning curves, parallel coordinates, importances, slices
+    assert len(at.get("vega_lite_chart")) == 5
+
+
+def test_load_best_config_goes_to_finetune(tiny_dataset: Path, demo) -> None:
+    artifacts, _ = demo
+    at = open_page(tiny_dataset, artifacts)
+    at.button(key="search_load_best").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value.startswith("0")  # the Fine-tune page
+    assert at.session_state["finetune_lr"] == 3e-3 and at.session_state["finetune_optimizer"] == "nadam"
+
+
+def test_bad_storage_is_one_sentence(tiny_dataset: Path, tmp_path: Path) -> None:
+    at = open_page(tiny_dataset, tmp_path / "a", search_storage="/no/such/folder/studies.db")
+    assert len(at.error) == 1 and "does not exist" in at.error[0].value
+    assert "\n" not in at.error[0].value and not at.metric
+
+
+def test_new_study_with_everything_fixed_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    artifacts = tmp_path / "a"
+    at = open_page(tiny_dataset, artifacts)
+    assert at.selectbox(key="search_study_pick").value == "➕ New study…"  # no study yet
+    at.text_input(key="search_new_name").input("all-fixed")
+    for p in ("optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm"):
+        at.checkbox(key=f"search_fix_{p}").check()
+    at.button(key="search_start").click().run()
+    assert not at.exception
+    assert any("Nothing is left to search" in e.value for e in at.error), [e.value for e in at.error]
+    assert not (artifacts / "studies" / "all-fixed.pids").exists()  # no worker was started
+
+
+def test_start_worker_runs_in_the_background(tiny_dataset: Path, demo) -> None:
+    """A worker on a study that already holds its trials: launched detached, it finishes at once."""
+    artifacts, _ = demo
+    at = open_page(tiny_dataset, artifacts)
+    at.number_input(key="search_more_trials").set_value(4)
+    at.button(key="search_add_worker").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    pids = (artifacts / "studies" / "demo.pids").read_text().split()
+    assert len(pids) == 1
+    wait_exit(int(pids[0]))
+    report = last_json_line(artifacts / "studies" / "demo.log")
+    assert report["n_trials_complete"] == 3 and report["n_trials_pruned"] == 1 and report["worker"]["complete"] == 0
+    assert report["best_value"] == 0.9

@@ -1,0 +1,388 @@
+"""core.tuning: the search space, the objective (FixedTrial), pruning, storages, workers and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from core import tuning
+from core.cli import main as cli_main
+from core.config import RunConfig
+from core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = RunConfig(backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=3, batch_size=8, val_fraction=0.25)
+TINY_ARGS = [
+    "--backbone", "densenet121", "--weights", "none", "--remove-blocks", "3", "--image-size", "32",
+    "--epochs", "3", "--val-fraction", "0.25",
+]  # fmt: skip
+FIXED = {"optimizer": "adam", "lr": 1e-2, "weight_decay": 1e-4, "dropout": 0.1, "batch_size": 8, "batch_norm": False}
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def tune_cmd(data: Path, study: str, storage: str, artifacts: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "core", "tune", "--data", str(data), "--study", study, "--storage", storage,
+        "--artifacts", str(artifacts), *TINY_ARGS, *extra, "--json",
+    ]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# -- the search space ------------------------------------------------------------------------------------
+def test_default_space_is_the_studys() -> None:
+    space = tuning.build_space()
+    assert list(space) == ["optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm"]
+    assert space["optimizer"]["choices"] == ["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamax", "nadam"]
+    assert space["lr"] == {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}
+    assert space["weight_decay"] == {"type": "float", "low": 1e-5, "high": 0.3, "log": True}
+    assert space["momentum"]["if"] == {"optimizer": ["sgd", "rmsprop"]}
+    assert space["batch_size"]["choices"] == [8, 16, 32, 64, 128]
+    assert space["batch_norm"]["choices"] == [False, True]
+
+
+def test_space_narrowing_fixing_and_conditions() -> None:
+    fixed: dict = {"optimizer": "adam"}
+    space = tuning.build_space({"lr": {"low": 1e-4, "high": 1e-2}, "batch_size": [32, 64], "dropout": 0.5}, fixed)
+    assert "optimizer" not in space and "momentum" not in space  # adam has no momentum to search
+    assert space["lr"] == {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    assert space["batch_size"]["choices"] == [32, 64]
+    assert fixed == {"optimizer": "adam", "dropout": 0.5}
+    # sgd fixed: momentum is searched unconditionally; a non-default parameter can be searched
+    space = tuning.build_space({"epochs": {"type": "int", "low": 5, "high": 20}}, {"optimizer": "sgd"})
+    assert "if" not in space["momentum"] and space["epochs"]["type"] == "int"
+    # momentum stays conditional when the optimizer is narrowed to choices that include sgd
+    assert tuning.build_space({"optimizer": ["sgd", "adam"]})["momentum"]["if"] == {"optimizer": ["sgd", "rmsprop"]}
+    assert "momentum" not in tuning.build_space({"optimizer": ["adam", "nadam"]})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fixed", "words"),
+    [
+        (None, dict.fromkeys(["optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm"], 1), "Nothing is left to search"),
+        ({"colour": [1, 2]}, None, "Unknown search parameter"),
+        ({"lr": {"low": 1e-1, "high": 1e-3}}, None, "must not exceed"),
+        ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, None, "log range"),
+        ({"dropout": {"type": "bogus"}}, None, "unknown type"),
+    ],
+)
+def test_bad_spaces_raise_one_sentence(overrides, fixed, words) -> None:
+    with pytest.raises(ConfigError, match=words) as err:
+        tuning.build_space(overrides, fixed)
+    assert "\n" not in str(err.value)
+
+
+def test_suggest_draws_momentum_only_for_sgd_and_rmsprop() -> None:
+    space = tuning.build_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(25):
+        params = tuning.suggest(study.ask(), space)
+        assert ("momentum" in params) == (params["optimizer"] in ("sgd", "rmsprop"))
+        assert 1e-5 <= params["lr"] <= 1e-1 and params["batch_size"] in (8, 16, 32, 64, 128)
+        RunConfig().replace(**params).validate()
+
+
+def test_per_trial_seed_sampler_is_reproducible_and_distinct() -> None:
+    space = tuning.build_space()
+
+    def draw(n: int) -> list[dict]:
+        study = optuna.create_study(sampler=tuning.make_sampler("random", 7))
+        return [tuning.suggest(study.ask(), space) for _ in range(n)]
+
+    first, second = draw(4), draw(4)
+    assert first == second  # the same seed and trial numbers draw the same
+    assert len({json.dumps(p, sort_keys=True) for p in first}) == 4  # never the same draw twice
+
+
+# -- the objective ------------------------------------------------------------------------------------------
+def test_objective_with_fixed_trial(tiny_dataset: Path, store) -> None:
+    objective = tuning.Objective(TINY, tuning.build_space(), tiny_dataset, store)
+    trial = optuna.trial.FixedTrial(FIXED)  # adam: no momentum is drawn
+    value = objective(trial)
+    assert 0.0 <= value <= 1.0
+    run_id = trial.user_attrs["run_id"]
+    record = store.load_run(run_id)
+    assert record is not None and record.metrics["val_accuracy"] == value
+    assert trial.user_attrs["test_accuracy"] == record.metrics["test_accuracy"]
+    assert trial.user_attrs["cached"] is False and trial.user_attrs["seconds"] > 0
+    assert record.config["run"]["optimizer"] == "adam" and record.config["run"]["lr"] == 1e-2
+    # the same config again: served from the cache, same value
+    again = optuna.trial.FixedTrial(FIXED)
+    assert objective(again) == value and again.user_attrs["cached"] is True
+
+
+def test_pruning_stops_training_and_stores_nothing(tiny_dataset: Path, store) -> None:
+    """ThresholdPruner(lower=1.01) prunes any trial once warm-up ends: deterministic."""
+    fixed = {k: v for k, v in FIXED.items() if k != "lr"}
+    space = tuning.build_space({"lr": {"low": 1e-3, "high": 2e-3}}, fixed)
+    assert list(space) == ["lr"]
+    objective = tuning.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=2))
+    study.optimize(objective, n_trials=1)
+    t = study.trials[0]
+    assert t.state == TrialState.PRUNED
+    assert sorted(t.intermediate_values) == [1, 2]  # stopped after epoch 2 of 3
+    assert "pruned after epoch 2 by the ThresholdPruner" in t.user_attrs["prune_reason"]
+    assert store.list_runs() == []  # the cancelled run was not stored
+    # a never-pruning pruner completes the same config; then a cached run is pruned by replaying its curve
+    study2 = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.0))
+    study2.enqueue_trial(t.params)
+    study2.optimize(objective, n_trials=1)
+    assert study2.trials[0].state == TrialState.COMPLETE and len(study2.trials[0].intermediate_values) == 3
+    study.enqueue_trial(t.params)
+    study.optimize(objective, n_trials=1)
+    assert study.trials[1].state == TrialState.PRUNED and study.trials[1].intermediate_values == {
+        k: v for k, v in study2.trials[0].intermediate_values.items() if k <= 2
+    }
+
+
+def test_failing_trial_is_marked_with_its_reason_and_the_study_goes_on(tiny_dataset: Path, store) -> None:
+    fixed = dict(FIXED)
+    space = tuning.build_space({"val_fraction": {"type": "categorical", "choices": [0.95, 0.25]}}, fixed)
+    assert list(space) == ["val_fraction"]
+    objective = tuning.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
+    study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
+    study.enqueue_trial({"val_fraction": 0.95})  # out of range: RunConfig.validate refuses it
+    study.enqueue_trial({"val_fraction": 0.25})
+    mine = tuning.run_worker(study, objective, 1)
+    failed, done = study.trials
+    assert failed.state == TrialState.FAIL and "Validation fraction" in failed.user_attrs["fail_reason"]
+    assert done.state == TrialState.COMPLETE
+    assert mine == {"complete": 1, "pruned": 0, "failed": 1, "surplus": 0}
+
+
+def test_worker_gives_up_after_failures_in_a_row() -> None:
+    study = optuna.create_study(direction="maximize")
+
+    def broken(trial: optuna.Trial) -> float:
+        trial.set_user_attr("fail_reason", "the disk is full.")
+        raise RuntimeError("boom")
+
+    with pytest.raises(tuning.SearchStopped, match="3 trials in a row failed; the last one because: the disk is full."):
+        tuning.run_worker(study, broken, 5, max_failures=3)
+
+
+# -- workers, counts, dead trials (fake objectives: no TensorFlow) ------------------------------------------
+def quick(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", 0, 1)
+    trial.report(x, 1)
+    return x
+
+
+def test_worker_completes_the_study_count_on_a_journal_storage(tmp_path: Path) -> None:
+    storage = tuning.open_storage(tuning.resolve_storage_url(str(tmp_path / "s.log")))
+    study = optuna.create_study(storage=storage, study_name="j", direction="maximize")
+    assert tuning.run_worker(study, quick, 3)["complete"] == 3
+    # run again with a higher target: tops up to it; a lower one runs nothing
+    study = tuning.load_study(storage, "j")
+    assert tuning.run_worker(study, quick, 5)["complete"] == 2
+    assert tuning.run_worker(study, quick, 4)["complete"] == 0
+    assert len(study.trials) == 5 and tuning.summary(study)["n_trials_complete"] == 5
+
+
+def test_surplus_rule_and_waiting_for_running_trials(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'x.db'}", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    running = study.ask()
+    running.set_user_attr("worker", tuning.worker_identity())  # this (live) process
+    third = study.ask()
+    assert not tuning.is_surplus(study, running.number, 2)
+    assert tuning.is_surplus(study, third.number, 2)  # 1 finished + 1 running already make 2
+    study.tell(third, state=TrialState.FAIL)
+    # 1 finished + 1 running by a live worker = 2: the worker waits and, at its timeout, has run nothing
+    t0 = time.monotonic()
+    assert tuning.run_worker(study, quick, 2, timeout=0.5, poll_s=0.1) == {"complete": 0, "pruned": 0, "failed": 0, "surplus": 0}
+    assert time.monotonic() - t0 < 5
+    # the running trial fails: its slot is free again and exactly one more trial runs
+    study.tell(running, state=TrialState.FAIL)
+    assert tuning.run_worker(study, quick, 2)["complete"] == 1
+    assert tuning.summary(study)["n_trials_complete"] == 2
+
+
+def test_trials_of_a_dead_worker_are_failed(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'x.db'}", direction="maximize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = study.ask()
+    orphan.set_user_attr("worker", {**tuning.worker_identity(), "pid": dead.pid, "label": f"test:{dead.pid}"})
+    mine = study.ask()
+    mine.set_user_attr("worker", tuning.worker_identity())
+    foreign = study.ask()
+    foreign.set_user_attr("worker", {"host": "elsewhere/boot", "pid": 1, "label": "elsewhere:1"})
+    assert tuning.fail_dead_trials(study) == [orphan.number]
+    frozen = study.trials[orphan.number]
+    assert frozen.state == TrialState.FAIL and "stopped before the trial finished" in frozen.user_attrs["fail_reason"]
+    assert study.trials[mine.number].state == TrialState.RUNNING
+    assert study.trials[foreign.number].state == TrialState.RUNNING  # other machines: the heartbeat's job
+
+
+def test_frames_importances_and_best_config(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'x.db'}", direction="maximize", study_name="f")
+    assert tuning.importances(study) == {} and tuning.best_config(study) is None
+    settings = {"space": tuning.build_space(), "base_config": TINY.to_dict(), "n_trials": 4}
+    study.set_user_attr(tuning.SETTINGS_ATTR, settings)
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True), "dropout": optuna.distributions.FloatDistribution(0, 0.9)}
+    for i, (lr, dropout, value) in enumerate([(1e-3, 0.1, 0.8), (1e-2, 0.5, 0.9), (1e-4, 0.2, 0.6)]):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"lr": lr, "dropout": dropout}, distributions=dist, value=value,
+                intermediate_values={1: value - 0.1, 2: value}, user_attrs={"test_accuracy": value - 0.05, "run_id": f"r{i}"},
+            )
+        )  # fmt: skip
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"lr": 1e-5, "dropout": 0.0}, distributions=dist, intermediate_values={1: 0.2}))
+    df = tuning.trials_frame(study)
+    assert list(df["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
+    assert {"number", "value", "test_accuracy", "lr", "dropout", "duration_s", "run_id"} <= set(df.columns)
+    inter = tuning.intermediate_frame(study)
+    assert len(inter) == 7 and set(inter["state"]) == {"COMPLETE", "PRUNED"}
+    assert set(tuning.importances(study)) == {"lr", "dropout"}
+    cfg = tuning.best_config(study)
+    assert cfg["lr"] == 1e-2 and cfg["dropout"] == 0.5 and cfg["image_size"] == 32
+    s = tuning.summary(study)
+    assert (s["n_trials_complete"], s["n_trials_pruned"], s["best_value"], s["best_run_id"]) == (3, 1, 0.9, "r1")
+    assert [r["study"] for r in tuning.list_studies(f"sqlite:///{tmp_path / 'x.db'}")] == ["f"]
+    with pytest.raises(ConfigError, match="There is no study named 'nope'.*known studies: f"):
+        tuning.load_study(f"sqlite:///{tmp_path / 'x.db'}", "nope")
+
+
+# -- the CLI: bad input (in-process: no TensorFlow is imported before these fail) -----------------------------
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--storage", "postgresql://nobody@127.0.0.1:1/x"], "storage postgresql://nobody@127.0.0.1:1/x"),
+        (["--storage", "/no/such/folder/s.db"], "does not exist"),
+        (["--storage", "notaurl"], "neither a URL"),
+        (["--optimizer", "adam", "--lr", "0.01", "--weight-decay", "0.001", "--dropout", "0", "--batch-size", "8", "--batch-norm", "false"], "Nothing is left to search"),
+        (["--sampler", "grid"], "invalid choice"),
+        (["--trials", "0"], "at least 1"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(extra, words, tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    argv = ["tune", "--data", str(tiny_dataset), "--study", "bad", "--artifacts", str(tmp_path), *TINY_ARGS, *extra]
+    try:
+        rc = cli_main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        rc = exc.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("scenelab: ") and words in err, err
+
+
+def test_cli_postgres_without_driver_says_so(tiny_dataset: Path, tmp_path: Path) -> None:
+    pytest.importorskip("sqlalchemy")
+    try:
+        import psycopg  # noqa: F401
+
+        pytest.skip("a PostgreSQL driver is installed here")
+    except ImportError:
+        pass
+    proc = subprocess.run(
+        tune_cmd(tiny_dataset, "pg", "postgresql://nobody@127.0.0.1:1/x", tmp_path),
+        capture_output=True, text=True, env=env(), cwd=REPO, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not installed" in proc.stderr, proc.stderr
+
+
+def test_joining_with_a_conflicting_option_is_refused(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["tune", "--data", str(tiny_dataset), "--study", "c", "--storage", url, "--artifacts", str(tmp_path)]
+    from core.cli import build_parser
+
+    tuning.prepare_cli_study(build_parser().parse_args([*args, *TINY_ARGS, "--optimizer", "adam"]))
+    for extra, words in (
+        (["--epochs", "9"], "created with epochs=3, not 9"),
+        (["--lr", "0.1"], "searches lr"),
+        (["--sampler", "random"], "uses the tpe sampler"),
+    ):
+        assert cli_main([*args, *extra]) == 2
+        assert words in capsys.readouterr().err
+    # joining with no options adopts the stored ones
+    study, settings, data = tuning.prepare_cli_study(build_parser().parse_args(["tune", "--study", "c", "--storage", url]))
+    assert settings["base_config"]["optimizer"] == "adam" and "optimizer" not in settings["space"]
+    assert Path(data) == tiny_dataset.resolve() and settings["base_config"]["image_size"] == 32
+
+
+# -- several processes ----------------------------------------------------------------------------------------
+def test_two_workers_split_the_trials_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    n = 4
+    procs = [
+        subprocess.Popen(
+            tune_cmd(tiny_dataset, "par", url, tmp_path / "art", "--trials", str(n), "--pruner", "none"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    reports = [last_json(out) for out, _ in outs]
+    per_worker = [r["worker"]["complete"] + r["worker"]["pruned"] for r in reports]
+    assert sum(per_worker) == n, reports
+    assert all(k > 0 for k in per_worker), per_worker  # both took part
+    study = tuning.load_study(url, "par")
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == n
+    assert all(t.user_attrs.get("surplus") for t in study.trials if t.state == TrialState.FAIL)
+    assert reports[0]["best_value"] == reports[1]["best_value"] == study.best_value
+
+
+def test_killed_worker_resumes_and_its_trial_is_failed(tiny_dataset: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    n = 3
+    cmd = tune_cmd(tiny_dataset, "kill", url, tmp_path / "art", "--trials", str(n), "--epochs", "20")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
+    storage = tuning.open_storage(url)
+    victim = None
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                study = optuna.load_study(study_name="kill", storage=storage)
+            except KeyError:
+                time.sleep(0.3)
+                continue
+            trials = study.get_trials(deepcopy=False)
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            running = [t for t in trials if t.state == TrialState.RUNNING and (t.user_attrs.get("worker") or {}).get("pid") == proc.pid]
+            if done and running:
+                victim = running[0].number
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None and victim is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+    assert victim is not None, "the worker never had a running trial after a complete one"
+    study = optuna.load_study(study_name="kill", storage=storage)
+    assert study.trials[victim].state == TrialState.RUNNING  # as the killed process left it
+    kept = {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=REPO, timeout=240)
+    assert again.returncode == 0, again.stderr[-2000:]
+    report = last_json(again.stdout)
+    assert report["n_trials_complete"] + report["n_trials_pruned"] == n
+    study = optuna.load_study(study_name="kill", storage=storage)
+    t = study.trials[victim]
+    assert t.state == TrialState.FAIL and "stopped before the trial finished" in t.user_attrs["fail_reason"]
+    assert kept <= {t.number for t in study.trials if t.state == TrialState.COMPLETE}
+    assert report["n_trials_failed"] >= 1

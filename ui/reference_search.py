@@ -1,0 +1,29 @@
+"""The reference study's hyperparameter search (task 5), as it reported it.
+
+A Weights & Biases random sweep of 30 trials over optimizer, learning rate, weight decay, momentum,
+dropout, batch size and batch norm (DenseNet121, ImageNet weights, MIT 8-scene at 256 px). The study
+selected on MIT_split's test folder, so these accuracies are test figures chosen on test.
+"""
+
+from __future__ import annotations
+
+SWEEP = {
+    "method": "random search (W&B sweep)",
+    "trials": 30,
+    "best_accuracy": 0.952,
+    "model": "DenseNet121, ImageNet weights, MIT 8-scene at 256 px",
+}
+
+#: the top trials the study reported: (optimizer, accuracy)
+TOP_TRIALS: list[tuple[str, float]] = [
+    ("Nadam", 0.952),
+    ("Adamax", 0.947),
+    ("Adagrad", 0.942),
+    ("SGD", 0.938),
+    ("Adadelta", 0.931),
+    ("Adam", 0.925),
+    ("RMSprop", 0.880),
+    ("Nadam", 0.874),
+]
+
+LABEL = "reference study (selected on test)"
