@@ -167,8 +167,10 @@ def test_every_page_in_a_real_browser(page):
     settle(tab)
     # the deep link opened through the router: its navigation, its sidebar with the dataset from SCENELAB_DATA
     tab.locator('[data-testid="stSidebarNav"] a').filter(has_text="0 Fine-tune").first.wait_for()
-    data_root = tab.locator('[data-testid="stSidebar"] input').first.input_value()
-    assert data_root == str(data)
+    # the router's first rerun may still be on its way: wait for the path rather than read it once
+    from playwright.sync_api import expect
+
+    expect(tab.locator('[data-testid="stSidebar"] input').first).to_have_value(str(data), timeout=30_000)
     assert tab.get_by_text("3 classes · 24 train · 9 test images").count() == 1
     # whatever this machine has cached, run on the backbone whose weights ship with pip
     tab.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
