@@ -171,6 +171,7 @@ def test_every_page_in_a_real_browser(page):
     from playwright.sync_api import expect
 
     expect(tab.locator('[data-testid="stSidebar"] input').first).to_have_value(str(data), timeout=30_000)
+    data_root = str(data)
     assert tab.get_by_text("3 classes · 24 train · 9 test images").count() == 1
     # whatever this machine has cached, run on the backbone whose weights ship with pip
     tab.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()

@@ -121,7 +121,7 @@ def test_page_shows_the_study(tiny_dataset: Path, demo) -> None:
     assert "reference study (selected on test)" in text and "study's reported figures" in text
     ours = next(df.value for df in at.dataframe if "val accuracy" in df.value.columns)
     assert ours.iloc[0]["optimizer"] == "nadam" and len(ours) == 3
-    assert len(at.dataframe) == 4  # the studies list, trials, reference and per-optimizer tables
+    assert len(at.main.dataframe) == 4  # the studies list, trials, reference and per-optimizer tables
     # charts: history, learning curves, parallel coordinates, importances, slices
     assert len(at.get("vega_lite_chart")) == 5
 
