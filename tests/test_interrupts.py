@@ -404,7 +404,6 @@ def test_too_little_free_space_refuses_before_writing(tiny_dataset, tmp_path, ca
     assert claimed_runs(tmp_path / "a") == [] and list((tmp_path / "a" / "runs").glob(".tmp-*")) == []
 
 
-@pytest.mark.xfail(strict=True, reason="needs the core/train.py _save_run diff in RELIABILITY.md (Keras/h5py OSError -> StoreError)")
 def test_disk_full_while_keras_writes_the_model_is_one_sentence(tiny_dataset, tmp_path, capsys, monkeypatch):
     import keras
 
