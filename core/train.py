@@ -9,6 +9,11 @@
 * phase ``head+full``: the study's task 0, head first and then the whole network at a lower rate.
 
 Model selection (early stopping, reduce-LR) looks at the validation split only; test is reported.
+
+Speed (see ``core.perf`` and BENCHMARKS.md): a later run of an architecture already trained in this
+process reuses its compiled model (no new graph trace), reset to the exact state a fresh build starts
+from; feature passes run in graph mode; ``freeze_blocks=K`` fine-tunes all but the first K blocks, on
+cached prefix activations when there is no augmentation.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from core import perf
 from core.augment import build_augmenter
 from core.backbones import ResolvedWeights, resolve_weights
 from core.config import RunConfig, stable_hash
@@ -82,10 +88,28 @@ class TrainResult:
 
 
 # -- identities ---------------------------------------------------------------------------------------
-def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
-    return stable_hash(
-        {"config": cfg.to_dict(), "dataset": fingerprint, "weights": weights.identity, "v": CACHE_FORMAT_VERSION}
-    )
+def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights, freeze_blocks: int = 0) -> str:
+    payload: dict[str, Any] = {
+        "config": cfg.to_dict(),
+        "dataset": fingerprint,
+        "weights": weights.identity,
+        "v": CACHE_FORMAT_VERSION,
+    }
+    if freeze_blocks and "freeze_blocks" not in payload["config"]:  # until RunConfig carries it
+        payload["freeze_blocks"] = freeze_blocks
+    return stable_hash(payload)
+
+
+def resolve_freeze_blocks(cfg: RunConfig, freeze_blocks: int | None = None) -> int:
+    """Blocks kept frozen when the backbone trains: ``cfg.freeze_blocks`` if the config has it, else the
+    argument; 0 (the whole network trains) for head-only runs."""
+    value = getattr(cfg, "freeze_blocks", None)
+    if value is None:
+        value = freeze_blocks or 0
+    if cfg.phase == "head":
+        return 0
+    perf.prefix_layer(cfg.backbone, cfg.remove_blocks, int(value))  # validates
+    return int(value)
 
 
 def features_key(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
@@ -109,19 +133,23 @@ class Prepared:
     info: DatasetInfo
     weights: ResolvedWeights
     run_id: str
+    freeze_blocks: int = 0
 
 
-def prepare(cfg: RunConfig, data_root: str | os.PathLike[str]) -> Prepared:
+def prepare(cfg: RunConfig, data_root: str | os.PathLike[str], *, freeze_blocks: int | None = None) -> Prepared:
     """Validate the config, scan the dataset and resolve weights (no decoding, no training)."""
     cfg.validate()
+    freeze = resolve_freeze_blocks(cfg, freeze_blocks)
     info = scan_dataset(data_root)
     weights = resolve_weights(cfg.backbone, cfg.weights)
-    return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights))
+    return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights, freeze), freeze)
 
 
-def find_run(cfg: RunConfig, data_root: str | os.PathLike[str], store: Store) -> RunRecord | None:
+def find_run(
+    cfg: RunConfig, data_root: str | os.PathLike[str], store: Store, *, freeze_blocks: int | None = None
+) -> RunRecord | None:
     """The stored run for ``cfg`` on this dataset, if it was trained before."""
-    prep = prepare(cfg, data_root)
+    prep = prepare(cfg, data_root, freeze_blocks=freeze_blocks)
     return store.load_run(prep.run_id)
 
 
@@ -150,14 +178,16 @@ def _make_callbacks(
             if should_stop is not None and should_stop():
                 self.cancelled = True
                 self.model.stop_training = True
-            if progress is not None and (batch % 5 == 0 or batch + 1 == steps):
+            # with several steps per call (heads on cached features) every call reports
+            many = int(getattr(self.model, "steps_per_execution", 1) or 1) > 1
+            if progress is not None and (many or batch % 5 == 0 or batch + 1 >= steps):
                 progress(
                     {
                         "event": "batch",
                         "phase": phase,
                         "epoch": len(history) - epoch_offset + 1,
                         "epochs": epochs,
-                        "batch": batch + 1,
+                        "batch": min(batch + 1, steps),
                         "batches": steps,
                         "logs": {k: float(v) for k, v in (logs or {}).items()},
                         "elapsed": time.monotonic() - self.t0,
@@ -225,6 +255,37 @@ def make_optimizer(name: str, lr: float, weight_decay: float, momentum: float) -
 
 
 # -- features -----------------------------------------------------------------------------------------
+def _cached_arrays(path: Path, expected: dict[str, int]) -> dict[str, np.ndarray] | None:
+    cached = load_npz(path)
+    if cached is None:
+        return None
+    if all(k in cached and len(cached[k]) == n for k, n in expected.items()):
+        return cached
+    logger.warning("Feature cache %s does not match the dataset; recomputing it.", path)
+    return None
+
+
+def _map_images(
+    fn: perf.FeatureFn,
+    arrays: tuple[np.ndarray, ...],
+    progress: ProgressFn | None,
+    batch_size: int,
+    event: str = "features",
+) -> list[np.ndarray]:
+    """``fn`` over each image array in turn, reporting ``event`` progress over all of them."""
+    t0 = time.monotonic()
+    total = sum(len(x) for x in arrays)
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress({"event": event, "done": done, "total": total, "elapsed": time.monotonic() - t0})
+
+    return [fn.map(x, batch_size, on_batch) for x in arrays]
+
+
 def compute_features(
     clf: Classifier,
     ds: DecodedDataset,
@@ -232,36 +293,52 @@ def compute_features(
     store: Store,
     progress: ProgressFn | None = None,
     batch_size: int = 64,
+    fn: perf.FeatureFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool, float]:
     """Pooled backbone features of every train and test image, cached by ``key``.
 
+    ``fn`` is a graph-mode pass of ``clf.features`` (made here if not given; a warm model keeps its own).
     Returns (train features, test features, cache hit, seconds spent computing)."""
     path = store.features_dir / f"{key}.npz"
-    cached = load_npz(path)
+    cached = _cached_arrays(path, {"train": len(ds.x_train), "test": len(ds.x_test)})
     if cached is not None:
-        f_train, f_test = cached.get("train"), cached.get("test")
-        if f_train is not None and f_test is not None and len(f_train) == len(ds.x_train) and len(f_test) == len(ds.x_test):
-            return f_train, f_test, True, 0.0
-        logger.warning("Feature cache %s does not match the dataset; recomputing it.", path)
+        return cached["train"], cached["test"], True, 0.0
     t0 = time.monotonic()
-    total = len(ds.x_train) + len(ds.x_test)
-    done = 0
-    outs = []
-    for x in (ds.x_train, ds.x_test):
-        parts = []
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size].astype("float32")
-            parts.append(np.asarray(clf.features(batch, training=False)))
-            done += len(batch)
-            if progress is not None:
-                progress({"event": "features", "done": done, "total": total, "elapsed": time.monotonic() - t0})
-        outs.append(np.concatenate(parts) if parts else np.zeros((0, clf.head.input.shape[-1]), "float32"))
+    f_train, f_test = _map_images(fn or perf.FeatureFn(clf.features), (ds.x_train, ds.x_test), progress, batch_size)
     seconds = time.monotonic() - t0
     try:
-        atomic_write_npz(path, train=outs[0], test=outs[1])
+        atomic_write_npz(path, train=f_train, test=f_test)
     except SceneLabError as exc:  # caching is an optimisation: warn and go on
         logger.warning("%s", exc)
-    return outs[0], outs[1], False, seconds
+    return f_train, f_test, False, seconds
+
+
+def prefix_key(features: str, layer: str) -> str:
+    """Cache key of the activations at ``layer`` (the end of a frozen prefix)."""
+    return stable_hash({"features": features, "prefix": layer, "v": CACHE_FORMAT_VERSION})
+
+
+def compute_prefix_activations(
+    fn: perf.FeatureFn,
+    ds: DecodedDataset,
+    key: str,
+    store: Store,
+    progress: ProgressFn | None = None,
+    batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray, bool, float]:
+    """Activations of a frozen prefix for every train and test image, cached by ``key`` like features."""
+    path = store.features_dir / f"prefix-{key}.npz"
+    cached = _cached_arrays(path, {"train": len(ds.x_train), "test": len(ds.x_test)})
+    if cached is not None:
+        return cached["train"], cached["test"], True, 0.0
+    t0 = time.monotonic()
+    a_train, a_test = _map_images(fn, (ds.x_train, ds.x_test), progress, batch_size, "prefix")
+    seconds = time.monotonic() - t0
+    try:
+        atomic_write_npz(path, train=a_train, test=a_test)
+    except SceneLabError as exc:
+        logger.warning("%s", exc)
+    return a_train, a_test, False, seconds
 
 
 # -- training -----------------------------------------------------------------------------------------
@@ -273,9 +350,13 @@ def train(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     force: bool = False,
+    freeze_blocks: int | None = None,
 ) -> TrainResult:
-    """Return the stored run for ``cfg`` or train it now (one process at a time per run id)."""
-    prep = prepare(cfg, data_root)
+    """Return the stored run for ``cfg`` or train it now (one process at a time per run id).
+
+    ``freeze_blocks`` (phases ``full`` and ``head+full``): keep the backbone's first K blocks frozen and
+    fine-tune the rest; a config field of that name, once RunConfig has one, takes precedence."""
+    prep = prepare(cfg, data_root, freeze_blocks=freeze_blocks)
     if not force:
         record = store.load_run(prep.run_id)
         if record is not None:
@@ -312,22 +393,27 @@ def _fit(
     return bool(callbacks[0].cancelled)
 
 
-def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, should_stop: StopFn | None) -> RunRecord:
-    import keras
-
+def _warm_key(prep: Prepared, classes: int) -> tuple[Any, ...]:
     cfg = prep.cfg
-    t_start = time.monotonic()
-    if progress is not None:
-        progress({"event": "status", "message": "decoding images"})
-    ds = decode_dataset(prep.info, cfg.image_size, store.datasets_dir)
-    splits = make_splits(ds.y_train, cfg.val_fraction, cfg.seed, cfg.train_per_class)
-    classes = len(ds.classes)
+    return perf.warm_key(
+        backbone=cfg.backbone,
+        weights_identity=prep.weights.identity,
+        remove_blocks=cfg.remove_blocks,
+        image_size=cfg.image_size,
+        classes=classes,
+        dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
+        dense_1024=cfg.dense_1024,
+        optimizer=cfg.optimizer,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        freeze_blocks=prep.freeze_blocks,
+    )
 
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(cfg.seed)
-    if progress is not None:
-        progress({"event": "status", "message": "building model"})
-    clf = build_classifier(
+
+def _build(prep: Prepared, classes: int) -> Classifier:
+    cfg = prep.cfg
+    return build_classifier(
         cfg.backbone,
         cfg.image_size,
         classes,
@@ -337,11 +423,100 @@ def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, s
         batch_norm=cfg.batch_norm,
         dense_1024=cfg.dense_1024,
     )
+
+
+def _ready_model(prep: Prepared, classes: int, key: tuple[Any, ...]) -> tuple[perf.WarmEntry, bool]:
+    """A classifier in the exact state a fresh build for ``cfg.seed`` has: a warm one if this process
+    holds one for ``key`` (returned checked out), else a new build. Returns (entry, reused)."""
+    import keras
+
+    cfg = prep.cfg
+    entry = perf.WARM.checkout(key) if perf.WARM.enabled else None
+    if entry is None:
+        if not len(perf.WARM):  # clearing the session also drops warm models' optimised graphs
+            keras.backend.clear_session()
+        perf.seed_all(cfg.seed)
+        entry = perf.WarmEntry(_build(prep, classes))
+        entry.lock.acquire()
+        if perf.WARM.enabled:
+            entry.snapshot_initial(cfg.seed)
+        return entry, False
+    if entry.initial_seed == cfg.seed:
+        entry.restore_initial()
+    else:  # another seed: the initial values a build for this seed makes (no trace, seconds)
+        perf.seed_all(cfg.seed)
+        fresh = _build(prep, classes)
+        values = [np.array(v.numpy(), copy=True) for v in fresh.model.variables]
+        del fresh
+        entry.restore_initial(values)
+        entry.initial_seed, entry.initial = cfg.seed, values
+    return entry, True
+
+
+def _stage(
+    entry: perf.WarmEntry, name: str, make: Callable[[], Any], cfg: RunConfig, lr: float, steps_per_execution: int = 1
+) -> Any:
+    """The compiled model of stage ``name`` with a fresh optimizer at ``lr`` (compiled once per entry)."""
+    if entry.stage(name) is None:
+        model = make()
+        model.compile(
+            optimizer=make_optimizer(cfg.optimizer, lr, cfg.weight_decay, cfg.momentum),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            steps_per_execution=steps_per_execution,
+        )
+        entry.add_stage(name, model)
+    return entry.reset_stage(name, lr)
+
+
+def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, should_stop: StopFn | None) -> RunRecord:
+    cfg = prep.cfg
+    t_start = time.monotonic()
+    if progress is not None:
+        progress({"event": "status", "message": "decoding images"})
+    ds = decode_dataset(prep.info, cfg.image_size, store.datasets_dir)
+    splits = make_splits(ds.y_train, cfg.val_fraction, cfg.seed, cfg.train_per_class)
+    classes = len(ds.classes)
+
+    if progress is not None:
+        progress({"event": "status", "message": "building model"})
+    key = _warm_key(prep, classes)
+    entry, reused = _ready_model(prep, classes, key)
+    try:
+        record = _train_entry(prep, store, entry, ds, splits, progress, should_stop, t_start, reused)
+    except TrainingCancelled:
+        perf.WARM.checkin(key, entry)  # a reuse resets every variable, so a cancelled model is fine
+        raise
+    except BaseException:
+        perf.WARM.discard(key, entry)  # an unexpected failure: never reuse what it left
+        raise
+    perf.WARM.checkin(key, entry)
+    return record
+
+
+def _train_entry(
+    prep: Prepared,
+    store: Store,
+    entry: perf.WarmEntry,
+    ds: DecodedDataset,
+    splits: Splits,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    t_start: float,
+    reused: bool,
+) -> RunRecord:
+    import keras
+
+    cfg = prep.cfg
+    clf = entry.clf
+    perf.seed_all(cfg.seed)  # the same random streams whether the model is new or warm
     history: list[dict[str, float]] = []
     feature_seconds = 0.0
     feature_hit: bool | None = None
     cancelled = False
     f_train = f_test = None
+    a_train = a_test = None  # prefix activations (partial fine-tuning on cached activations)
+    suffix_model = None
 
     def check_cancel() -> None:
         if cancelled:
@@ -350,22 +525,21 @@ def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, s
     x_tr, y_tr = ds.x_train[splits.train], ds.y_train[splits.train]
     x_val, y_val = ds.x_train[splits.val], ds.y_train[splits.val]
     augmenter = build_augmenter(cfg.augment, cfg.seed)
+    steps = int(np.ceil(len(x_tr) / cfg.batch_size))
+    fkey = features_key(cfg, ds.fingerprint, prep.weights)
 
     if cfg.phase in ("head", "head+full"):
         set_base_trainable(clf, False)
         if cfg.uses_feature_cache:
-            key = features_key(cfg, ds.fingerprint, prep.weights)
             if progress is not None:
                 progress({"event": "status", "message": "computing backbone features"})
-            f_train, f_test, feature_hit, feature_seconds = compute_features(clf, ds, key, store, progress)
-            clf.head.compile(
-                optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
-            steps = int(np.ceil(len(splits.train) / cfg.batch_size))
-            cancelled = _fit(
-                clf.head,
+            fn = entry.extras.get("features_fn")
+            if fn is None:
+                fn = entry.extras["features_fn"] = perf.FeatureFn(clf.features)
+            f_train, f_test, feature_hit, feature_seconds = compute_features(clf, ds, fkey, store, progress, fn=fn)
+            head = _stage(entry, "head", lambda: clf.head, cfg, cfg.lr, perf.HEAD_STEPS_PER_EXECUTION)
+            cancelled = _fit(  # NumPy inputs: Keras' own per-epoch shuffle, as every head run before
+                head,
                 f_train[splits.train],
                 y_tr,
                 (f_train[splits.val], y_val),
@@ -378,41 +552,64 @@ def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, s
                 history,
             )
         else:
-            clf.model.compile(
-                optimizer=make_optimizer(cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
+            model = _stage(entry, "head_images", lambda: keras.Model(clf.model.input, clf.model.output), cfg, cfg.lr)
             train_ds = make_tf_dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augmenter)
             val_ds = make_tf_dataset(x_val, y_val, cfg.batch_size)
-            steps = int(np.ceil(len(x_tr) / cfg.batch_size))
-            cancelled = _fit(clf.model, train_ds, None, val_ds, cfg, cfg.epochs, "head", steps, progress, should_stop, history)
+            cancelled = _fit(
+                model, train_ds, None, val_ds, cfg, cfg.epochs, "head", steps, progress, should_stop, history
+            )
         check_cancel()
 
     base_trained = cfg.phase in ("full", "head+full")
     if base_trained:
-        set_base_trainable(clf, True)
         lr = cfg.lr if cfg.phase == "full" else cfg.resolved_full_lr
         epochs = cfg.epochs if cfg.phase == "full" else cfg.resolved_full_epochs
-        clf.model.compile(
-            optimizer=make_optimizer(cfg.optimizer, lr, cfg.weight_decay, cfg.momentum),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        set_base_trainable(clf, True)
+        layer = perf.prefix_layer(cfg.backbone, cfg.remove_blocks, prep.freeze_blocks)
+        if layer is not None:
+            if "split" not in entry.extras:
+                entry.extras["split"] = perf.split_base(clf.base, layer)
+            prefix, suffix = entry.extras["split"]
+            perf.freeze_prefix(clf.base, prefix)
         if progress is not None:
-            progress({"event": "status", "message": "fine-tuning the whole network"})
-        train_ds = make_tf_dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augmenter)
-        val_ds = make_tf_dataset(x_val, y_val, cfg.batch_size)
-        steps = int(np.ceil(len(x_tr) / cfg.batch_size))
-        cancelled = _fit(clf.model, train_ds, None, val_ds, cfg, epochs, "full", steps, progress, should_stop, history)
+            progress({"event": "status", "message": "fine-tuning the network"})
+        if layer is not None and augmenter is None:  # train the suffix alone on cached prefix activations
+            fn = entry.extras.get("prefix_fn")
+            if fn is None:
+                fn = entry.extras["prefix_fn"] = perf.FeatureFn(_prefix_images_model(clf, prefix))
+            a_train, a_test, hit, seconds = compute_prefix_activations(fn, ds, prefix_key(fkey, layer), store, progress)
+            feature_seconds += seconds
+            feature_hit = hit if feature_hit is None else (feature_hit and hit)
+            suffix_model = _stage(entry, "partial", lambda: perf.build_suffix_classifier(suffix, clf.head), cfg, lr)
+            cancelled = _fit(
+                suffix_model,
+                perf.array_dataset(a_train[splits.train], y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed),
+                None,
+                perf.array_dataset(a_train[splits.val], y_val, cfg.batch_size),
+                cfg,
+                epochs,
+                "full",
+                steps,
+                progress,
+                should_stop,
+                history,
+            )
+        else:
+            model = _stage(entry, "full", lambda: clf.model, cfg, lr)
+            train_ds = make_tf_dataset(x_tr, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augmenter)
+            val_ds = make_tf_dataset(x_val, y_val, cfg.batch_size)
+            cancelled = _fit(model, train_ds, None, val_ds, cfg, epochs, "full", steps, progress, should_stop, history)
         check_cancel()
 
-    # -- evaluation: on cached features when the backbone did not change, else on images
+    # -- evaluation: on cached features/activations when they still hold, else on images
     if progress is not None:
         progress({"event": "status", "message": "evaluating"})
     if f_train is not None and not base_trained:
         p_val = np.asarray(clf.head.predict(f_train[splits.val], verbose=0, batch_size=256))
         p_test = np.asarray(clf.head.predict(f_test, verbose=0, batch_size=256))
+    elif suffix_model is not None and a_train is not None:
+        p_val = np.asarray(suffix_model.predict(a_train[splits.val], verbose=0, batch_size=64))
+        p_test = np.asarray(suffix_model.predict(a_test, verbose=0, batch_size=64))
     else:
         p_val = np.asarray(clf.model.predict(make_tf_dataset(x_val, y_val, 64), verbose=0))
         p_test = np.asarray(clf.model.predict(make_tf_dataset(ds.x_test, ds.y_test, 64), verbose=0))
@@ -426,9 +623,21 @@ def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, s
             "params_total": int(clf.model.count_params()),
             "params_trainable": count_trainable(clf.model) if base_trained else count_trainable(clf.head),
             "cut_layer": clf.cut_layer,
+            "warm_model": reused,
         }
     )
+    if prep.freeze_blocks:
+        metrics["freeze_blocks"] = prep.freeze_blocks
     return _save_run(prep, store, clf, ds, splits, history, metrics, p_test, base_trained)
+
+
+def _prefix_images_model(clf: Classifier, prefix: Any) -> Any:
+    """``image (0..255) -> preprocess -> frozen prefix`` sharing the classifier's layers."""
+    import keras
+
+    inputs = keras.Input(tuple(int(d) for d in clf.model.input.shape[1:]), name="image")
+    x = clf.model.get_layer("preprocess")(inputs)
+    return keras.Model(inputs, prefix(x, training=False), name="prefix_activations")
 
 
 def _metrics(
@@ -563,7 +772,15 @@ def summary_row(record: RunRecord) -> dict[str, Any]:
     row.update({k: v for k, v in run.items() if k != "augment"})
     row.update({f"aug_{k}": v for k, v in aug.items()})
     m = record.metrics
-    for k in ("train_accuracy", "val_accuracy", "test_accuracy", "epochs_run", "seconds", "params_total", "backbone_params"):
+    for k in (
+        "train_accuracy",
+        "val_accuracy",
+        "test_accuracy",
+        "epochs_run",
+        "seconds",
+        "params_total",
+        "backbone_params",
+    ):
         row[k] = m.get(k)
     row["created"] = record.config.get("created")
     return row
