@@ -62,6 +62,12 @@ def add_run_options(p: argparse.ArgumentParser, *, for_search: bool = False) -> 
     p.add_argument("--backbone", default=d.backbone, help="densenet121 or efficientnet_lite0")
     p.add_argument("--weights", default=d.weights, help="imagenet, none, or a weights file path")
     p.add_argument("--remove-blocks", type=int, default=d.remove_blocks, help="blocks cut from the end, 0-3")
+    p.add_argument(
+        "--freeze-blocks",
+        type=int,
+        default=d.freeze_blocks,
+        help="full/head+full: keep the first K blocks frozen and train the rest on their cached output",
+    )
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--train-per-class", type=_opt_int, default=d.train_per_class, help="small-data set size per class")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
@@ -99,6 +105,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
         "backbone": args.backbone,
         "weights": args.weights,
         "remove_blocks": args.remove_blocks,
+        "freeze_blocks": args.freeze_blocks,
         "image_size": args.image_size,
         "train_per_class": args.train_per_class,
         "val_fraction": args.val_fraction,

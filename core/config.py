@@ -60,6 +60,7 @@ class RunConfig:
     backbone: str = "densenet121"
     weights: str = "imagenet"
     remove_blocks: int = 0
+    freeze_blocks: int = 0
     image_size: int = 224
     train_per_class: int | None = None
     val_fraction: float = 0.15
@@ -93,6 +94,10 @@ class RunConfig:
         if not 0 <= self.remove_blocks <= 3:
             raise ConfigError(
                 f"remove_blocks must be 0, 1, 2 or 3; received {self.remove_blocks}."
+            )
+        if self.freeze_blocks < 0:
+            raise ConfigError(
+                f"freeze_blocks must be 0 (train every block) or more; received {self.freeze_blocks}."
             )
         if not 32 <= self.image_size <= 512:
             raise ConfigError(

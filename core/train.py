@@ -89,23 +89,26 @@ class TrainResult:
 
 # -- identities ---------------------------------------------------------------------------------------
 def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights, freeze_blocks: int = 0) -> str:
+    config = cfg.to_dict()
+    # frozen blocks enter the hash only when set, and in the same place whether they come from the
+    # argument or (once RunConfig has the field) from the config: existing run ids stay valid
+    config.pop("freeze_blocks", None)
+    freeze = resolve_freeze_blocks(cfg, freeze_blocks)
     payload: dict[str, Any] = {
-        "config": cfg.to_dict(),
+        "config": config,
         "dataset": fingerprint,
         "weights": weights.identity,
         "v": CACHE_FORMAT_VERSION,
     }
-    if freeze_blocks and "freeze_blocks" not in payload["config"]:  # until RunConfig carries it
-        payload["freeze_blocks"] = freeze_blocks
+    if freeze:
+        payload["freeze_blocks"] = int(freeze)
     return stable_hash(payload)
 
 
 def resolve_freeze_blocks(cfg: RunConfig, freeze_blocks: int | None = None) -> int:
-    """Blocks kept frozen when the backbone trains: ``cfg.freeze_blocks`` if the config has it, else the
-    argument; 0 (the whole network trains) for head-only runs."""
-    value = getattr(cfg, "freeze_blocks", None)
-    if value is None:
-        value = freeze_blocks or 0
+    """Blocks kept frozen when the backbone trains: ``cfg.freeze_blocks`` if set, else the argument;
+    0 (the whole network trains) for head-only runs."""
+    value = cfg.freeze_blocks or freeze_blocks or 0
     if cfg.phase == "head":
         return 0
     perf.prefix_layer(cfg.backbone, cfg.remove_blocks, int(value))  # validates

@@ -111,6 +111,11 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
     assert list(store.features_dir.glob("prefix-*.npz"))
     assert find_run(cfg, tiny_dataset, store, freeze_blocks=1).run_id == partial.run_id
     assert train(cfg, tiny_dataset, store, freeze_blocks=1).cached
+    # the config field (CLI --freeze-blocks) names the same run; on a head-only run it changes nothing
+    assert train(cfg.replace(freeze_blocks=1), tiny_dataset, store).run_id == partial.run_id
+    head = cfg.replace(phase="head")
+    assert find_run(head.replace(freeze_blocks=1), tiny_dataset, store) is None
+    assert train(head, tiny_dataset, store).run_id == train(head.replace(freeze_blocks=1), tiny_dataset, store).run_id
     from core.data import decode_dataset, scan_dataset
 
     ds = decode_dataset(scan_dataset(tiny_dataset), 32, store.datasets_dir)
