@@ -96,6 +96,14 @@ def add_run_options(p: argparse.ArgumentParser, *, for_search: bool = False) -> 
     p.add_argument("--aug-vflip", type=_bool, nargs="?", const=True, default=a.vflip)
     p.add_argument("--aug-grid-mask", type=_bool, nargs="?", const=True, default=a.grid_mask, help="keras-cv GridMask")
     p.add_argument("--aug-channel-shuffle", type=_bool, nargs="?", const=True, default=a.channel_shuffle)
+    p.add_argument(
+        "--tta",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=d.tta,
+        help="test-time flip: validation and test predictions averaged over each image and its mirror",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
 
 
@@ -106,6 +114,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> RunConfig:
         "weights": args.weights,
         "remove_blocks": args.remove_blocks,
         "freeze_blocks": args.freeze_blocks,
+        "tta": args.tta,
         "image_size": args.image_size,
         "train_per_class": args.train_per_class,
         "val_fraction": args.val_fraction,

@@ -39,6 +39,11 @@ class AugmentConfig:
         """True when no augmentation is applied at all."""
         return self == AugmentConfig()
 
+    def is_hflip_only(self) -> bool:
+        """True when horizontal flipping is the only augmentation (a head can then train on the cached
+        features of each image and of its mirror image, without running the backbone per epoch)."""
+        return self == AugmentConfig(hflip=True)
+
     def validate(self) -> None:
         if not 0.0 <= self.rotation <= 180.0:
             raise ConfigError(
@@ -80,6 +85,7 @@ class RunConfig:
     reduce_lr_patience: int = 0
     reduce_lr_factor: float = 0.5
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    tta: bool = False  # test-time flip: val/test probabilities averaged over each image and its mirror
     seed: int = 0
 
     # -- validation -----------------------------------------------------------------------------
@@ -159,8 +165,9 @@ class RunConfig:
     # -- derived --------------------------------------------------------------------------------
     @property
     def uses_feature_cache(self) -> bool:
-        """Head-only training without augmentation trains on cached backbone features."""
-        return self.phase in ("head", "head+full") and self.augment.is_identity()
+        """The head trains on cached backbone features: without augmentation, or with horizontal flips
+        only (then on the cached features of the images and of their mirror images)."""
+        return self.phase in ("head", "head+full") and (self.augment.is_identity() or self.augment.is_hflip_only())
 
     @property
     def resolved_full_epochs(self) -> int:

@@ -88,11 +88,16 @@ class TrainResult:
 
 
 # -- identities ---------------------------------------------------------------------------------------
+LATE_SETTINGS: dict[str, Any] = {"tta": False}  # RunConfig fields added later, with their defaults
+
 def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights, freeze_blocks: int = 0) -> str:
     config = cfg.to_dict()
-    # frozen blocks enter the hash only when set, and in the same place whether they come from the
-    # argument or (once RunConfig has the field) from the config: existing run ids stay valid
+    # settings added after runs were first cached enter the hash only when set, so that earlier run
+    # ids stay valid; frozen blocks the same way whether they come from the argument or the config
     config.pop("freeze_blocks", None)
+    for name, default in LATE_SETTINGS.items():
+        if config.get(name) == default:
+            config.pop(name)
     freeze = resolve_freeze_blocks(cfg, freeze_blocks)
     payload: dict[str, Any] = {
         "config": config,
@@ -297,23 +302,60 @@ def compute_features(
     progress: ProgressFn | None = None,
     batch_size: int = 64,
     fn: perf.FeatureFn | None = None,
+    mirror: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, bool, float]:
     """Pooled backbone features of every train and test image, cached by ``key``.
 
     ``fn`` is a graph-mode pass of ``clf.features`` (made here if not given; a warm model keeps its own).
+    ``mirror``: the features of the horizontally flipped images instead (cached beside the others).
     Returns (train features, test features, cache hit, seconds spent computing)."""
-    path = store.features_dir / f"{key}.npz"
+    path = store.features_dir / (f"{key}-hflip.npz" if mirror else f"{key}.npz")
     cached = _cached_arrays(path, {"train": len(ds.x_train), "test": len(ds.x_test)})
     if cached is not None:
         return cached["train"], cached["test"], True, 0.0
     t0 = time.monotonic()
-    f_train, f_test = _map_images(fn or perf.FeatureFn(clf.features), (ds.x_train, ds.x_test), progress, batch_size)
+    arrays = (ds.x_train[:, :, ::-1], ds.x_test[:, :, ::-1]) if mirror else (ds.x_train, ds.x_test)
+    f_train, f_test = _map_images(fn or perf.FeatureFn(clf.features), arrays, progress, batch_size)
     seconds = time.monotonic() - t0
     try:
         atomic_write_npz(path, train=f_train, test=f_test)
     except SceneLabError as exc:  # caching is an optimisation: warn and go on
         logger.warning("%s", exc)
     return f_train, f_test, False, seconds
+
+
+def mirrored_features(f: np.ndarray, f_mirror: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Any:
+    """Batches of cached features for training a head with random horizontal flips.
+
+    Each epoch every image is drawn once, as itself or (probability 1/2) as its mirror image, in a new
+    order; both come from the feature caches, so the epoch costs what a head epoch costs. The draws
+    depend on ``seed`` and the epoch alone: a run repeats exactly."""
+    import keras
+
+    class MirroredFeatures(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+            self._draw()
+
+        def _draw(self) -> None:
+            rng = np.random.default_rng([seed, self.epoch])
+            self.order = rng.permutation(len(y))
+            self.flip = rng.random(len(y)) < 0.5
+
+        def __len__(self) -> int:
+            return int(np.ceil(len(y) / batch_size))
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+            idx = self.order[i * batch_size : (i + 1) * batch_size]
+            x = np.where(self.flip[idx, None], f_mirror[idx], f[idx])
+            return x, y[idx]
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+            self._draw()
+
+    return MirroredFeatures()
 
 
 def prefix_key(features: str, layer: str) -> str:
@@ -517,7 +559,7 @@ def _train_entry(
     feature_seconds = 0.0
     feature_hit: bool | None = None
     cancelled = False
-    f_train = f_test = None
+    f_train = f_test = m_train = m_test = None  # features of the images and of their mirror images
     a_train = a_test = None  # prefix activations (partial fine-tuning on cached activations)
     suffix_model = None
 
@@ -540,11 +582,21 @@ def _train_entry(
             if fn is None:
                 fn = entry.extras["features_fn"] = perf.FeatureFn(clf.features)
             f_train, f_test, feature_hit, feature_seconds = compute_features(clf, ds, fkey, store, progress, fn=fn)
+            if cfg.augment.hflip or cfg.tta:
+                m_train, m_test, hit, seconds = compute_features(clf, ds, fkey, store, progress, fn=fn, mirror=True)
+                feature_hit, feature_seconds = feature_hit and hit, feature_seconds + seconds
             head = _stage(entry, "head", lambda: clf.head, cfg, cfg.lr, perf.HEAD_STEPS_PER_EXECUTION)
-            cancelled = _fit(  # NumPy inputs: Keras' own per-epoch shuffle, as every head run before
+            if cfg.augment.hflip:
+                x_head: Any = mirrored_features(
+                    f_train[splits.train], m_train[splits.train], y_tr, cfg.batch_size, cfg.seed
+                )
+                y_head = None
+            else:  # NumPy inputs: Keras' own per-epoch shuffle, as every head run before
+                x_head, y_head = f_train[splits.train], y_tr
+            cancelled = _fit(
                 head,
-                f_train[splits.train],
-                y_tr,
+                x_head,
+                y_head,
                 (f_train[splits.val], y_val),
                 cfg,
                 cfg.epochs,
@@ -607,15 +659,24 @@ def _train_entry(
     # -- evaluation: on cached features/activations when they still hold, else on images
     if progress is not None:
         progress({"event": "status", "message": "evaluating"})
+    def on_images(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.asarray(clf.model.predict(make_tf_dataset(x, y, 64), verbose=0))
+
     if f_train is not None and not base_trained:
         p_val = np.asarray(clf.head.predict(f_train[splits.val], verbose=0, batch_size=256))
         p_test = np.asarray(clf.head.predict(f_test, verbose=0, batch_size=256))
-    elif suffix_model is not None and a_train is not None:
-        p_val = np.asarray(suffix_model.predict(a_train[splits.val], verbose=0, batch_size=64))
-        p_test = np.asarray(suffix_model.predict(a_test, verbose=0, batch_size=64))
+        if cfg.tta:
+            p_val = (p_val + clf.head.predict(m_train[splits.val], verbose=0, batch_size=256)) / 2
+            p_test = (p_test + clf.head.predict(m_test, verbose=0, batch_size=256)) / 2
     else:
-        p_val = np.asarray(clf.model.predict(make_tf_dataset(x_val, y_val, 64), verbose=0))
-        p_test = np.asarray(clf.model.predict(make_tf_dataset(ds.x_test, ds.y_test, 64), verbose=0))
+        if suffix_model is not None and a_train is not None:
+            p_val = np.asarray(suffix_model.predict(a_train[splits.val], verbose=0, batch_size=64))
+            p_test = np.asarray(suffix_model.predict(a_test, verbose=0, batch_size=64))
+        else:
+            p_val, p_test = on_images(x_val, y_val), on_images(ds.x_test, ds.y_test)
+        if cfg.tta:  # the mirror images through the whole (trained) network
+            p_val = (p_val + on_images(x_val[:, :, ::-1], y_val)) / 2
+            p_test = (p_test + on_images(ds.x_test[:, :, ::-1], ds.y_test)) / 2
     metrics = _metrics(cfg, ds, splits, history, p_val, p_test, y_val)
     metrics.update(
         {

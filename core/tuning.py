@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -53,7 +54,13 @@ PRUNERS = ("median", "none")
 DEFAULT_TRIALS = 30
 #: tune's defaults that differ from ``train``'s: 30 head epochs (each head trial takes seconds on
 #: cached features), the number of epochs the study's own head runs used.
-TUNE_DEFAULTS: dict[str, Any] = {"epochs": 30}
+#: ``tune``'s own defaults (argparse dests): heads train with the study's flip augmentation, free on cached
+#: features, and are judged with test-time flip; both can be turned off (``--aug-hflip false --tta false``).
+TUNE_DEFAULTS: dict[str, Any] = {"epochs": 30, "aug_hflip": True, "tta": True}
+#: ``--repeats auto``: trials of heads on cached features are cheap, so each trains this many times
+#: (other seeds: other validation splits and initial weights) and scores the mean validation accuracy.
+AUTO_REPEATS_CHEAP = 3
+REPEAT_SEED_STEP = 1000  # repeat r of a trial with seed s trains with seed s + r * REPEAT_SEED_STEP
 HEARTBEAT_INTERVAL_S = 10
 HEARTBEAT_GRACE_S = 60
 
@@ -575,12 +582,16 @@ class Objective:
         store: Any,
         *,
         progress: Callable[[dict[str, Any]], None] | None = None,
+        repeats: int = 1,
     ) -> None:
+        if repeats < 1:
+            raise ConfigError(f"Repeats must be at least 1; received {repeats}.")
         self.base = base
         self.space = space
         self.data_root = data_root
         self.store = store
         self.progress = progress
+        self.repeats = repeats
 
     def config_for(self, trial: optuna.trial.BaseTrial) -> RunConfig:
         return self.base.replace(**suggest(trial, self.space)).validate()
@@ -617,6 +628,16 @@ class Objective:
             m = result.record.metrics
             if m.get("val_accuracy") is None:
                 raise ConfigError("The run has no validation images, so the search has nothing to select on; raise the validation fraction.")
+            vals, tests = [float(m["val_accuracy"])], [m.get("test_accuracy")]
+            for r in range(1, self.repeats):  # the same config, other split and initial weights
+                again = train(cfg.replace(seed=cfg.seed + r * REPEAT_SEED_STEP), self.data_root, self.store, progress=self.progress)
+                vals.append(float(again.record.metrics["val_accuracy"]))
+                tests.append(again.record.metrics.get("test_accuracy"))
+            if self.repeats > 1:
+                trial.set_user_attr("val_accuracies", vals)
+                trial.set_user_attr("test_accuracies", tests)
+                trial.set_user_attr("test_accuracy_mean", round(float(np.mean([t for t in tests if t is not None])), 4))
+            trial.set_user_attr("val_accuracy", m["val_accuracy"])
             trial.set_user_attr("run_id", result.run_id)
             trial.set_user_attr("test_accuracy", m.get("test_accuracy"))
             trial.set_user_attr("train_accuracy", m.get("train_accuracy"))
@@ -624,7 +645,7 @@ class Objective:
             trial.set_user_attr("cached", result.cached)
             trial.set_user_attr("train_seconds", m.get("seconds"))
             trial.set_user_attr("seconds", round(time.monotonic() - t0, 3))
-            return float(m["val_accuracy"])
+            return round(float(np.mean(vals)), 6)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -991,6 +1012,15 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="tpe (default) or random")
     p.add_argument("--pruner", choices=PRUNERS, default=None, help="median (default) or none")
     p.add_argument("--space", default=None, help="JSON file narrowing or fixing search parameters")
+    p.add_argument(
+        "--repeats",
+        default=None,
+        help=(
+            "trainings per trial, each with another seed (validation split and initial weights), scored by "
+            f"their mean validation accuracy; 'auto' (default): {AUTO_REPEATS_CHEAP} when trials train heads on "
+            "cached features, else 1"
+        ),
+    )
     # the train options: any one given fixes that parameter; tell given from default with a sentinel
     probe = argparse.ArgumentParser(add_help=False)
     add_run_options(probe, for_search=True)
@@ -1039,6 +1069,19 @@ def _compare(name: str, stored: dict[str, Any], cfg: RunConfig, explicit: dict[s
             )
 
 
+def resolve_repeats(value: str | int | None, base: RunConfig) -> int:
+    """``--repeats``: a positive count, or ``auto``/unset: :data:`AUTO_REPEATS_CHEAP` for heads on cached features."""
+    if value is None or str(value).strip().lower() == "auto":
+        return AUTO_REPEATS_CHEAP if base.phase == "head" and base.uses_feature_cache else 1
+    try:
+        n = int(str(value))
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 20:
+        raise ConfigError(f"--repeats must be auto or a count from 1 to 20; received {value!r}.")
+    return n
+
+
 def prepare_cli_study(args: argparse.Namespace) -> tuple[optuna.Study, dict[str, Any], str]:
     """Resolve the CLI's options into a created or resumed study; returns (study, settings, data root)."""
     from core.cli import config_from_args, default_artifacts
@@ -1068,6 +1111,12 @@ def prepare_cli_study(args: argparse.Namespace) -> tuple[optuna.Study, dict[str,
             if given is not None and given != stored[opt]:
                 raise ConfigError(
                     f"Study {args.study!r} uses the {stored[opt]} {opt}, not {given}; leave --{opt} out or use a new study name."
+                )
+        if args.repeats is not None:
+            want, have = resolve_repeats(args.repeats, RunConfig.from_dict(stored["base_config"])), int(stored.get("repeats", 1))
+            if want != have:
+                raise ConfigError(
+                    f"Study {args.study!r} trains each trial {have} time(s), not {want}; leave --repeats out or use a new study name."
                 )
         data_root = args.data or stored["data_root"]
         if _fingerprint(data_root) != stored["data_fingerprint"]:
@@ -1099,6 +1148,7 @@ def prepare_cli_study(args: argparse.Namespace) -> tuple[optuna.Study, dict[str,
             "sampler": args.sampler or "tpe",
             "pruner": args.pruner or "median",
             "seed": cfg.seed,
+            "repeats": resolve_repeats(args.repeats, RunConfig.from_dict(base)),
             "n_trials": args.trials or DEFAULT_TRIALS,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
@@ -1136,7 +1186,7 @@ def run_cli(args: argparse.Namespace) -> int:
     with contextlib.suppress(SceneLabError, OSError):
         store.clean_stale()
     base = RunConfig.from_dict(settings["base_config"])
-    objective = Objective(base, settings["space"], data_root, store)
+    objective = Objective(base, settings["space"], data_root, store, repeats=int(settings.get("repeats", 1)))
     n = int(settings["n_trials"])
 
     def log_trial(t: FrozenTrial) -> None:

@@ -60,6 +60,7 @@ def shared() -> dict[str, Any]:
         "weights": ss.get("weights", "imagenet"),
         "image_size": int(ss.get("image_size", 128)),
         "seed": int(ss.get("seed", 0)),
+        "tta": bool(ss.get("tta", False)),
         "artifacts": ss.get("artifacts") or str(default_artifacts()),
     }
 
@@ -467,7 +468,7 @@ if pick == NEW:
     with st.form(f"{P}_new_form"):
         st.markdown(
             f"Backbone **{s['backbone']}** ({s['weights']} weights), **{s['image_size']} px**, seed {s['seed']} "
-            "from the sidebar; phase head on cached features, no augmentation."
+            "from the sidebar; phase head on cached features."
         )
         c1, c2, c3, c4 = st.columns(4)
         name = c1.text_input("Study name", value="search-1", key=f"{P}_new_name")
@@ -475,6 +476,19 @@ if pick == NEW:
         sampler = c3.selectbox("Sampler", ["tpe", "random"], key=f"{P}_new_sampler", help="random is what the study's W&B sweep did")
         pruner = c4.selectbox("Pruner", ["median", "none"], key=f"{P}_new_pruner")
         epochs = c1.number_input("Epochs per trial", min_value=1, max_value=200, value=30, key=f"{P}_new_epochs")
+        hflip = c2.checkbox(
+            "Flip augmentation", value=True, key=f"{P}_new_hflip",
+            help="Heads train on the cached features of each image and of its mirror image: the study's flip, at no cost per epoch.",
+        )
+        tta = c3.checkbox(
+            "Test-time flip", value=True, key=f"{P}_new_tta",
+            help="Validation and test predictions average each image with its mirror image.",
+        )
+        repeats = c4.number_input(
+            "Seeds per trial", min_value=1, max_value=20, value=tuning.AUTO_REPEATS_CHEAP, key=f"{P}_new_repeats",
+            help="Each trial trains this many times (other validation splits and initial weights) and scores the mean "
+            "validation accuracy: a steadier ranking than one 282-image split.",
+        )
         st.markdown("**Fix parameters** (ticked ones are not searched):")
         fix: dict[str, Any] = {}
         row1 = st.columns(4)
@@ -500,7 +514,7 @@ if pick == NEW:
             "--data", s["data_root"], "--study", name, "--trials", str(int(trials)), "--storage", url,
             "--artifacts", artifacts, "--sampler", sampler, "--pruner", pruner, "--backbone", s["backbone"],
             "--weights", s["weights"], "--image-size", str(s["image_size"]), "--seed", str(s["seed"]),
-            "--phase", "head", "--epochs", str(int(epochs)), "--json",
+            "--aug-hflip", str(hflip).lower(), "--tta", str(tta).lower(), "--repeats", str(int(repeats)), "--phase", "head", "--epochs", str(int(epochs)), "--json",
         ]
         for param, value in fix.items():
             argv += [f"--{param.replace('_', '-')}", str(value)]

@@ -199,12 +199,13 @@ def test_regularisation_overlays_the_previous_setting(tiny_dataset, trained):
 
 def test_loaded_config_prefills_a_page_and_is_consumed(tiny_dataset, trained):
     artifacts, record = trained
-    loaded = TINY.replace(dropout=0.25, image_size=64, seed=3).to_dict()
+    loaded = TINY.replace(dropout=0.25, image_size=64, seed=3, tta=True).to_dict()
     at = open_page("pages/regularisation.py", tiny_dataset, artifacts, loaded_config=loaded)
     assert "loaded_config" not in at.session_state
     assert at.slider(key="regularisation_dropout").value == 0.25
     assert at.number_input(key="regularisation_epochs").value == 2
     assert at.session_state["image_size"] == 64 and at.session_state["seed"] == 3
+    assert at.sidebar.checkbox(key="tta").value is True  # the sidebar's test-time flip follows the run
     assert "Also kept from the loaded run: remove_blocks=3, val_fraction=0.25, batch_size=8." in texts(at)
 
 

@@ -173,3 +173,61 @@ def test_augmented_runs_are_reproducible(tiny_dataset, tmp_path):
     a = train(cfg, tiny_dataset, Store(tmp_path / "a")).record
     b = train(cfg, tiny_dataset, Store(tmp_path / "b")).record
     np.testing.assert_allclose(a.predictions()["probs"], b.predictions()["probs"], atol=1e-5)
+
+
+def test_flip_only_head_trains_on_cached_mirror_features(tiny_dataset, tmp_path):
+    store = Store(tmp_path / "a")
+    cfg = TINY.replace(augment=AugmentConfig(hflip=True), epochs=3)
+    assert cfg.uses_feature_cache and not TINY.replace(augment=AugmentConfig(hflip=True, zoom=0.1)).uses_feature_cache
+    first = train(cfg, tiny_dataset, store).record
+    assert first.metrics["feature_cache_hit"] is False
+    assert len(list(store.features_dir.glob("*-hflip.npz"))) == 1
+    # the mirror features are those of the flipped images, and a repeat is exact (draws depend on the seed)
+    again = train(cfg, tiny_dataset, Store(tmp_path / "b")).record
+    np.testing.assert_allclose(first.predictions()["probs"], again.predictions()["probs"], atol=1e-5)
+    plain = train(TINY.replace(epochs=3), tiny_dataset, store).record
+    assert plain.metrics["feature_cache_hit"] is True  # the un-mirrored features were shared
+    assert not np.allclose(first.predictions()["probs"], plain.predictions()["probs"], atol=1e-4)
+
+
+def test_mirrored_features_draw_each_image_once_per_epoch():
+    f = np.arange(10, dtype="float32")[:, None]
+    ds = train_mod.mirrored_features(f, -f, np.arange(10), 4, seed=1)
+    assert len(ds) == 3
+    epochs = []
+    for _ in range(2):
+        x = np.concatenate([ds[i][0] for i in range(len(ds))])[:, 0]
+        y = np.concatenate([ds[i][1] for i in range(len(ds))])
+        assert sorted(np.abs(x)) == list(range(10)) and np.array_equal(np.abs(x), y)
+        epochs.append(x)
+        ds.on_epoch_end()
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert (epochs[0] < 0).any() and (epochs[0] >= 0).any()
+
+
+@pytest.mark.parametrize("phase", ["head", "full"])
+def test_tta_averages_image_and_mirror(tiny_dataset, tmp_path, phase):
+    store = Store(tmp_path / "a")
+    base = TINY.replace(phase=phase, epochs=1)
+    plain = train(base, tiny_dataset, store)
+    tta = train(base.replace(tta=True), tiny_dataset, store)
+    assert tta.run_id != plain.run_id
+    # the same seed trains the same weights; only evaluation differs: the mean with the mirror's probabilities
+    model = load_classifier(tta.record)
+    from core.data import decode_dataset, scan_dataset
+
+    x = decode_dataset(scan_dataset(tiny_dataset), 32, store.datasets_dir).x_test.astype("float32")
+    expected = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(tta.record.predictions()["probs"], expected, atol=1e-4)
+    np.testing.assert_allclose(plain.record.predictions()["probs"], model.predict(x, verbose=0), atol=1e-4)
+
+
+def test_late_settings_at_default_keep_earlier_run_ids():
+    weights = train_mod.resolve_weights("densenet121", "none")
+    cfg = TINY
+    payload = {k: v for k, v in cfg.to_dict().items() if k not in ("tta", "freeze_blocks")}
+    from core.config import stable_hash
+
+    expected = stable_hash({"config": payload, "dataset": "x", "weights": weights.identity, "v": train_mod.CACHE_FORMAT_VERSION})
+    assert train_mod.run_id_for(cfg, "x", weights) == expected
+    assert train_mod.run_id_for(cfg.replace(tta=True), "x", weights) != expected

@@ -33,7 +33,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def tune_cmd(data: Path, study: str, storage: str, artifacts: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "core", "tune", "--data", str(data), "--study", study, "--storage", storage,
-        "--artifacts", str(artifacts), *TINY_ARGS, *extra, "--json",
+        "--artifacts", str(artifacts), *TINY_ARGS, *(extra if "--repeats" in extra else ("--repeats", "1", *extra)),
+        "--json",
     ]  # fmt: skip
 
 
@@ -125,6 +126,29 @@ def test_objective_with_fixed_trial(tiny_dataset: Path, store) -> None:
     # the same config again: served from the cache, same value
     again = optuna.trial.FixedTrial(FIXED)
     assert objective(again) == value and again.user_attrs["cached"] is True
+
+
+def test_repeats_score_the_mean_of_other_seeds(tiny_dataset: Path, store) -> None:
+    objective = tuning.Objective(TINY, tuning.build_space(), tiny_dataset, store, repeats=2)
+    trial = optuna.trial.FixedTrial(FIXED)
+    value = objective(trial)
+    vals, tests = trial.user_attrs["val_accuracies"], trial.user_attrs["test_accuracies"]
+    assert len(vals) == 2 and value == pytest.approx(sum(vals) / 2)
+    main = store.load_run(trial.user_attrs["run_id"])
+    assert main.config["run"]["seed"] == TINY.seed and trial.user_attrs["test_accuracy"] == main.metrics["test_accuracy"]
+    seeds = sorted(r.config["run"]["seed"] for r in store.list_runs())
+    assert seeds == [TINY.seed, TINY.seed + tuning.REPEAT_SEED_STEP]  # each repeat is a stored run of its own
+    assert tests[1] == next(r for r in store.list_runs() if r.run_id != main.run_id).metrics["test_accuracy"]
+
+
+def test_resolve_repeats() -> None:
+    assert tuning.resolve_repeats(None, TINY) == tuning.AUTO_REPEATS_CHEAP  # a head on cached features
+    assert tuning.resolve_repeats("auto", TINY.replace(phase="full")) == 1
+    assert tuning.resolve_repeats("auto", TINY.replace(augment=TINY.augment.__class__(zoom=0.1))) == 1
+    assert tuning.resolve_repeats("4", TINY.replace(phase="full")) == 4
+    for bad in ("0", "x", "21"):
+        with pytest.raises(ConfigError, match="--repeats"):
+            tuning.resolve_repeats(bad, TINY)
 
 
 def test_pruning_stops_training_and_stores_nothing(tiny_dataset: Path, store) -> None:
@@ -310,12 +334,14 @@ def test_joining_with_a_conflicting_option_is_refused(tiny_dataset: Path, tmp_pa
         (["--epochs", "9"], "created with epochs=3, not 9"),
         (["--lr", "0.1"], "searches lr"),
         (["--sampler", "random"], "uses the tpe sampler"),
+        (["--repeats", "2"], "trains each trial 3 time(s), not 2"),
     ):
         assert cli_main([*args, *extra]) == 2
         assert words in capsys.readouterr().err
     # joining with no options adopts the stored ones
     study, settings, data = tuning.prepare_cli_study(build_parser().parse_args(["tune", "--study", "c", "--storage", url]))
     assert settings["base_config"]["optimizer"] == "adam" and "optimizer" not in settings["space"]
+    assert settings["repeats"] == tuning.AUTO_REPEATS_CHEAP  # auto: its trials train heads on cached features
     assert Path(data) == tiny_dataset.resolve() and settings["base_config"]["image_size"] == 32
 
 

@@ -26,8 +26,8 @@ from core.store import RunRecord, Store
 from core.train import prepare, summary_row
 from core.worker import Job, Worker
 
-SHARED_KEYS = ("data_root", "backbone", "weights", "image_size", "seed", "artifacts")
-CONFIG_SHARED_KEYS = ("backbone", "weights", "image_size", "seed")
+SHARED_KEYS = ("data_root", "backbone", "weights", "image_size", "tta", "seed", "artifacts")
+CONFIG_SHARED_KEYS = ("backbone", "weights", "image_size", "tta", "seed")
 WEIGHT_CHOICES = ("imagenet", "none")
 IMAGE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256)
 LOADED = "loaded_config"
@@ -80,6 +80,7 @@ def session_defaults() -> dict[str, Any]:
         "backbone": default_backbone(),
         "weights": "imagenet",
         "image_size": 128,
+        "tta": False,
         "seed": 0,
         "artifacts": os.environ.get("SCENELAB_ARTIFACTS") or str(default_artifacts()),
     }
@@ -94,6 +95,7 @@ def settings() -> dict[str, Any]:
     out["data_root"] = str(out["data_root"]).strip()
     out["image_size"] = int(out["image_size"])
     out["seed"] = int(out["seed"])
+    out["tta"] = bool(out["tta"])
     return out
 
 
@@ -104,6 +106,7 @@ def base_config(**overrides: Any) -> RunConfig:
         "backbone": s["backbone"],
         "weights": s["weights"],
         "image_size": s["image_size"],
+        "tta": s["tta"],
         "seed": s["seed"],
     }
     values.update(overrides)
@@ -278,7 +281,7 @@ def summarise_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any] | None 
     base = defaults if defaults is not None else RunConfig().to_dict()
     parts = []
     for k, v in cfg.items():
-        if k in ("backbone", "weights", "image_size", "seed"):
+        if k in CONFIG_SHARED_KEYS:
             continue
         if k == "augment":
             aug = augment_label(v or {})
@@ -554,6 +557,8 @@ def apply_loaded_shared(consumer: bool = True) -> None:
         ss["image_size"] = loaded["image_size"]
     if isinstance(loaded.get("seed"), int):
         ss["seed"] = loaded["seed"]
+    if isinstance(loaded.get("tta"), bool):
+        ss["tta"] = loaded["tta"]
     ss[_LOADED_SHARED] = True
 
 
@@ -696,6 +701,11 @@ def draw_sidebar() -> None:
             st.caption("Random initial weights: nothing pretrained, expect low accuracy.")
         sizes = sorted(set(IMAGE_SIZES) | {int(ss.get("image_size", 128))})
         st.select_slider("Image size (px)", sizes, key="image_size", help="Images are resized to this square size.")
+        st.checkbox(
+            "Test-time flip",
+            key="tta",
+            help="Validation and test predictions average each image with its mirror image (a run of its own).",
+        )
         st.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed")
         _sidebar_queue()
 
