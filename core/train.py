@@ -34,7 +34,7 @@ from core.augment import build_augmenter
 from core.backbones import ResolvedWeights, resolve_weights
 from core.config import RunConfig, stable_hash
 from core.data import DatasetInfo, DecodedDataset, Splits, decode_dataset, make_splits, make_tf_dataset, scan_dataset
-from core.errors import SceneLabError
+from core.errors import SceneLabError, StoreError
 from core.model import Classifier, build_classifier, count_trainable, set_base_trainable
 from core.store import (
     CACHE_FORMAT_VERSION,
@@ -805,7 +805,10 @@ def load_classifier(record: RunRecord) -> Any:
 
     cfg = RunConfig.from_dict(record.config["run"])
     if record.model_path.exists():
-        return keras.models.load_model(record.model_path, safe_mode=True, compile=False)
+        try:
+            return keras.models.load_model(record.model_path, safe_mode=True, compile=False)
+        except Exception as exc:  # damaged zip, foreign or unsafe (Lambda) content: one sentence
+            raise _damaged(record, record.model_path, exc) from exc
     weights = resolve_weights(cfg.backbone, cfg.weights)
     clf = build_classifier(
         cfg.backbone,
@@ -817,8 +820,19 @@ def load_classifier(record: RunRecord) -> Any:
         batch_norm=cfg.batch_norm,
         dense_1024=cfg.dense_1024,
     )
-    clf.head.load_weights(record.path / "head.weights.h5")
+    try:
+        clf.head.load_weights(record.path / "head.weights.h5")
+    except Exception as exc:
+        raise _damaged(record, record.path / "head.weights.h5", exc) from exc
     return clf.model
+
+
+def _damaged(record: RunRecord, path: Path, exc: BaseException) -> StoreError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return StoreError(
+        f"The stored model of run {record.run_id} ({path}) could not be loaded ({reason}); delete the folder "
+        f"{record.path} and train the run again."
+    )
 
 
 def export_model(record: RunRecord, dest: Path) -> Path:

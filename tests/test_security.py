@@ -231,9 +231,12 @@ def test_a_keras_file_with_a_lambda_is_refused_and_never_runs(tmp_path, tiny_dat
     model.save(run / "model.keras")
     model.save(tmp_path / "evil.h5")
     record = RunRecord("planted", run, {"run": TINY.to_dict(), "dataset": {"classes": ["a", "b", "c"]}}, {}, [])
-    with pytest.raises(Exception, match="Lambda|safe_mode|unsafe|arbitrary code") as exc:
+    from core.errors import StoreError
+
+    with pytest.raises(StoreError, match="Lambda|safe_mode|unsafe|arbitrary code") as exc:
         load_classifier(record)
-    assert "Traceback" not in str(exc.value)
+    assert "Traceback" not in str(exc.value) and len(str(exc.value).splitlines()) == 1
+    assert "train the run again" in str(exc.value)
     assert not marker.exists()
     with pytest.raises(ValueError):
         keras.models.load_model(tmp_path / "evil.h5")
