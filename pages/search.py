@@ -334,8 +334,10 @@ def study_view(url: str, name: str, artifacts: str) -> None:
         st.caption(
             f"Searched: {', '.join(settings.get('space', {}))} · sampler {settings.get('sampler')} · pruner "
             f"{settings.get('pruner')} · {base.get('backbone')} ({base.get('weights')} weights) · "
-            f"{base.get('image_size')} px · phase {base.get('phase')} · {base.get('epochs')} epochs · dataset "
-            f"{Path(str(settings.get('data_root', '?'))).name}"
+            f"{base.get('image_size')} px · phase {base.get('phase')} · {base.get('epochs')} epochs"
+            f"{' · flip augmentation' if (base.get('augment') or {}).get('hflip') else ''}"
+            f"{' · test-time flip' if base.get('tta') else ''} · {int(settings.get('repeats', 1))} seed(s) per trial "
+            f"· dataset {Path(str(settings.get('data_root', '?'))).name}"
         )
     if summary["best_params"]:
         st.markdown(

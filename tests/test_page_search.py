@@ -112,6 +112,8 @@ def test_page_shows_the_study(tiny_dataset: Path, demo) -> None:
     assert m["best val accuracy"] == "0.9000" and m["its test accuracy"] == "0.8800"
     text = texts(at)
     assert "Best trial 1" in text and "optimizer=nadam" in text and "run `run1`" in text
+    # the CLI's defaults, named: flip on cached features, test-time flip, 3 seeds per trial
+    assert "phase head · 3 epochs · flip augmentation · test-time flip · 3 seed(s) per trial" in text
     assert "4 of 6 trials finished" in " ".join(str(p.proto.text) for p in at.get("progress"))
     trials = next(df.value for df in at.dataframe if "state" in df.value.columns)
     assert list(trials["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "FAIL"]

@@ -237,7 +237,7 @@ def result_line(record: RunRecord) -> str:
     weights = cfg.get("weights", "?")
     return (
         f"dataset **{ds}** · {cfg.get('backbone', '?')} ({weights} weights) · "
-        f"{cfg.get('image_size', '?')} px · run `{record.run_id}`"
+        f"{cfg.get('image_size', '?')} px{' · test-time flip' if cfg.get('tta') else ''} · run `{record.run_id}`"
     )
 
 
