@@ -28,6 +28,7 @@ DEFAULTS = {
     f"{P}_full_lr": None,
     f"{P}_optimizer": "adam",
     f"{P}_batch_size": 32,
+    f"{P}_freeze_blocks": 0,
 }
 FIELDS = {
     "phase": f"{P}_phase",
@@ -37,6 +38,7 @@ FIELDS = {
     "full_lr": f"{P}_full_lr",
     "optimizer": f"{P}_optimizer",
     "batch_size": f"{P}_batch_size",
+    "freeze_blocks": f"{P}_freeze_blocks",
 }
 
 common.ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
@@ -55,6 +57,11 @@ with st.form(f"{P}_form"):
     c1, c2, c3, c4 = st.columns([2.2, 1, 1, 1])
     c1.radio("What to train", list(PHASE_LABELS), key=f"{P}_phase", format_func=PHASE_LABELS.get, persist_state="session")
     c1.selectbox("Optimizer", OPTIMIZERS, key=f"{P}_optimizer", persist_state="session")
+    c1.number_input(
+        "Blocks kept frozen while the network trains", 0, 3, step=1, key=f"{P}_freeze_blocks", persist_state="session",
+        help="0 trains every block. K > 0 keeps the first K blocks frozen, computes their output once (cached) and "
+        "trains only the rest: much faster on a CPU, often as accurate. Not used by 'head only'.",
+    )
     c2.number_input("Head epochs", 1, 500, step=1, key=f"{P}_epochs", persist_state="session",
                     help="Epochs of the head phase (or of the only phase).")
     c2.number_input("Whole-network epochs", 1, 200, step=1, key=f"{P}_full_epochs", persist_state="session",
@@ -76,6 +83,7 @@ values = {
     # the whole-network settings only matter to head+full: keep them out of other runs' identity
     "full_epochs": int(ss[f"{P}_full_epochs"]) if phase == "head+full" and ss[f"{P}_full_epochs"] else None,
     "full_lr": float(ss[f"{P}_full_lr"]) if phase == "head+full" and ss[f"{P}_full_lr"] else None,
+    "freeze_blocks": int(ss[f"{P}_freeze_blocks"] or 0) if phase != "head" else 0,
 }
 cfg = common.page_config(P, {}, values)
 if cfg is None:

@@ -218,3 +218,23 @@ def test_runs_page_lists_every_stored_run(tiny_dataset, trained):
     row = table[table["run_id"] == record.run_id].iloc[0]
     assert row["dataset"] == tiny_dataset.name and row["test_accuracy"] == record.metrics["test_accuracy"]
     assert at.selectbox(key="runs_dataset").options == ["All datasets", tiny_dataset.name]
+
+
+def test_finetune_frozen_blocks_name_their_run_or_one_sentence(tiny_dataset, tmp_path):
+    at = open_page(None, tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
+    at.radio(key="finetune_phase").set_value("full")
+    at.number_input(key="finetune_freeze_blocks").set_value(1)
+    at.button(key="finetune_train").click()  # the form's values apply on submit
+    at.run()
+    assert not at.exception
+    # TINY keeps one dense block (3 removed): it must train, so nothing can stay frozen
+    assert any("freeze_blocks must be 0 to 0" in e.value for e in at.error), [e.value for e in at.error]
+    assert not Store(tmp_path / "artifacts").list_runs()
+    at.radio(key="finetune_phase").set_value("head")  # head only: the frozen-blocks setting does not apply
+    at.number_input(key="finetune_epochs").set_value(1)
+    at.button(key="finetune_train").click()
+    at.run()
+    assert not at.error
+    at = wait_for(at, lambda a: "Test accuracy" in metrics(a))
+    (record,) = Store(tmp_path / "artifacts").list_runs()
+    assert record.config["run"]["phase"] == "head" and record.config["run"]["freeze_blocks"] == 0
