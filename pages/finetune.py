@@ -58,7 +58,7 @@ with st.form(f"{P}_form"):
     c1.radio("What to train", list(PHASE_LABELS), key=f"{P}_phase", format_func=PHASE_LABELS.get, persist_state="session")
     c1.selectbox("Optimizer", OPTIMIZERS, key=f"{P}_optimizer", persist_state="session")
     c1.number_input(
-        "Blocks kept frozen while the network trains", 0, 3, step=1, key=f"{P}_freeze_blocks", persist_state="session",
+        "Frozen first blocks", 0, 3, step=1, key=f"{P}_freeze_blocks", persist_state="session",
         help="0 trains every block. K > 0 keeps the first K blocks frozen, computes their output once (cached) and "
         "trains only the rest: much faster on a CPU, often as accurate. Not used by 'head only'.",
     )
