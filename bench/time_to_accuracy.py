@@ -39,12 +39,10 @@ from bench import common  # noqa: E402
 STRATEGIES: dict[str, dict[str, Any]] = {
     "head": {
         "config": {"phase": "head", "epochs": 60, "dropout": 0.3, "optimizer": "adam", "lr": 1e-3},
-        "freeze_blocks": None,
         "what": "head on cached pooled features (Adam 1e-3, dropout 0.3, 60 epochs)",
     },
     "partial": {
-        "config": {"phase": "full", "epochs": 10, "dropout": 0.3, "optimizer": "adam", "lr": 3e-4},
-        "freeze_blocks": 3,
+        "config": {"phase": "full", "epochs": 10, "dropout": 0.3, "optimizer": "adam", "lr": 3e-4, "freeze_blocks": 3},
         "what": "last block + head conv fine-tuned on cached prefix activations (Adam 3e-4, 10 epochs)",
     },
 }
@@ -74,7 +72,7 @@ def run_scenelab(data: str, size: int, strategy: str, tiny: bool) -> dict[str, A
     cfg = RunConfig(backbone="efficientnet_lite0", weights="imagenet", image_size=size, batch_size=32, **settings)
     perf.WARM.clear()
     with tempfile.TemporaryDirectory(prefix="bench-tta-") as tmp:
-        result = train(cfg, data, Store(tmp), freeze_blocks=spec["freeze_blocks"])
+        result = train(cfg, data, Store(tmp))
         elapsed = time.monotonic() - T0
     m = result.record.metrics
     return {

@@ -90,15 +90,15 @@ class TrainResult:
 # -- identities ---------------------------------------------------------------------------------------
 LATE_SETTINGS: dict[str, Any] = {"tta": False}  # RunConfig fields added later, with their defaults
 
-def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights, freeze_blocks: int = 0) -> str:
+def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
     config = cfg.to_dict()
     # settings added after runs were first cached enter the hash only when set, so that earlier run
-    # ids stay valid; frozen blocks the same way whether they come from the argument or the config
+    # ids stay valid; frozen blocks only where they apply (not to head-only runs)
     config.pop("freeze_blocks", None)
     for name, default in LATE_SETTINGS.items():
         if config.get(name) == default:
             config.pop(name)
-    freeze = resolve_freeze_blocks(cfg, freeze_blocks)
+    freeze = resolve_freeze_blocks(cfg)
     payload: dict[str, Any] = {
         "config": config,
         "dataset": fingerprint,
@@ -110,14 +110,12 @@ def run_id_for(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights, freez
     return stable_hash(payload)
 
 
-def resolve_freeze_blocks(cfg: RunConfig, freeze_blocks: int | None = None) -> int:
-    """Blocks kept frozen when the backbone trains: ``cfg.freeze_blocks`` if set, else the argument;
-    0 (the whole network trains) for head-only runs."""
-    value = cfg.freeze_blocks or freeze_blocks or 0
+def resolve_freeze_blocks(cfg: RunConfig) -> int:
+    """Blocks kept frozen when the backbone trains (validated); 0 for head-only runs, where all are."""
     if cfg.phase == "head":
         return 0
-    perf.prefix_layer(cfg.backbone, cfg.remove_blocks, int(value))  # validates
-    return int(value)
+    perf.prefix_layer(cfg.backbone, cfg.remove_blocks, cfg.freeze_blocks)  # validates
+    return cfg.freeze_blocks
 
 
 def features_key(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
@@ -144,20 +142,18 @@ class Prepared:
     freeze_blocks: int = 0
 
 
-def prepare(cfg: RunConfig, data_root: str | os.PathLike[str], *, freeze_blocks: int | None = None) -> Prepared:
+def prepare(cfg: RunConfig, data_root: str | os.PathLike[str]) -> Prepared:
     """Validate the config, scan the dataset and resolve weights (no decoding, no training)."""
     cfg.validate()
-    freeze = resolve_freeze_blocks(cfg, freeze_blocks)
+    freeze = resolve_freeze_blocks(cfg)
     info = scan_dataset(data_root)
     weights = resolve_weights(cfg.backbone, cfg.weights)
-    return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights, freeze), freeze)
+    return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights), freeze)
 
 
-def find_run(
-    cfg: RunConfig, data_root: str | os.PathLike[str], store: Store, *, freeze_blocks: int | None = None
-) -> RunRecord | None:
+def find_run(cfg: RunConfig, data_root: str | os.PathLike[str], store: Store) -> RunRecord | None:
     """The stored run for ``cfg`` on this dataset, if it was trained before."""
-    prep = prepare(cfg, data_root, freeze_blocks=freeze_blocks)
+    prep = prepare(cfg, data_root)
     return store.load_run(prep.run_id)
 
 
@@ -395,13 +391,9 @@ def train(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     force: bool = False,
-    freeze_blocks: int | None = None,
 ) -> TrainResult:
-    """Return the stored run for ``cfg`` or train it now (one process at a time per run id).
-
-    ``freeze_blocks`` (phases ``full`` and ``head+full``): keep the backbone's first K blocks frozen and
-    fine-tune the rest; a config field of that name, once RunConfig has one, takes precedence."""
-    prep = prepare(cfg, data_root, freeze_blocks=freeze_blocks)
+    """Return the stored run for ``cfg`` or train it now (one process at a time per run id)."""
+    prep = prepare(cfg, data_root)
     if not force:
         record = store.load_run(prep.run_id)
         if record is not None:

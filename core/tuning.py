@@ -683,13 +683,9 @@ def _drop_warm_models() -> None:
     """Forget ``core.perf``'s warm compiled models: their graphs went with the cleared session.
 
     A search seldom reuses one anyway (dropout, optimizer and weight decay are part of their key)."""
-    try:
-        from core import perf
-    except ImportError:  # pragma: no cover - older engines have no warm models
-        return
-    warm = getattr(perf, "WARM", None)
-    if warm is not None and hasattr(warm, "clear"):
-        warm.clear()
+    from core import perf
+
+    perf.WARM.clear()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ def shared() -> dict[str, Any]:
         "weights": ss.get("weights", "imagenet"),
         "image_size": int(ss.get("image_size", 128)),
         "seed": int(ss.get("seed", 0)),
-        "tta": bool(ss.get("tta", False)),
         "artifacts": ss.get("artifacts") or str(default_artifacts()),
     }
 

@@ -69,7 +69,7 @@ def _stable(record):
     return {k: v for k, v in record.metrics.items() if k not in VOLATILE}
 
 
-@pytest.mark.parametrize("phase, freeze", [("head", None), ("full", 1)])
+@pytest.mark.parametrize("phase, freeze", [("head", 0), ("full", 1)])
 def test_warm_model_reuse_gives_identical_results(tiny_dataset, tmp_path, phase, freeze):
     import numpy as np
 
@@ -80,15 +80,15 @@ def test_warm_model_reuse_gives_identical_results(tiny_dataset, tmp_path, phase,
 
     cfg = RunConfig(phase=phase, dropout=0.2, **TINY_CFG)
     perf.WARM.clear()
-    cold = train(cfg, tiny_dataset, Store(tmp_path / "a"), freeze_blocks=freeze)
-    warm = train(cfg, tiny_dataset, Store(tmp_path / "b"), freeze_blocks=freeze)  # same run again, model warm
+    cold = train(cfg.replace(freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "a"))
+    warm = train(cfg.replace(freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "b"))  # same run again, model warm
     assert cold.record.metrics["warm_model"] is False and warm.record.metrics["warm_model"] is True
     assert _stable(warm.record) == _stable(cold.record)
     assert warm.record.history == cold.record.history
     np.testing.assert_array_equal(warm.record.predictions()["probs"], cold.record.predictions()["probs"])
-    other_seed = train(cfg.replace(seed=5), tiny_dataset, Store(tmp_path / "c"), freeze_blocks=freeze)
+    other_seed = train(cfg.replace(seed=5, freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "c"))
     perf.WARM.clear()
-    cold_seed = train(cfg.replace(seed=5), tiny_dataset, Store(tmp_path / "d"), freeze_blocks=freeze)
+    cold_seed = train(cfg.replace(seed=5, freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "d"))
     assert other_seed.record.metrics["warm_model"] is True
     assert _stable(other_seed.record) == _stable(cold_seed.record)
 
@@ -103,16 +103,15 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
 
     store = Store(tmp_path / "a")
     cfg = RunConfig(phase="full", **TINY_CFG)
-    partial = train(cfg, tiny_dataset, store, freeze_blocks=1)
+    partial = train(cfg.replace(freeze_blocks=1), tiny_dataset, store)
     whole = train(cfg, tiny_dataset, store)
     m = partial.record.metrics
     assert m["freeze_blocks"] == 1 and partial.run_id != whole.run_id
     assert 0 < m["params_trainable"] < whole.record.metrics["params_trainable"]
     assert list(store.features_dir.glob("prefix-*.npz"))
-    assert find_run(cfg, tiny_dataset, store, freeze_blocks=1).run_id == partial.run_id
-    assert train(cfg, tiny_dataset, store, freeze_blocks=1).cached
-    # the config field (CLI --freeze-blocks) names the same run; on a head-only run it changes nothing
-    assert train(cfg.replace(freeze_blocks=1), tiny_dataset, store).run_id == partial.run_id
+    assert find_run(cfg.replace(freeze_blocks=1), tiny_dataset, store).run_id == partial.run_id
+    assert train(cfg.replace(freeze_blocks=1), tiny_dataset, store).cached
+    # on a head-only run the setting changes nothing
     head = cfg.replace(phase="head")
     assert find_run(head.replace(freeze_blocks=1), tiny_dataset, store) is None
     assert train(head, tiny_dataset, store).run_id == train(head.replace(freeze_blocks=1), tiny_dataset, store).run_id
@@ -122,7 +121,7 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
     probs = load_classifier(partial.record).predict(ds.x_test.astype("float32"), verbose=0)
     np.testing.assert_allclose(probs, partial.record.predictions()["probs"], atol=1e-4)
     with pytest.raises(ConfigError, match="freeze_blocks"):
-        train(cfg, tiny_dataset, store, freeze_blocks=2)  # 2 blocks left after removing 2: one must train
+        train(cfg.replace(freeze_blocks=2), tiny_dataset, store)  # 2 blocks left after removing 2: one must train
 
 
 def test_augmentation_is_one_affine_pass_and_deterministic():

@@ -11,15 +11,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.apphelpers import streamlit_server
 from tests.conftest import make_dataset, make_image
 
 pytestmark = pytest.mark.browser
@@ -49,12 +46,6 @@ PAGES = {
 BAD_TEXT = ("Traceback", "StreamlitAPIException", "Exception:", "Error:", "An error has occurred")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not CHROMIUM.exists():
@@ -62,40 +53,9 @@ def server(tmp_path_factory):
     pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     tmp = tmp_path_factory.mktemp("browser")
     data = make_dataset(tmp / "tiny")
-    port = _free_port()
     env = dict(os.environ, SCENELAB_DATA=str(data), SCENELAB_ARTIFACTS=str(tmp / "artifacts"), TF_CPP_MIN_LOG_LEVEL="2")
-    log = open(tmp / "streamlit.log", "w+")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"streamlit did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.3)
+    with streamlit_server(env, tmp / "streamlit.log") as (_proc, url):
         yield url, data
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.seek(0)
-        tail = log.read()[-4000:]
-        log.close()
-        if "Traceback" in tail:
-            print(f"streamlit log tail:\n{tail}")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import pytest
 
 from core.errors import StoreError
 from core.store import Store
+from tests.apphelpers import streamlit_server
 from tests.conftest import make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,14 +168,6 @@ PAGE_LOAD_LIMIT_S = float(os.environ.get("SCENELAB_PAGE_LOAD_LIMIT_S", "3.0"))  
 GIB = 1 << 30
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _memory(pid: int) -> dict[str, int]:
     """Resident set size now and at its peak (VmHWM), in bytes, of the server process."""
     out = {}
@@ -243,32 +236,10 @@ def test_four_browser_sessions_share_one_app(tmp_path):
 
     data = make_dataset(tmp_path / "tiny", n_train=12, n_test=4, size=64)
     art = tmp_path / "artifacts"
-    port = _free_port()
     env = dict(os.environ, SCENELAB_DATA=str(data), SCENELAB_ARTIFACTS=str(art), SCENELAB_DATA_ROOTS=str(tmp_path),
                TF_CPP_MIN_LOG_LEVEL="2")
-    log = open(tmp_path / "streamlit.log", "w+")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     figures: dict[str, object] = {}
-    try:
-        import urllib.request
-
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"streamlit did not start:\n{log.read()[-3000:]}")
-            time.sleep(0.3)
+    with streamlit_server(env, tmp_path / "streamlit.log", timeout=90) as (server, url):
         figures["rss_start_mib"] = _memory(server.pid)["VmRSS"] >> 20
 
         with sync_api.sync_playwright() as p:
@@ -345,14 +316,3 @@ def test_four_browser_sessions_share_one_app(tmp_path):
             assert mem_end["VmHWM"] < 4 * GIB, figures
             assert mem_end["VmRSS"] - mem_after_runs["VmRSS"] < 300 << 20, figures
             browser.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.seek(0)
-        tail = log.read()[-3000:]
-        log.close()
-        if "Traceback" in tail:
-            print(f"streamlit log tail:\n{tail}")

@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import tuning
 from core.cli import build_parser
+from tests.apphelpers import metrics, texts
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARGS = [
@@ -67,15 +68,6 @@ def open_page(data: Path, artifacts: Path, **state) -> AppTest:
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def texts(at: AppTest) -> str:
-    parts = [e.value for kind in (at.markdown, at.caption, at.info, at.error, at.warning, at.success) for e in kind]
-    return "\n".join(str(p) for p in parts)
 
 
 def wait_exit(pid: int, timeout: float = 120.0) -> None:

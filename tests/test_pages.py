@@ -15,6 +15,7 @@ from streamlit.testing.v1 import AppTest
 from core.config import RunConfig
 from core.store import Store
 from core.train import train
+from tests.apphelpers import metrics, texts
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny run of tests/test_train.py; the pages reach it through their "loaded extras"
@@ -56,15 +57,6 @@ def wait_for(at: AppTest, done, timeout: float = 90.0) -> AppTest:
         at.run()
         assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def metrics(at: AppTest) -> dict[str, str]:
-    return {m.label: m.value for m in at.metric}
-
-
-def texts(at: AppTest) -> str:
-    parts = [e.value for kind in (at.markdown, at.caption, at.info, at.error, at.warning, at.success) for e in kind]
-    return "\n".join(str(p) for p in parts)
 
 
 def test_first_screen_says_what_to_put_where(tmp_path):
