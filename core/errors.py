@@ -43,3 +43,10 @@ def os_error_phrase(exc: OSError, *, writing: bool = True) -> str:
     if exc.errno == errno.ELOOP:
         return "its path contains a symbolic link loop"
     return (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type name when
+    the message is empty: what a one-sentence error quotes of an exception it did not raise itself."""
+    text = (str(exc).strip().splitlines() or [""])[0][:limit]
+    return text or type(exc).__name__
