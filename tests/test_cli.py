@@ -6,15 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from core.backbones import DENSENET121_NOTOP_FILE, keras_models_dir
 from core.cli import main
-from core.download import split_archive
-from core.errors import DatasetError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,50 +95,3 @@ def test_densenet_imagenet_offline_is_one_sentence(tiny_dataset, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("scenelab: DenseNet121 ImageNet weights are not cached")
     assert "Traceback" not in r.stderr
-
-
-def _fake_archive(path: Path, per_class: int = 10) -> Path:
-    from tests.conftest import make_image
-
-    with zipfile.ZipFile(path, "w") as zf:
-        for prefix in ("coast", "forest", "highway", "insidecity", "mountain", "opencountry", "street", "tallbuilding"):
-            for i in range(per_class):
-                import io
-
-                buf = io.BytesIO()
-                make_image("coast", i).save(buf, format="JPEG")
-                zf.writestr(f"spatial_envelope_256x256_static_8outdoorcategories/{prefix}_img{i}.jpg", buf.getvalue())
-        zf.writestr("spatial_envelope_256x256_static_8outdoorcategories/README.txt", "x")
-    return path
-
-
-def test_download_data_unpacks_and_splits_a_zip(tmp_path):
-    archive = _fake_archive(tmp_path / "scenes.zip")
-    counts = split_archive(archive, tmp_path / "data", seed=0, expected=80)
-    assert set(counts["train"]) == {"coast", "forest", "highway", "inside_city", "mountain", "Opencountry", "street", "tallbuilding"}
-    assert all(v == 3 for v in counts["test"].values()) and all(v == 7 for v in counts["train"].values())
-    from core.data import scan_dataset
-
-    info = scan_dataset(tmp_path / "data")
-    assert len(info.classes) == 8 and not info.skipped
-    # same seed, same split
-    again = split_archive(archive, tmp_path / "data2", seed=0, expected=80)
-    assert again == counts
-    assert sorted(p.name for p in (tmp_path / "data" / "test" / "coast").iterdir()) == sorted(
-        p.name for p in (tmp_path / "data2" / "test" / "coast").iterdir()
-    )
-
-
-def test_download_data_refuses_wrong_archives(tmp_path):
-    archive = _fake_archive(tmp_path / "scenes.zip")
-    with pytest.raises(DatasetError, match="expected 2688"):
-        split_archive(archive, tmp_path / "data")
-    (tmp_path / "junk.zip").write_text("no zip")
-    with pytest.raises(DatasetError, match="not a readable zip"):
-        split_archive(tmp_path / "junk.zip", tmp_path / "d")
-
-
-def test_download_data_offline_is_one_sentence(tmp_path):
-    r = run_cli("download-data", "--to", str(tmp_path / "d"), env={"HTTPS_PROXY": "http://127.0.0.1:9", "TMPDIR": str(tmp_path)})
-    assert r.returncode == 2
-    assert r.stderr.strip().splitlines()[-1].startswith("scenelab: Could not download")
