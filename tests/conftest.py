@@ -62,3 +62,24 @@ def mit64() -> Path:
     if not (MIT64 / "train").is_dir():
         pytest.skip(f"the real dataset is absent ({MIT64}); see ../shared/datasets/README.md")
     return MIT64
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a PostgreSQL server for this session (``tests/pg.py``): the one ``SCENELAB_TEST_POSTGRES_URL``
+    names (CI starts it), else a throwaway one started now and stopped at the end; skips without binaries.
+    Only ever a server we started or were given; tests use ``pg_storage_url`` rather than this database."""
+    from tests import pg
+
+    with pg.session_server() as url:
+        yield url
+
+
+@pytest.fixture()
+def pg_storage_url(postgres_url: str):
+    """A fresh, empty database ``t_<random>`` on the session's PostgreSQL server for one test (an Optuna
+    storage URL), dropped afterwards, so tests never see each other's studies."""
+    from tests import pg
+
+    with pg.fresh_database(postgres_url) as url:
+        yield url
