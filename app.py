@@ -6,9 +6,12 @@ import logging
 
 import streamlit as st
 
-from ui import common
+from ui import handover
+from ui.compat import ensure_router
+from ui.settings import SHARED_KEYS, session_defaults
+from ui.sidebar import draw_sidebar
 
-common.ensure_router()  # a fresh server starts in Streamlit's legacy pages/ mode: leave it first
+ensure_router()  # a fresh server starts in Streamlit's legacy pages/ mode: leave it first
 st.set_page_config(page_title="SceneLab", page_icon=":material/landscape:", layout="wide")
 
 _core_log = logging.getLogger("core")
@@ -18,8 +21,8 @@ if not _core_log.handlers:  # once per process: core's warnings (skipped files, 
     _core_log.addHandler(_handler)
     _core_log.setLevel(logging.INFO)
 
-if any(k not in st.session_state for k in common.SHARED_KEYS):
-    for key, value in common.session_defaults().items():
+if any(k not in st.session_state for k in SHARED_KEYS):
+    for key, value in session_defaults().items():
         st.session_state.setdefault(key, value)
 
 pages = [
@@ -34,7 +37,7 @@ pages = [
 ]
 pg = st.navigation(pages)
 
-# a run's settings handed over by another page (common.load_config) set the shared keys first
-common.apply_loaded_shared(consumer=pg.title in {p.title for p in pages[:5]})  # pages 0-4 take them
-common.draw_sidebar()
+# a run's settings handed over by another page (handover.load_config) set the shared keys first
+handover.apply_loaded_shared(consumer=pg.title in {p.title for p in pages[:5]})  # pages 0-4 take them
+draw_sidebar()
 pg.run()

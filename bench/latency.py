@@ -14,7 +14,7 @@ In one process (the app is one long-lived process), on a fresh artifacts folder:
    background) and warm (traced);
 5. **the first training step of an architecture already used**: DenseNet121 (random weights, speed
    does not depend on them) phase ``full`` at ``--step-size`` px, trained twice with different
-   learning rates, with the warm-model cache on and, side by side, off (``core.perf.WARM``); the
+   learning rates, with the warm-model cache on and, side by side, off (``core.warm.WARM``); the
    figure is the time from ``train()`` to the end of the first batch.
 
     python -m bench.latency [--tiny] [--image-size 128] [--step-size 224]
@@ -63,12 +63,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.quiet()
     import numpy as np
 
-    from core import perf
+    from core import warm
     from core.augment import preview
     from core.config import AugmentConfig, RunConfig
     from core.data import decode_dataset, scan_dataset
+    from core.runs import load_classifier
     from core.store import Store
-    from core.train import find_run, load_classifier, train
+    from core.train import find_run, train
 
     size = 32 if args.tiny else args.image_size
     step_size = 32 if args.tiny else args.step_size
@@ -141,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         steps: dict[str, list[float]] = {}
         for mode in ("off", "on"):
-            perf.WARM.clear()
-            perf.WARM.max_entries = 0 if mode == "off" else perf.DEFAULT_WARM_ENTRIES
+            warm.WARM.clear()
+            warm.WARM.max_entries = 0 if mode == "off" else warm.DEFAULT_WARM_ENTRIES
             runs = []
             for i, lr in enumerate((1e-4, 2e-4)):
                 mstore = Store(Path(tmp) / f"step-{mode}")
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     secs, _ = first_step_seconds(full.replace(lr=lr), step_data, mstore)
                 runs.append(round(secs, 2))
             steps[mode] = runs
-        perf.WARM.max_entries = perf.DEFAULT_WARM_ENTRIES
+        warm.WARM.max_entries = warm.DEFAULT_WARM_ENTRIES
         fig["first_step_new_arch_s"] = steps["on"][0]
         fig["repeat_arch_first_step_s"] = steps["on"][1]
         fig["repeat_arch_first_step_no_warm_cache_s"] = steps["off"][1]
@@ -176,9 +177,10 @@ def head_fit_comparison(store: Any, cfg: Any, n_train: int, epochs: int, log: li
     import keras
     import numpy as np
 
-    from core import perf
+    from core import features
+    from core.atomic import load_npz
+    from core.fit import HEAD_STEPS_PER_EXECUTION
     from core.model import build_head
-    from core.store import load_npz
 
     (path,) = sorted(store.features_dir.glob("[0-9a-f]*.npz"))[:1]
     feats = load_npz(path)
@@ -206,7 +208,7 @@ def head_fit_comparison(store: Any, cfg: Any, n_train: int, epochs: int, log: li
     with common.measured(log, "head fit, former (1 step per call, new head)") as m:
         fit(fresh(1))
     out["head_fit_former_s"] = m["seconds"]
-    head = fresh(perf.HEAD_STEPS_PER_EXECUTION)
+    head = fresh(HEAD_STEPS_PER_EXECUTION)
     with common.measured(log, "head fit, current (64 steps per call), first") as m:
         fit(head)
     out["head_fit_current_first_s"] = m["seconds"]
@@ -215,8 +217,8 @@ def head_fit_comparison(store: Any, cfg: Any, n_train: int, epochs: int, log: li
     out["head_fit_current_warm_s"] = m["seconds"]
     # not used by core.train (a tf.data shuffle changes the order of batches, so results would differ
     # from Keras' NumPy shuffle that every stored run used): what it would gain
-    train_ds = perf.array_dataset(x, y, 32, shuffle=True)
-    val_ds = perf.array_dataset(xv, yv, 32)
+    train_ds = features.array_dataset(x, y, 32, shuffle=True)
+    val_ds = features.array_dataset(xv, yv, 32)
     head.fit(train_ds, validation_data=val_ds, epochs=1, verbose=0)
     with common.measured(log, "head fit, tf.data input, warm (not used)") as m:
         head.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=0)
@@ -225,10 +227,10 @@ def head_fit_comparison(store: Any, cfg: Any, n_train: int, epochs: int, log: li
 
 
 def feature_pass_comparison(cfg: Any, data: Path, store: Any, n: int, log: list[dict[str, Any]]) -> dict[str, Any]:
-    """Images/s of the pooled-feature pass: eager Keras calls (former) vs ``core.perf.FeatureFn``."""
+    """Images/s of the pooled-feature pass: eager Keras calls (former) vs ``core.features.FeatureFn``."""
     import numpy as np
 
-    from core import perf
+    from core import features
     from core.backbones import resolve_weights
     from core.data import decode_dataset, scan_dataset
     from core.model import build_classifier
@@ -241,7 +243,7 @@ def feature_pass_comparison(cfg: Any, data: Path, store: Any, n: int, log: list[
         for start in range(0, n, 64):
             np.asarray(clf.features(x[start : start + 64].astype("float32"), training=False))
     out["feature_pass_eager_images_per_s"] = common.rate(n, m["seconds"])
-    fn = perf.FeatureFn(clf.features)
+    fn = features.FeatureFn(clf.features)
     with common.measured(log, "feature pass, traced (current), first") as m:
         fn.map(x, 64)
     out["feature_pass_traced_first_images_per_s"] = common.rate(n, m["seconds"])

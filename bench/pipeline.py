@@ -34,7 +34,9 @@ STUDY_AUG = {
 
 
 def study_iterator(root: Path, size: int, batch: int, seed: int) -> Any:
-    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    from core.compat import image_data_generator
+
+    ImageDataGenerator = image_data_generator()  # noqa: N806 - the study's class
 
     gen = ImageDataGenerator(
         rotation_range=20,

@@ -60,17 +60,17 @@ STUDY_AUG = dict(
 # -- the arms (each in its own process) ---------------------------------------------------------------
 def run_scenelab(data: str, size: int, strategy: str, tiny: bool) -> dict[str, Any]:
     common.quiet()
-    from core import perf
     from core.config import RunConfig
     from core.store import Store
     from core.train import train
+    from core.warm import WARM
 
     spec = STRATEGIES[strategy]
     settings = dict(spec["config"])
     if tiny:
         settings["epochs"] = 2
     cfg = RunConfig(backbone="efficientnet_lite0", weights="imagenet", image_size=size, batch_size=32, **settings)
-    perf.WARM.clear()
+    WARM.clear()
     with tempfile.TemporaryDirectory(prefix="bench-tta-") as tmp:
         result = train(cfg, data, Store(tmp))
         elapsed = time.monotonic() - T0
@@ -94,7 +94,10 @@ def run_study(
     common.quiet()
     import keras
     import numpy as np
-    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    from core.compat import image_data_generator
+
+    ImageDataGenerator = image_data_generator()  # noqa: N806 - the study's class
 
     from core.backbones import resolve_weights
     from core.model import build_classifier, set_base_trainable

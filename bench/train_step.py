@@ -5,7 +5,7 @@ classifier SceneLab trains in phase ``full`` (BatchNorm frozen, Adam, batch 32) 
 weights (speed does not depend on their values), its first step is timed (graph tracing included),
 then steady steps for at least ``--min-seconds``. Partial fine-tuning rows (``--freeze``, float32):
 the first K blocks frozen and their activations cached, so a step runs only the remaining blocks
-and the head (``core.perf.build_suffix_classifier``), fed cached prefix activations.
+and the head (``core.model.build_suffix_classifier``), fed cached prefix activations.
 
 FLOPs are counted, not guessed: ``tf.compat.v1.profiler`` sums the registered float-operation counts
 of the concrete function of one training step (forward, loss and every gradient, batch 1) and the
@@ -27,20 +27,20 @@ from bench import common
 def _model(backbone: str, size: int, remove_blocks: int, freeze_blocks: int, classes: int = 8) -> Any:
     """The model a training step runs: the whole classifier, or with ``freeze_blocks`` the suffix
     classifier that trains on cached prefix activations (``core.perf``)."""
-    from core import perf
-    from core.backbones import ResolvedWeights
+    from core import model
+    from core.backbones import ResolvedWeights, get_backbone
     from core.model import build_classifier, set_base_trainable
 
     clf = build_classifier(
         backbone, size, classes, weights=ResolvedWeights("none", None, "none"), remove_blocks=remove_blocks
     )
     set_base_trainable(clf, True)
-    layer = perf.prefix_layer(backbone, remove_blocks, freeze_blocks)
+    layer = get_backbone(backbone).prefix_layer(remove_blocks, freeze_blocks)
     if layer is None:
         return clf.model
-    prefix, suffix = perf.split_base(clf.base, layer)
-    perf.freeze_prefix(clf.base, prefix)
-    return perf.build_suffix_classifier(suffix, clf.head)
+    prefix, suffix = model.split_base(clf.base, layer)
+    model.freeze_prefix(clf.base, prefix)
+    return model.build_suffix_classifier(suffix, clf.head)
 
 
 def count_step_flops(backbone: str, size: int, remove_blocks: int, freeze_blocks: int = 0) -> dict[str, float]:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--inter", type=int, default=None, help="inter-op threads (default: TensorFlow's)")
     args = p.parse_args(argv)
     common.quiet()
-    from core.perf import configure_threads
+    from core.runtime import configure_threads
 
     threads = configure_threads(args.intra, args.inter)
     import keras

@@ -1,7 +1,9 @@
 """Run settings as frozen dataclasses, with a stable hash.
 
-A run is fully described by a :class:`RunConfig`; its id in the artifact store is the hash of
-that config together with the dataset fingerprint and the weights identity (see ``core.store``).
+A run is fully described by a :class:`RunConfig`; its id in the artifact store is the hash of that
+config together with the dataset fingerprint and the weights identity (``core.train.run_id_for``).
+Every field is declared once here with its :class:`~core.fields.Setting` (label, help, range, CLI
+flag, searchable), from which validation, the CLI options and the pages' widgets are derived.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import ConfigError
+from core.fields import setting, settings_of, validate_fields
 
 OPTIMIZERS = ("sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamax", "nadam")
 PHASES = ("head", "full", "head+full")
+SEED_MAX = 2**32 - 1  # NumPy's and TensorFlow's seeds are 32-bit
 
 
 @dataclass(frozen=True)
@@ -25,15 +29,21 @@ class AugmentConfig:
     ``rotation`` is in degrees; shifts, shear and zoom are fractions of the image size.
     """
 
-    rotation: float = 0.0
-    width_shift: float = 0.0
-    height_shift: float = 0.0
-    shear: float = 0.0
-    zoom: float = 0.0
-    hflip: bool = False
-    vflip: bool = False
-    grid_mask: bool = False
-    channel_shuffle: bool = False
+    rotation: float = setting(0.0, "Rotation", "Random rotation up to this many degrees either way.", "float",
+                              low=0.0, high=180.0, unit="degrees", step=5.0)
+    width_shift: float = setting(0.0, "Width shift", "Random horizontal shift, as a fraction of the width.",
+                                 "float", low=0.0, high=1.0, high_open=True, step=0.05)
+    height_shift: float = setting(0.0, "Height shift", "Random vertical shift, as a fraction of the height.",
+                                  "float", low=0.0, high=1.0, high_open=True, step=0.05)
+    shear: float = setting(0.0, "Shear", "Random shear, as a fraction (Keras RandomShear; the study used degrees).",
+                           "float", low=0.0, high=1.0, high_open=True, step=0.05)
+    zoom: float = setting(0.0, "Zoom", "Random zoom in or out by up to this fraction.", "float",
+                          low=0.0, high=1.0, high_open=True, step=0.05)
+    hflip: bool = setting(False, "Horizontal flip", "Mirror left-right at random.", "bool")
+    vflip: bool = setting(False, "Vertical flip", "Mirror upside down at random (rarely sensible for scenes).", "bool")
+    grid_mask: bool = setting(False, "GridMask", "keras-cv GridMask: blank out a random grid of squares.", "bool")
+    channel_shuffle: bool = setting(False, "Channel shuffle", "keras-cv ChannelShuffle: permute the colour channels.",
+                                    "bool")
 
     def is_identity(self) -> bool:
         """True when no augmentation is applied at all."""
@@ -44,97 +54,77 @@ class AugmentConfig:
         features of each image and of its mirror image, without running the backbone per epoch)."""
         return self == AugmentConfig(hflip=True)
 
-    def validate(self) -> None:
-        if not 0.0 <= self.rotation <= 180.0:
-            raise ConfigError(
-                f"Augmentation rotation must be between 0 and 180 degrees; received {self.rotation}."
-            )
-        for name in ("width_shift", "height_shift", "shear", "zoom"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(
-                    f"Augmentation {name.replace('_', ' ')} must be a fraction in [0, 1); "
-                    f"received {value}."
-                )
+    def validate(self) -> AugmentConfig:
+        validate_fields(self, prefix="aug-")
+        return self
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a training run's result."""
 
-    backbone: str = "densenet121"
-    weights: str = "imagenet"
-    remove_blocks: int = 0
-    freeze_blocks: int = 0
-    image_size: int = 224
-    train_per_class: int | None = None
-    val_fraction: float = 0.15
-    phase: str = "head"
-    epochs: int = 20
-    full_epochs: int | None = None
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    full_lr: float | None = None
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    batch_size: int = 32
-    dropout: float = 0.0
-    batch_norm: bool = False
-    dense_1024: bool = False
-    early_stopping_patience: int = 0
-    reduce_lr_patience: int = 0
-    reduce_lr_factor: float = 0.5
+    backbone: str = setting("densenet121", "Backbone", "The ImageNet network the run starts from: densenet121 "
+                            "(the study's) or efficientnet_lite0 (its weights ship with pip).", "str", shared=True)
+    weights: str = setting("imagenet", "Weights", "imagenet, none (random initial weights), or the path of a "
+                           "weights file.", "str", shared=True)
+    remove_blocks: int = setting(0, "Blocks removed", "Blocks cut off the end of the backbone (0 keeps it whole).",
+                                 "int", low=0, high=3)
+    freeze_blocks: int = setting(0, "Frozen first blocks", "When the backbone trains, keep its first K blocks frozen, "
+                                 "compute their output once (cached) and train only the rest; 0 trains every block.",
+                                 "int", low=0, ui_max=3)
+    image_size: int = setting(224, "Image size", "Images are resized to this square size.", "int",
+                              low=32, high=512, unit="px", shared=True)
+    train_per_class: int | None = setting(None, "Training images per class", "Draw this many training images "
+                                          "per class (the study's small set is 50); all when empty.", "int",
+                                          low=1, optional=True, none_label="all")
+    val_fraction: float = setting(0.15, "Validation share", "Share of each class held out of train for "
+                                  "validation (early stopping, reduce-LR and the search look only at it).", "float",
+                                  low=0.0, high=0.9, low_open=True, high_open=True)
+    phase: str = setting("head", "What to train", "head: the new head on the frozen backbone; full: every layer; "
+                         "head+full: the head, then the whole network (the study's task 0).", "choice", choices=PHASES)
+    epochs: int = setting(20, "Epochs", "Epochs of training (of the head phase for head+full).", "int", low=1,
+                          ui_max=500)
+    full_epochs: int | None = setting(None, "Whole-network epochs", "Epochs of the whole-network phase of "
+                                      "head+full; the same as the epochs when empty.", "int", low=1, optional=True,
+                                      none_label="same as the epochs", ui_max=200)
+    optimizer: str = setting("adam", "Optimizer", "The optimizer of every phase.", "choice", choices=OPTIMIZERS)
+    lr: float = setting(1e-3, "Learning rate", "The learning rate (of the head phase for head+full).", "float",
+                        low=0.0, high=10.0, low_open=True, log=True, step=1e-4, ui_min=1e-6, ui_max=1.0)
+    full_lr: float | None = setting(None, "Whole-network learning rate", "Learning rate of the whole-network "
+                                    "phase of head+full; a tenth of the learning rate when empty.", "float",
+                                    low=0.0, high=10.0, low_open=True, log=True, optional=True,
+                                    none_label="a tenth of the learning rate", step=1e-5, ui_min=1e-7, ui_max=1.0)
+    weight_decay: float = setting(0.0, "Weight decay", "Decoupled weight decay of the optimizer; 0 = off.", "float",
+                                  low=0.0, log=True)
+    momentum: float = setting(0.9, "Momentum", "Momentum of sgd and rmsprop (other optimizers ignore it).", "float",
+                              low=0.0, high=1.0, high_open=True, step=0.05)
+    batch_size: int = setting(32, "Batch size", "Images per training step.", "int", low=1, high=1024, step=8)
+    dropout: float = setting(0.0, "Dropout", "Share of the head's inputs zeroed at random while training.", "float",
+                             low=0.0, high=1.0, high_open=True, step=0.05, ui_max=0.9)
+    batch_norm: bool = setting(False, "Batch norm", "BatchNormalization on the pooled features, before the head.",
+                               "bool")
+    dense_1024: bool = setting(False, "Dense(1024) layer", "A Dense(1024, relu) layer in the head, as the study "
+                               "tried with its cut networks.", "bool")
+    early_stopping_patience: int = setting(0, "Early-stopping patience", "Epochs without a better validation loss "
+                                           "before stopping (the best epoch is kept); 0 = off.", "int", low=0,
+                                           flag="--early-stopping", ui_max=100)
+    reduce_lr_patience: int = setting(0, "Reduce-LR patience", "Epochs without a better validation loss before "
+                                      "the learning rate is lowered; 0 = off.", "int", low=0, ui_max=100)
+    reduce_lr_factor: float = setting(0.5, "Reduce-LR factor", "What the learning rate is multiplied by when it "
+                                      "is lowered.", "float", low=0.0, high=1.0, low_open=True, high_open=True,
+                                      step=0.05, ui_min=0.05, ui_max=0.95)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    tta: bool = False  # test-time flip: val/test probabilities averaged over each image and its mirror
-    seed: int = 0
+    tta: bool = setting(False, "Test-time flip", "Validation and test predictions average each image with its "
+                        "mirror image.", "bool", late=True, shared=True)
+    seed: int = setting(0, "Seed", "Seeds the validation split, the small set, initial weights and shuffling.",
+                        "int", low=0, high=SEED_MAX, shared=True)
 
     # -- validation -----------------------------------------------------------------------------
     def validate(self) -> RunConfig:
         """Raise :class:`ConfigError` with one sentence for the first bad setting; return self."""
-        if self.phase not in PHASES:
-            raise ConfigError(f"Unknown phase {self.phase!r}; expected one of {', '.join(PHASES)}.")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"Unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}."
-            )
-        if not 0 <= self.remove_blocks <= 3:
-            raise ConfigError(
-                f"remove_blocks must be 0, 1, 2 or 3; received {self.remove_blocks}."
-            )
-        if self.freeze_blocks < 0:
-            raise ConfigError(
-                f"freeze_blocks must be 0 (train every block) or more; received {self.freeze_blocks}."
-            )
-        if not 32 <= self.image_size <= 512:
-            raise ConfigError(
-                f"Image size must be between 32 and 512 pixels; received {self.image_size}."
-            )
-        if self.train_per_class is not None and self.train_per_class < 1:
-            raise ConfigError(
-                f"Images per class must be at least 1; received {self.train_per_class}."
-            )
-        if not 0.0 < self.val_fraction < 0.9:
-            raise ConfigError(
-                f"Validation fraction must be in (0, 0.9); received {self.val_fraction}."
-            )
-        if self.epochs < 1 or (self.full_epochs is not None and self.full_epochs < 1):
-            raise ConfigError(f"Epochs must be at least 1; received {self.epochs}.")
-        if not 0.0 < self.lr <= 10.0 or (self.full_lr is not None and not 0.0 < self.full_lr <= 10.0):
-            raise ConfigError(f"Learning rate must be in (0, 10]; received {self.lr}.")
-        if self.weight_decay < 0.0:
-            raise ConfigError(f"Weight decay must be 0 or more; received {self.weight_decay}.")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"Momentum must be in [0, 1); received {self.momentum}.")
-        if not 1 <= self.batch_size <= 1024:
-            raise ConfigError(f"Batch size must be between 1 and 1024; received {self.batch_size}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"Dropout must be in [0, 1); received {self.dropout}.")
-        if self.early_stopping_patience < 0 or self.reduce_lr_patience < 0:
-            raise ConfigError("Patience values must be 0 (off) or more.")
-        if not 0.0 < self.reduce_lr_factor < 1.0:
-            raise ConfigError(
-                f"Reduce-LR factor must be in (0, 1); received {self.reduce_lr_factor}."
-            )
+        validate_fields(self)
+        if not isinstance(self.augment, AugmentConfig):
+            raise ConfigError(f"Augmentation settings must be an object of named settings; received {self.augment!r}.")
         self.augment.validate()
         return self
 
@@ -177,6 +167,23 @@ class RunConfig:
     def resolved_full_lr(self) -> float:
         """Fine-tuning the whole network uses a learning rate ten times lower unless set."""
         return self.full_lr if self.full_lr is not None else self.lr / 10.0
+
+
+RUN_SETTINGS = settings_of(RunConfig)
+AUGMENT_SETTINGS = settings_of(AugmentConfig)
+
+
+def hashed_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config as it enters a run's id: settings added later (``late``) only when they differ from
+    their defaults, so ids of runs stored before they existed stay valid; ``freeze_blocks`` never
+    (``core.train.run_id_for`` adds it where it applies)."""
+    config = cfg.to_dict()
+    config.pop("freeze_blocks", None)
+    defaults = RunConfig().to_dict()
+    for name, info in RUN_SETTINGS.items():
+        if info.late and config.get(name) == defaults[name]:
+            config.pop(name)
+    return config
 
 
 def stable_hash(payload: Any, length: int = 16) -> str:

@@ -1,74 +1,31 @@
-"""Dataset discovery and validation, decoding, splits and tf.data pipelines.
+"""A dataset's images as arrays: decoded once per size (cached), split, fed to Keras through tf.data.
 
-Layout: ``<root>/{train,test}/<class>/<image>``. Classes are train's folder names, sorted; test
-must have the same. Every image is decoded once per image size to uint8 arrays, which are cached
-on disk (``<cache>/<fingerprint>-<size>.npz``) so later runs skip decoding entirely.
+Every image is decoded once per image size to uint8 arrays, which are cached on disk
+(``<cache>/<fingerprint>-<size>-v<N>.npz``) so later runs skip decoding entirely. Discovery and
+validation of the folder are :mod:`core.scan`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import logging
 import os
-import struct
-import warnings
-import zlib
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import DataRootError, DatasetError, SceneLabError, os_error_phrase
-from core.security import allowed_roots, check_data_root, check_inside
+from core.decode import ImageDecodeError, decode_image
+from core.errors import DatasetError, SceneLabError, first_line, printable
+from core.scan import SPLITS, DatasetInfo, Skipped, scan_dataset
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-MAX_PIXELS = 40_000_000  # over 40 megapixels is refused (decompression bombs included)
 DECODE_FORMAT_VERSION = 1
 
-# Pillow raises DecompressionBombError past 2x this and only warns below; refuse both.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-class ImageDecodeError(DatasetError):
-    """One image cannot be decoded; the message says why."""
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file that was not used, and why."""
-
-    path: str
-    reason: str
-
-
-@dataclass
-class DatasetInfo:
-    """What a dataset folder holds, before any image is decoded."""
-
-    root: Path
-    classes: list[str]
-    files: dict[str, list[tuple[str, int]]]  # split -> [(path relative to root, label)]
-    skipped: list[Skipped] = field(default_factory=list)
-    fingerprint: str = ""
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Images found per split and class (before decoding)."""
-        out: dict[str, dict[str, int]] = {}
-        for split, items in self.files.items():
-            per = dict.fromkeys(self.classes, 0)
-            for _, label in items:
-                per[self.classes[label]] += 1
-            out[split] = per
-        return out
+__all__ = ["DatasetInfo", "DecodedDataset", "ImageDecodeError", "Skipped", "Splits", "decode_dataset",
+           "decode_image", "make_splits", "make_tf_dataset", "scan_dataset"]
 
 
 @dataclass
@@ -85,289 +42,6 @@ class DecodedDataset:
     test_paths: list[str]
     skipped: list[Skipped]
     fingerprint: str
-
-
-# -- discovery --------------------------------------------------------------------------------------
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__") or name == "Thumbs.db"
-
-
-def _show(text: object) -> str:
-    """``text`` for a one-line message: control characters (a newline in a folder name) escaped."""
-    s = str(text)
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in s)
-
-
-def _is_dir(entry: os.DirEntry[str]) -> bool:
-    """``entry.is_dir()``, False for links that loop or cannot be followed."""
-    try:
-        return entry.is_dir()
-    except OSError:
-        return False
-
-
-def _list_dirs(path: Path) -> list[str]:
-    try:
-        with os.scandir(path) as it:
-            return sorted(e.name for e in it if not _is_hidden(e.name) and _is_dir(e))
-    except OSError as exc:
-        raise DatasetError(
-            f"The folder {_show(path)} cannot be read ({os_error_phrase(exc, writing=False)}); "
-            "give the app read permission on it or choose another dataset folder."
-        ) from exc
-
-
-def _scandir_sorted(path: Path) -> list[os.DirEntry[str]]:
-    with os.scandir(path) as it:
-        return sorted(it, key=lambda e: e.name)
-
-
-def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
-    """List a dataset folder's classes and image files; raise :class:`DatasetError` on a bad layout.
-
-    The path must be allowed by ``SCENELAB_DATA_ROOTS`` (see :mod:`core.security`); every problem,
-    an unreadable folder or a link loop included, is one sentence, never a traceback.
-    """
-    path = check_data_root(root)
-    try:
-        return _scan(path)
-    except DatasetError:
-        raise
-    except (OSError, RuntimeError) as exc:  # a folder that vanished, a permission, a loop
-        where = getattr(exc, "filename", None) or path
-        reason = os_error_phrase(exc, writing=False) if isinstance(exc, OSError) else "a symbolic link loop"
-        raise DatasetError(
-            f"The dataset folder {_show(path)} cannot be read ({_show(where)}: {reason}); "
-            "give the app read permission on it or choose another dataset folder."
-        ) from exc
-
-
-def _scan(root: Path) -> DatasetInfo:
-    hint = "expected <root>/train/<class>/<images> and <root>/test/<class>/<images>"
-    if not root.exists():
-        if root.is_symlink():
-            raise DatasetError(
-                f"The dataset path {_show(root)} is a broken symbolic link or a link loop; {hint}: "
-                "point the dataset path at the real folder."
-            )
-        raise DatasetError(
-            f"The dataset folder {_show(root)} does not exist; {hint}: set the dataset path to such a folder "
-            "or run `python -m core download-data --to DIR`."
-        )
-    if not root.is_dir():
-        raise DatasetError(f"The dataset path {_show(root)} is a file, not a folder; {hint}.")
-    for split in SPLITS:
-        if not (root / split).is_dir():
-            found = ", ".join(_show(d) for d in _list_dirs(root)) or "no folders"
-            raise DatasetError(
-                f"The dataset folder {_show(root)} has no '{split}' folder (found: {found}); {hint}."
-            )
-    classes = _list_dirs(root / "train")
-    if len(classes) < 2:
-        raise DatasetError(
-            f"{_show(root / 'train')} holds {len(classes)} class folder(s) "
-            f"({', '.join(_show(c) for c in classes) or 'none'}); "
-            "at least 2 class folders are needed, one per class."
-        )
-    test_classes = _list_dirs(root / "test")
-    missing = sorted(set(classes) - set(test_classes))
-    extra = sorted(set(test_classes) - set(classes))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing from test: {', '.join(_show(c) for c in missing)}")
-        if extra:
-            parts.append(f"only in test: {', '.join(_show(c) for c in extra)}")
-        raise DatasetError(
-            f"The train and test folders of {_show(root)} have different classes ({'; '.join(parts)}); "
-            "give test the same class folders as train."
-        )
-
-    restricted = bool(allowed_roots())
-    files: dict[str, list[tuple[str, int]]] = {}
-    skipped: list[Skipped] = []
-    stats: list[tuple[str, int, int]] = []
-    for split in SPLITS:
-        split_dir = root / split
-        for entry in _scandir_sorted(split_dir):
-            if not _is_hidden(entry.name) and not _is_dir(entry):
-                skipped.append(Skipped(f"{split}/{entry.name}", "file outside any class folder"))
-        items: list[tuple[str, int]] = []
-        for label, name in enumerate(classes):
-            class_dir = split_dir / name
-            if restricted and not check_inside(class_dir):
-                raise DataRootError(
-                    f"The class folder {_show(class_dir)} links to a folder outside "
-                    "the folders this installation allows (SCENELAB_DATA_ROOTS); copy those images into "
-                    "the dataset instead of linking to them."
-                )
-            try:
-                entries = _scandir_sorted(class_dir)
-            except OSError as exc:
-                raise DatasetError(
-                    f"The class folder {_show(class_dir)} cannot be read ({os_error_phrase(exc, writing=False)}); "
-                    "give the app read permission on it or remove it from train and test."
-                ) from exc
-            for entry in entries:
-                rel = f"{split}/{name}/{entry.name}"
-                if _is_hidden(entry.name):
-                    continue
-                try:
-                    if entry.is_dir():
-                        skipped.append(Skipped(rel, "folder inside a class folder (not read)"))
-                        continue
-                    if not entry.is_file():
-                        skipped.append(Skipped(rel, "not a regular file (broken link, link loop, device or pipe)"))
-                        continue
-                    st = entry.stat()
-                except OSError as exc:
-                    skipped.append(Skipped(rel, f"cannot be read ({os_error_phrase(exc, writing=False)})"))
-                    continue
-                if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    skipped.append(Skipped(rel, "not an image file extension"))
-                    continue
-                if restricted and entry.is_symlink() and not check_inside(Path(entry.path)):
-                    skipped.append(Skipped(rel, "link to a file outside the allowed data folders (not read)"))
-                    continue
-                items.append((rel, label))
-                stats.append((rel, st.st_size, st.st_mtime_ns))
-        files[split] = items
-        empty = [c for i, c in enumerate(classes) if not any(lab == i for _, lab in items)]
-        if empty:
-            raise DatasetError(
-                f"Class folder(s) {', '.join(_show(c) for c in empty)} in {_show(split_dir)} hold no image files; "
-                "add images (JPEG, PNG, BMP, GIF, WEBP, TIFF) or remove the folder from train and test."
-            )
-    info = DatasetInfo(root=root, classes=classes, files=files, skipped=skipped)
-    info.fingerprint = _fingerprint(classes, stats)
-    return info
-
-
-def _fingerprint(classes: list[str], stats: Iterable[tuple[str, int, int]]) -> str:
-    h = hashlib.sha256()
-    # surrogateescape: a file name that is not valid UTF-8 hashes as its raw bytes
-    h.update("\n".join(classes).encode("utf-8", "surrogateescape"))
-    for rel, size, mtime in sorted(stats):
-        h.update(f"\n{rel}\t{size}\t{mtime}".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:16]
-
-
-# -- decoding ---------------------------------------------------------------------------------------
-# Only these Pillow plugins may decode anything: an upload cannot reach EPS (Ghostscript), PSD, ICNS,
-# FITS or any other of Pillow's less travelled decoders (camera MPO files open through JPEG).
-DECODE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
-FORMATS_HINT = "JPEG, PNG, BMP, GIF, WEBP or TIFF expected"
-_ROWS_PER_CHUNK = 256  # high-bit-depth images are converted a band of rows at a time (bounded memory)
-
-ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO
-
-
-def _first_line(exc: BaseException) -> str:
-    text = (str(exc).strip().splitlines() or [""])[0][:200]
-    return text or type(exc).__name__
-
-
-def decode_image(source: ImageSource, size: int | None = None) -> np.ndarray:
-    """Decode any supported image to an RGB uint8 array, resized to ``size`` x ``size`` if given.
-
-    ``source`` is a path, or the bytes (or a binary file object) of an upload: uploads are decoded
-    in memory and never written to disk. Handles JPEG, PNG, BMP, GIF (first frame), WEBP, TIFF in
-    RGB, greyscale, RGBA, palette, CMYK and 16-bit, and applies EXIF orientation. Anything else
-    (another format, a corrupt or truncated file, over 40 megapixels) raises
-    :class:`ImageDecodeError` with a one-line reason; no other exception escapes.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if isinstance(source, (bytes, bytearray, memoryview)):
-                fp: Any = io.BytesIO(bytes(source))
-            else:
-                fp = source
-            with Image.open(fp, formats=DECODE_FORMATS) as img:
-                w, h = img.size
-                if w * h > MAX_PIXELS:
-                    raise ImageDecodeError(
-                        f"image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the "
-                        f"{MAX_PIXELS // 1_000_000}-megapixel limit"
-                    )
-                if w < 1 or h < 1:
-                    raise ImageDecodeError("image has no pixels")
-                img.seek(0)
-                img.load()
-                ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to turn
-                out = _to_rgb(img)
-                if size is not None:
-                    out = out.resize((size, size), Image.Resampling.BILINEAR)
-                arr = np.asarray(out, dtype=np.uint8)
-                if arr.ndim != 3 or arr.shape[2] != 3:
-                    raise ImageDecodeError(f"decoded to an unexpected shape {arr.shape}")
-                return arr.copy()
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError(
-            f"image is too large: over the {MAX_PIXELS // 1_000_000}-megapixel limit (decompression bomb guard)"
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageDecodeError(f"not a recognised image format ({FORMATS_HINT})") from None
-    except FileNotFoundError:
-        raise ImageDecodeError("file not found") from None
-    except IsADirectoryError:
-        raise ImageDecodeError("is a folder, not an image file") from None
-    except MemoryError:
-        raise ImageDecodeError("too large to decode in the memory available") from None
-    except OSError as exc:
-        if exc.errno is not None:  # the file system refused (permission, I/O error), not the decoder
-            raise ImageDecodeError(f"cannot be read ({os_error_phrase(exc, writing=False)})") from None
-        raise ImageDecodeError(f"corrupt or truncated image ({_first_line(exc)})") from None
-    except (ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError, struct.error, zlib.error) as exc:
-        raise ImageDecodeError(f"corrupt or truncated image ({_first_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - a decoder bug on a hostile file is still a skipped file
-        logger.debug("Unexpected %s while decoding", type(exc).__name__, exc_info=True)
-        raise ImageDecodeError(f"corrupt or unsupported image ({type(exc).__name__}: {_first_line(exc)})") from None
-
-
-def _to_uint8_rows(arr: np.ndarray, offset: float, divisor: float, scale: float) -> np.ndarray:
-    """``clip((arr - offset) / divisor * scale, 0, 255)`` as uint8, computed in float64 a band of
-    rows at a time, so a 40-megapixel 16-bit image needs tens of megabytes, not gigabytes."""
-    out = np.empty(arr.shape, dtype=np.uint8)
-    for start in range(0, arr.shape[0], _ROWS_PER_CHUNK):
-        band = arr[start : start + _ROWS_PER_CHUNK].astype(np.float64)
-        if offset:
-            band -= offset
-        if divisor != 1.0:
-            band /= divisor
-        band *= scale
-        np.nan_to_num(band, copy=False)
-        np.clip(band, 0, 255, out=band)
-        out[start : start + _ROWS_PER_CHUNK] = band.astype(np.uint8)
-    return out
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img)
-        top = float(arr.max()) if arr.size else 1.0
-        scale = 255.0 / (65535.0 if top > 255 else max(top, 1.0))
-        img = Image.fromarray(_to_uint8_rows(arr, 0.0, 1.0, scale), mode="L")
-    elif img.mode == "F":
-        arr = np.asarray(img)
-        finite = np.isfinite(arr)
-        lo = float(arr[finite].min()) if finite.any() else 0.0
-        hi = float(arr[finite].max()) if finite.any() else 0.0
-        del finite
-        if hi > lo:
-            img = Image.fromarray(_to_uint8_rows(arr, lo, hi - lo, 255.0), mode="L")
-        else:
-            img = Image.new("L", img.size, 0)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        if img.mode != "RGBA":
-            img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
 
 
 def _decode_one(args: tuple[Path, int]) -> np.ndarray | str:
@@ -406,7 +80,7 @@ def decode_dataset(
             empty = [c for i, c in enumerate(info.classes) if i not in set(ys)]
             if empty:
                 raise DatasetError(
-                    f"No image of class(es) {', '.join(_show(c) for c in empty)} in {_show(info.root / split)} "
+                    f"No image of class(es) {', '.join(printable(c) for c in empty)} in {printable(info.root / split)} "
                     "could be decoded; "
                     "replace the unreadable files (see the skipped-file report) with JPEG or PNG images."
                 )
@@ -432,7 +106,7 @@ def decode_dataset(
 
 
 def _save_decoded(path: Path, ds: DecodedDataset) -> None:
-    from core.store import atomic_write_npz
+    from core.atomic import atomic_write_npz
 
     try:
         atomic_write_npz(
@@ -491,7 +165,7 @@ def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedData
             return ds
         reason = "contents do not match the dataset"
     except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt, never trusted
-        reason = _first_line(exc)
+        reason = first_line(exc)
     logger.warning("Decoded-image cache %s is corrupt (%s); rebuilding it.", path, reason)
     with contextlib.suppress(OSError):
         path.unlink()

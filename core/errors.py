@@ -45,6 +45,11 @@ def os_error_phrase(exc: OSError, *, writing: bool = True) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).rstrip(".")
 
 
+def printable(text: object) -> str:
+    """``text`` for a one-line message: control characters (a newline in a folder name) escaped."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(text))
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (at most ``limit`` characters), or its type name when
     the message is empty: what a one-sentence error quotes of an exception it did not raise itself."""

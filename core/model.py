@@ -1,10 +1,14 @@
-"""Truncated backbone + classification head.
+"""Truncated backbone + classification head, and the surgery that partial fine-tuning needs.
 
 The full classifier is ``image (0..255) -> preprocess -> backbone cut (training=False) -> avg_pool
 -> head``. The head is its own small model (``[head_bn] -> [dense_1024] -> top_dropout -> pred``)
 so it can be trained alone on cached, pooled backbone features and then used unchanged inside the
 full model. BatchNorm, when asked for, normalises the pooled features (after ``avg_pool``): the
 pooled features are what the feature cache holds.
+
+Partial fine-tuning (``freeze_blocks=K``) cuts the backbone after its K-th block into a frozen prefix and
+a trainable suffix (:func:`split_base`); with no augmentation the suffix trains alone on the prefix's
+cached activations (:func:`build_suffix_classifier`, :func:`prefix_images_model`).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.backbones import ResolvedWeights, build_base, cut_base, get_backbone
+from core.config import RunConfig
+from core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +90,20 @@ def build_classifier(
     return Classifier(model, features, base, head, spec.cut_layer(remove_blocks))
 
 
+def classifier_for(cfg: RunConfig, classes: int, weights: ResolvedWeights) -> Classifier:
+    """The classifier a run of ``cfg`` trains (or was trained as), with ``weights`` in its backbone."""
+    return build_classifier(
+        cfg.backbone,
+        cfg.image_size,
+        classes,
+        weights=weights,
+        remove_blocks=cfg.remove_blocks,
+        dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
+        dense_1024=cfg.dense_1024,
+    )
+
+
 def set_base_trainable(clf: Classifier, trainable: bool) -> None:
     """Freeze or unfreeze the backbone; BatchNorm layers stay frozen (keras-io fine-tuning recipe)."""
     import keras
@@ -93,6 +113,46 @@ def set_base_trainable(clf: Classifier, trainable: bool) -> None:
         for layer in clf.base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+
+
+def split_base(base: Any, layer_name: str) -> tuple[Any, Any]:
+    """(prefix, suffix) sub-models of ``base`` cut after ``layer_name``; both share ``base``'s layers."""
+    import keras
+
+    try:
+        cut = base.get_layer(layer_name)
+    except ValueError as exc:
+        raise ConfigError(f"{base.name} has no layer {layer_name!r} to split at.") from exc
+    prefix = keras.Model(base.input, cut.output, name=f"{base.name}_prefix")
+    suffix = keras.Model(cut.output, base.output, name=f"{base.name}_suffix")
+    return prefix, suffix
+
+
+def freeze_prefix(base: Any, prefix: Any) -> None:
+    """Mark every layer of ``prefix`` (shared with ``base``) not trainable."""
+    names = {layer.name for layer in prefix.layers}
+    for layer in base.layers:
+        if layer.name in names:
+            layer.trainable = False
+
+
+def build_suffix_classifier(suffix: Any, head: Any) -> Any:
+    """``prefix activations -> suffix (training=False) -> avg_pool -> head``, sharing their weights."""
+    import keras
+
+    inputs = keras.Input(tuple(int(d) for d in suffix.input.shape[1:]), name="prefix_activations")
+    x = suffix(inputs, training=False)
+    pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.Model(inputs, head(pooled), name="suffix_classifier")
+
+
+def prefix_images_model(clf: Classifier, prefix: Any) -> Any:
+    """``image (0..255) -> preprocess -> frozen prefix`` sharing the classifier's layers."""
+    import keras
+
+    inputs = keras.Input(tuple(int(d) for d in clf.model.input.shape[1:]), name="image")
+    x = clf.model.get_layer("preprocess")(inputs)
+    return keras.Model(inputs, prefix(x, training=False), name="prefix_activations")
 
 
 def count_trainable(model: Any) -> int:

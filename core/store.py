@@ -7,20 +7,14 @@ Layout under the artifacts root::
     datasets/<fingerprint>-<size>-v<N>.npz
     weights/...
 
-A run folder is first written as ``runs/.tmp-<run_id>-<random>/`` and renamed into place only when
-every file is in it, so a run killed midway leaves nothing that claims to be complete. Two
-processes asking for the same run serialise on ``runs/.locks/<run_id>.lock``: one trains, the
-other waits and then reads the finished run. Temporary folders and files left by killed writers
-are removed by :meth:`Store.clean_stale` (also called whenever a run starts being written).
+A run folder is first written as ``runs/.tmp-<run_id>-<random>/`` (files through ``core.atomic``) and
+renamed into place only when every file is in it, so a run killed midway leaves nothing that claims to be
+complete. Two processes asking for the same run serialise on ``runs/.locks/<run_id>.lock``: one trains,
+the other waits and then reads the finished run. Temporary folders and files left by killed writers are
+removed by :meth:`Store.clean_stale` (also called whenever a run starts being written).
 
-Every write failure (a full disk, a read-only folder) becomes a :class:`~core.errors.StoreError`
-of one sentence and leaves earlier results untouched. A run is not started when the artifacts
-disk has less than ``SCENELAB_MIN_FREE_MB`` megabytes free (default 64).
-
-For the interruption tests, ``SCENELAB_TEST_PAUSE_AT=write:<file name>`` (half-way through writing
-that file), ``write:<folder>`` (any file of ``datasets/`` or ``features/``), ``write`` (the first
-file written into a run's temporary folder) or ``commit`` (every file written, before the rename) makes the process print ``scenelab-test: paused at ...`` on stderr
-and sleep, so a test can kill it at exactly that point. Unset, it costs one dictionary lookup.
+A run is not started when the artifacts disk has less than ``SCENELAB_MIN_FREE_MB`` megabytes free
+(default 64).
 """
 
 from __future__ import annotations
@@ -29,12 +23,10 @@ import contextlib
 import csv
 import errno
 import fcntl
-import io
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -45,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import StoreError, os_error_phrase
+from core.atomic import fsync_dir, load_npz, pause_point, store_error
+from core.errors import StoreError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -55,122 +48,12 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json")
 
 MIN_FREE_MB_ENV = "SCENELAB_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 64
-PAUSE_ENV = "SCENELAB_TEST_PAUSE_AT"
 TEMP_FILE_MAX_AGE_S = 3600.0  # a cache's temporary file older than this has no live writer
 
 # Runs whose lock this process holds, and the temporary run folders it is writing right now.
 _HELD: set[tuple[str, str]] = set()
 _LIVE_TMP: set[str] = set()
 _STATE_LOCK = threading.Lock()
-
-
-def store_error(path: Path, exc: OSError) -> StoreError:
-    """The one sentence for a failed write under ``path``: why, what to do, and that nothing was lost."""
-    return StoreError(
-        f"Could not write to {path} because {os_error_phrase(exc)}; free some space or choose a writable "
-        "artifacts folder (--artifacts or SCENELAB_ARTIFACTS). Earlier results are untouched."
-    )
-
-
-_store_error = store_error  # the old private name
-
-
-def _pause_point(name: str, *aliases: str, in_run: bool = False) -> None:
-    """Test hook: sleep at ``name`` (or one of its ``aliases``) when ``SCENELAB_TEST_PAUSE_AT`` asks for it."""
-    want = os.environ.get(PAUSE_ENV)
-    if not want:
-        return
-    if not (want in (name, *aliases) or (want == "write" and in_run and name.startswith("write:"))):
-        return
-    sys.stderr.write(f"scenelab-test: paused at {name if want == 'write' else want} ({name})\n")
-    sys.stderr.flush()
-    time.sleep(float(os.environ.get("SCENELAB_TEST_PAUSE_S", "120")))
-
-
-def _write_file(fh: io.BufferedWriter | Any, data: bytes, path: Path) -> None:
-    if os.environ.get(PAUSE_ENV):  # write half, pause, write the rest
-        half = len(data) // 2
-        fh.write(data[:half])
-        fh.flush()
-        # "write:<file name>", or "write:<folder>" for any file in artifacts/<folder>/ (datasets, features)
-        _pause_point(f"write:{path.name}", f"write:{path.parent.name}", in_run=path.parent.name.startswith(".tmp-"))
-        fh.write(data[half:])
-    else:
-        fh.write(data)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and a rename."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                _write_file(fh, data, path)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise store_error(path, exc) from exc
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
-
-
-def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Save arrays uncompressed (fast to load) through a temporary file, fsync and a rename."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                if os.environ.get(PAUSE_ENV):
-                    buf = io.BytesIO()
-                    np.savez(buf, **arrays)
-                    _write_file(fh, buf.getvalue(), path)
-                else:
-                    np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise store_error(path, exc) from exc
-
-
-def load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Load a cache file without pickle; a corrupt one is reported, deleted and ``None`` returned."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001 - truncated, not a zip, pickled objects...: rebuild, never trust
-        first = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
-        logger.warning("Cache file %s is corrupt (%s); it will be rebuilt.", path, first)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        return None
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _run_id_of_tmp(name: str) -> str:
@@ -238,7 +121,7 @@ class Store:
             if not isinstance(config, dict) or not isinstance(metrics, dict):
                 raise ValueError("config or metrics is not a JSON object")
         except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            self._quarantine(path, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}")
+            self._quarantine(path, f"{type(exc).__name__}: {first_line(exc)}")
             return None
         return RunRecord(run_id, path, config, metrics, history)
 
@@ -351,8 +234,8 @@ class Store:
                     if f.is_file():
                         with open(f, "rb") as fh:
                             os.fsync(fh.fileno())
-                _fsync_dir(tmp)
-                _pause_point("commit")
+                fsync_dir(tmp)
+                pause_point("commit")
                 try:
                     os.rename(tmp, target)  # atomic; fails if another writer's run is already there
                 except OSError as exc:
@@ -362,7 +245,7 @@ class Store:
                         os.rename(tmp, target)
                     else:  # another process finished it first: keep theirs
                         shutil.rmtree(tmp, ignore_errors=True)
-                _fsync_dir(self.runs_dir)
+                fsync_dir(self.runs_dir)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise store_error(target, exc) from exc
@@ -429,15 +312,3 @@ class Store:
                 except OSError:
                     continue
         return removed
-
-
-def write_history_csv(path: Path, history: list[dict[str, float]]) -> None:
-    keys: list[str] = []
-    for row in history:
-        for k in row:
-            if k not in keys:
-                keys.append(k)
-    lines = [",".join(keys)]
-    for row in history:
-        lines.append(",".join(repr(float(row.get(k, float("nan")))) for k in keys))
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

@@ -30,10 +30,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from core import compat
 from core.config import RunConfig, stable_hash
 from core.errors import SceneLabError
+from core.identity import prepare
 from core.store import Store
-from core.train import TrainingCancelled, TrainResult, prepare, train
+from core.train import TrainingCancelled, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +46,14 @@ MAX_FINISHED = 50
 
 def isolate_keras_sessions() -> None:
     """Make ``keras.backend.clear_session()`` reset only the calling thread's Keras state (idempotent)."""
-    import sys
-
     import keras
-    from keras.src.backend.common import global_state
 
-    current = global_state.clear_session
+    current = compat.keras_global_state().clear_session
     if getattr(current, "scenelab_thread_local", False):
         return
 
     def clear_session(free_memory: bool = True) -> None:
-        global_state.GLOBAL_STATE_TRACKER.__dict__.clear()  # a threading.local: this thread's dict
-        global_state.GLOBAL_SETTINGS_TRACKER.__dict__.clear()
+        compat.clear_keras_thread_state()  # threading.local trackers: this thread's state only
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
@@ -67,11 +65,7 @@ def isolate_keras_sessions() -> None:
 
     clear_session.__doc__ = (current.__doc__ or "") + "\n(SceneLab: clears the calling thread's state only.)"
     clear_session.scenelab_thread_local = True  # type: ignore[attr-defined]
-    for name in ("keras.src.backend.common.global_state", "keras.backend", "keras.utils",
-                 "keras._tf_keras.keras.backend", "keras._tf_keras.keras.utils", "keras.src.backend"):
-        module = sys.modules.get(name)
-        if module is not None and getattr(module, "clear_session", None) is current:
-            module.clear_session = clear_session  # type: ignore[attr-defined]
+    compat.replace_clear_session(clear_session)
 
 
 def error_sentence(exc: BaseException) -> str:

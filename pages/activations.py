@@ -7,7 +7,6 @@ predicted or a chosen class. All the work is in :mod:`core.activations`.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,15 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.activations import (
-    UPLOAD_TYPES,
-    Inspector,
-    channel_grid,
-    decode_upload,
-    imagenet_inspector,
-    overlay,
-    test_images,
-    top_channels,
-    top_k,
-)
-from core.cli import default_artifacts
-from core.data import decode_image
+from core.activations import Inspector, imagenet_inspector
+from core.decode import UPLOAD_TYPES, decode_image, decode_upload
 from core.errors import SceneLabError, StoreError
+from core.render import channel_grid, overlay, top_channels, top_k
+from core.runs import load_classifier
+from core.scan import test_images
 from core.store import Store
-from core.train import load_classifier
+from ui.compat import ensure_router
+from ui.settings import settings
 
 IMAGENET = "imagenet"  # the model-source option that is not a run id
 SOURCE_TEST, SOURCE_UPLOAD = "Test-set image", "Upload a photo"
@@ -41,23 +33,7 @@ DISPLAY = 288  # pixels: images are enlarged to this for display
 TOP = 5
 
 
-# -- settings and caches ---------------------------------------------------------------------------
-def _settings() -> dict[str, Any]:
-    """The shared settings (set by app.py), with defaults when the page runs alone."""
-    ss = st.session_state
-    try:
-        size = int(ss.get("image_size", 128))
-    except (TypeError, ValueError):
-        size = 128
-    return {
-        "data_root": str(ss.get("data_root") or os.environ.get("SCENELAB_DATA") or "").strip(),
-        "backbone": str(ss.get("backbone") or "efficientnet_lite0"),
-        "weights": str(ss.get("weights") or "imagenet"),
-        "image_size": size,
-        "artifacts": str(ss.get("artifacts") or os.environ.get("SCENELAB_ARTIFACTS") or default_artifacts()),
-    }
-
-
+# -- caches ------------------------------------------------------------------------------------------
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _store(artifacts: str) -> Store:
     return Store(artifacts)
@@ -143,9 +119,7 @@ def _bar_chart(pairs: list[tuple[str, float]]) -> alt.Chart:
 
 
 # -- the page ---------------------------------------------------------------------------------------
-from ui import common as _common  # noqa: E402
-
-_common.ensure_router()  # a deep link on a fresh server: hand over to app.py first
+ensure_router()  # a deep link on a fresh server: hand over to app.py first
 st.title("6 · Activations")
 st.caption(
     "What each conv block responds to, and where the network looks when it decides: the most active "
@@ -153,7 +127,7 @@ st.caption(
     "weighs the channels; red is where the evidence for the class is)."
 )
 
-s = _settings()
+s = settings()
 try:
     rows = _run_rows(s["artifacts"])
 except SceneLabError as exc:

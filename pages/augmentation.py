@@ -9,27 +9,24 @@ import pandas as pd
 import streamlit as st
 
 from core.augment import preview
-from core.config import AugmentConfig
+from core.config import AUGMENT_SETTINGS, AugmentConfig
 from core.data import DatasetInfo, decode_image
 from core.errors import SceneLabError
-from ui import common
+from ui import handover, panel
 from ui import reference as ref
+from ui.charts import curves_chart
+from ui.compat import ensure_router
+from ui.format import augment_label, fmt_acc, fmt_seconds, result_caption
+from ui.jobs import submit_runs, track_jobs
+from ui.resources import lookup, runs_like
+from ui.settings import settings
+from ui.sidebar import require_dataset
 
 P = "augmentation"
-SLIDERS = {  # field: (label, max, step, help)
-    "rotation": ("Rotation (degrees)", 180.0, 5.0, "Random rotation up to this many degrees either way."),
-    "width_shift": ("Width shift", 0.5, 0.05, "Random horizontal shift, as a fraction of the width."),
-    "height_shift": ("Height shift", 0.5, 0.05, "Random vertical shift, as a fraction of the height."),
-    "shear": ("Shear", 0.5, 0.05, "Random shear, as a fraction (Keras RandomShear; the study used degrees)."),
-    "zoom": ("Zoom", 0.5, 0.05, "Random zoom in or out by up to this fraction."),
-}
-TOGGLES = {  # field: (label, help)
-    "hflip": ("Horizontal flip", "Mirror left-right at random."),
-    "vflip": ("Vertical flip", "Mirror upside down at random (rarely sensible for scenes)."),
-    "grid_mask": ("GridMask", "keras-cv GridMask: blank out a random grid of squares."),
-    "channel_shuffle": ("Channel shuffle", "keras-cv ChannelShuffle: permute the colour channels."),
-}
-AUG_FIELDS = tuple(SLIDERS) + tuple(TOGGLES)
+AUG_FIELDS = tuple(AUGMENT_SETTINGS)
+SLIDERS = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "float")
+TOGGLES = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "bool")
+SLIDER_MAX = {"rotation": 180.0}  # the fractions' sliders stop at 0.5
 STUDY_GRID = [
     AugmentConfig(),
     AugmentConfig(hflip=True),
@@ -39,14 +36,8 @@ STUDY_GRID = [
     AugmentConfig(width_shift=0.2, height_shift=0.2),
     AugmentConfig(shear=0.2),
 ]
-DEFAULTS = {
-    **{f"{P}_{k}": 0.0 for k in SLIDERS},
-    **{f"{P}_{k}": False for k in TOGGLES},
-    f"{P}_epochs": 10,
-    f"{P}_lr": 1e-3,
-    f"{P}_preview_seed": 0,
-}
-FIELDS = {**{f"augment.{k}": f"{P}_{k}" for k in AUG_FIELDS}, "epochs": f"{P}_epochs", "lr": f"{P}_lr"}
+FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "epochs", "lr")
+DEFAULTS = {**panel.defaults(P, FIELDS, {"epochs": 10}), f"{P}_preview_seed": 0}
 
 
 def preview_files(info: DatasetInfo, n: int = 8) -> list[str]:
@@ -99,36 +90,33 @@ def reshuffle() -> None:
     st.session_state[f"{P}_preview_seed"] = int(st.session_state[f"{P}_preview_seed"]) + 1
 
 
-common.ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
+ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("3 · Augmentation")
 st.markdown(
     "Show the network transformed copies of each training image so that it learns what does not matter "
     "(a mirrored coast is still a coast). Move a control and the preview below follows; then train with "
     "those settings and compare them in the table."
 )
-info = common.require_dataset()
-s = common.settings()
-common.setup_widgets(P, FIELDS, DEFAULTS)
-common.show_loaded_extras(P)
+info = require_dataset()
+s = settings()
+handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
+handover.show_loaded_extras(P)
 ss = st.session_state
 
 # -- the controls (outside any form: the preview redraws at once) -------------------------------------
 controls, shown = st.columns([1, 2])
 with controls:
-    for field, (label, top, step, help_text) in SLIDERS.items():
-        st.slider(label, 0.0, top, step=step, key=f"{P}_{field}", help=help_text, persist_state="session")
-    for field, (label, help_text) in TOGGLES.items():
-        st.toggle(label, key=f"{P}_{field}", help=help_text, persist_state="session")
+    for field in SLIDERS:
+        panel.widget(P, f"augment.{field}", style="slider", max_value=SLIDER_MAX.get(field, 0.5))
+    for field in TOGGLES:
+        panel.widget(P, f"augment.{field}")
 
-aug = AugmentConfig(
-    **{k: float(ss[f"{P}_{k}"]) for k in SLIDERS},
-    **{k: bool(ss[f"{P}_{k}"]) for k in TOGGLES},
-)
+aug = panel.values(P, [f"augment.{k}" for k in AUG_FIELDS])["augment"]
 with shown:
     files = preview_files(info)
     images = load_images(str(info.root), tuple(files), s["image_size"])
     head = st.columns([3, 1])
-    head[0].markdown(f"**Augmented** ({common.augment_label(dataclasses.asdict(aug))}) · preview seed {ss[f'{P}_preview_seed']}")
+    head[0].markdown(f"**Augmented** ({augment_label(dataclasses.asdict(aug))}) · preview seed {ss[f'{P}_preview_seed']}")
     head[1].button("Reshuffle", key=f"{P}_reshuffle", icon=":material/shuffle:", on_click=reshuffle,
                    help="Draw other random transformations of the same images.")
     try:
@@ -144,32 +132,31 @@ with shown:
 st.subheader("Train with these augmentations")
 with st.form(f"{P}_form"):
     f1, f2, f3 = st.columns([1, 1, 2])
-    f1.number_input("Epochs", 1, 500, step=1, key=f"{P}_epochs", persist_state="session",
-                    help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
-    f2.number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.1e", key=f"{P}_lr", persist_state="session")
+    panel.widget(P, "epochs", f1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
+    panel.widget(P, "lr", f2, help=None)
     submitted = f3.form_submit_button("Train with these settings", type="primary", key=f"{P}_train", icon=":material/play_arrow:")
     grid = f3.form_submit_button(f"Queue the study's grid ({len(STUDY_GRID)} runs)", key=f"{P}_train_grid",
-                                 help="; ".join(common.augment_label(dataclasses.asdict(a)) for a in STUDY_GRID))
+                                 help="; ".join(augment_label(dataclasses.asdict(a)) for a in STUDY_GRID))
 
-cfg = common.page_config(P, {"phase": "head"}, {"augment": aug, "epochs": int(ss[f"{P}_epochs"]), "lr": float(ss[f"{P}_lr"])})
+cfg = handover.page_config(P, {"phase": "head"}, {"augment": aug, **panel.values(P, ("epochs", "lr"))})
 if cfg is None:
     st.stop()
-run_id, record = common.lookup(cfg, s["data_root"])
+run_id, record = lookup(cfg, s["data_root"])
 if submitted and run_id:
-    common.submit_runs(P, [cfg], s["data_root"])
+    submit_runs(P, [cfg], s["data_root"])
 elif grid and run_id:
-    common.submit_runs(P, [cfg.replace(augment=a) for a in STUDY_GRID], s["data_root"])
-common.track_jobs(P, watch=[run_id])
+    submit_runs(P, [cfg.replace(augment=a) for a in STUDY_GRID], s["data_root"])
+track_jobs(P, watch=[run_id])
 
 if record is not None:
     m = record.metrics
-    common.result_caption(record)
+    result_caption(record)
     c = st.columns(4)
-    c[0].metric("Test accuracy", common.fmt_acc(m.get("test_accuracy")))
-    c[1].metric("Validation accuracy", common.fmt_acc(m.get("val_accuracy")))
-    c[2].metric("Train accuracy", common.fmt_acc(m.get("train_accuracy")))
-    c[3].metric("Training time", common.fmt_seconds(m.get("seconds")))
-    st.altair_chart(common.curves_chart({record.run_id: record.history}), key=f"{P}_curves")
+    c[0].metric("Test accuracy", fmt_acc(m.get("test_accuracy")))
+    c[1].metric("Validation accuracy", fmt_acc(m.get("val_accuracy")))
+    c[2].metric("Train accuracy", fmt_acc(m.get("train_accuracy")))
+    c[3].metric("Training time", fmt_seconds(m.get("seconds")))
+    st.altair_chart(curves_chart({record.run_id: record.history}), key=f"{P}_curves")
 else:
     st.info("Not trained yet with these augmentations: press **Train with these settings**.")
 
@@ -178,7 +165,7 @@ st.subheader("Every stored augmentation run")
 same_only = st.toggle("Only runs with the training settings above (epochs, learning rate, …)", value=True, key=f"{P}_same_only")
 reference = {k: v for k, v in cfg.to_dict().items() if k != "augment"}
 rows = []
-for r in common.runs_like(info, cfg):
+for r in runs_like(info, cfg):
     run = dict(r.config["run"])
     run_aug = run.pop("augment", {}) or {}
     if same_only and run != reference:
@@ -187,7 +174,7 @@ for r in common.runs_like(info, cfg):
         continue
     rows.append(
         {
-            "augmentation": common.augment_label(run_aug),
+            "augmentation": augment_label(run_aug),
             **{k: run_aug.get(k) for k in AUG_FIELDS},
             "test_accuracy": r.metrics.get("test_accuracy"),
             "val_accuracy": r.metrics.get("val_accuracy"),

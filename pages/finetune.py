@@ -9,10 +9,16 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.config import OPTIMIZERS
 from core.store import RunRecord
-from ui import common
+from ui import handover, panel
 from ui import reference as ref
+from ui.charts import confusion_chart, curves_chart
+from ui.compat import ensure_router
+from ui.format import fmt_acc, result_caption
+from ui.jobs import submit_runs, track_jobs
+from ui.resources import lookup, thumbnail
+from ui.settings import settings
+from ui.sidebar import require_dataset
 
 P = "finetune"
 PHASE_LABELS = {
@@ -20,80 +26,54 @@ PHASE_LABELS = {
     "head": "Head only (backbone frozen)",
     "full": "Whole network from the start",
 }
-DEFAULTS = {
-    f"{P}_phase": "head+full",
-    f"{P}_epochs": 10,
-    f"{P}_full_epochs": 2,
-    f"{P}_lr": 1e-3,
-    f"{P}_full_lr": None,
-    f"{P}_optimizer": "adam",
-    f"{P}_batch_size": 32,
-    f"{P}_freeze_blocks": 0,
-}
-FIELDS = {
-    "phase": f"{P}_phase",
-    "epochs": f"{P}_epochs",
-    "full_epochs": f"{P}_full_epochs",
-    "lr": f"{P}_lr",
-    "full_lr": f"{P}_full_lr",
-    "optimizer": f"{P}_optimizer",
-    "batch_size": f"{P}_batch_size",
-    "freeze_blocks": f"{P}_freeze_blocks",
-}
+FIELDS = ("phase", "epochs", "full_epochs", "lr", "full_lr", "optimizer", "batch_size", "freeze_blocks")
+DEFAULTS = panel.defaults(P, FIELDS, {"phase": "head+full", "epochs": 10, "full_epochs": 2})
 
-common.ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
+ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("0 · Fine-tune")
 st.markdown(
     "Train a new classification head on the frozen ImageNet backbone, then unfreeze the whole network and "
     "train it a little more at a tenth of the learning rate (BatchNorm stays frozen). Test accuracy is the "
     "final figure; early stopping and model choice only ever look at the validation split."
 )
-info = common.require_dataset()
-s = common.settings()
-common.setup_widgets(P, FIELDS, DEFAULTS)
-common.show_loaded_extras(P)
+info = require_dataset()
+s = settings()
+handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
+handover.show_loaded_extras(P)
 
 with st.form(f"{P}_form"):
     c1, c2, c3, c4 = st.columns([2.2, 1, 1, 1])
-    c1.radio("What to train", list(PHASE_LABELS), key=f"{P}_phase", format_func=PHASE_LABELS.get, persist_state="session")
-    c1.selectbox("Optimizer", OPTIMIZERS, key=f"{P}_optimizer", persist_state="session")
-    c1.number_input(
-        "Frozen first blocks", 0, 3, step=1, key=f"{P}_freeze_blocks", persist_state="session",
+    panel.widget(P, "phase", c1, format_func=PHASE_LABELS.get, options=list(PHASE_LABELS))
+    panel.widget(P, "optimizer", c1, style="select", help=None)
+    panel.widget(
+        P, "freeze_blocks", c1,
         help="0 trains every block. K > 0 keeps the first K blocks frozen, computes their output once (cached) and "
         "trains only the rest: much faster on a CPU, often as accurate. Not used by 'head only'.",
     )
-    c2.number_input("Head epochs", 1, 500, step=1, key=f"{P}_epochs", persist_state="session",
-                    help="Epochs of the head phase (or of the only phase).")
-    c2.number_input("Whole-network epochs", 1, 200, step=1, key=f"{P}_full_epochs", persist_state="session",
-                    placeholder="same as head", help="Used by 'head, then the whole network'; empty = same as the head.")
-    c3.number_input("Learning rate", 1e-6, 1.0, step=1e-4, format="%.1e", key=f"{P}_lr", persist_state="session")
-    c3.number_input("Whole-network learning rate", 1e-7, 1.0, step=1e-5, format="%.1e", key=f"{P}_full_lr",
-                    persist_state="session", placeholder="learning rate / 10", help="Empty = a tenth of the learning rate.")
-    c4.number_input("Batch size", 1, 1024, step=8, key=f"{P}_batch_size", persist_state="session")
+    panel.widget(P, "epochs", c2, label="Head epochs", help="Epochs of the head phase (or of the only phase).")
+    panel.widget(P, "full_epochs", c2, placeholder="same as head",
+                 help="Used by 'head, then the whole network'; empty = same as the head.")
+    panel.widget(P, "lr", c3, help=None)
+    panel.widget(P, "full_lr", c3, placeholder="learning rate / 10", help="Empty = a tenth of the learning rate.")
+    panel.widget(P, "batch_size", c4, help=None)
     submitted = c4.form_submit_button("Train", type="primary", key=f"{P}_train", icon=":material/play_arrow:")
 
 ss = st.session_state
-phase = ss[f"{P}_phase"]
-values = {
-    "phase": phase,
-    "epochs": int(ss[f"{P}_epochs"]),
-    "optimizer": ss[f"{P}_optimizer"],
-    "lr": float(ss[f"{P}_lr"]),
-    "batch_size": int(ss[f"{P}_batch_size"]),
-    # the whole-network settings only matter to head+full: keep them out of other runs' identity
-    "full_epochs": int(ss[f"{P}_full_epochs"]) if phase == "head+full" and ss[f"{P}_full_epochs"] else None,
-    "full_lr": float(ss[f"{P}_full_lr"]) if phase == "head+full" and ss[f"{P}_full_lr"] else None,
-    "freeze_blocks": int(ss[f"{P}_freeze_blocks"] or 0) if phase != "head" else 0,
-}
-cfg = common.page_config(P, {}, values)
+values = panel.values(P, FIELDS)
+phase = values["phase"]
+# the whole-network settings only matter to head+full: keep them out of other runs' identity
+if phase != "head+full":
+    values["full_epochs"] = values["full_lr"] = None
+values["freeze_blocks"] = (values["freeze_blocks"] or 0) if phase != "head" else 0
+cfg = handover.page_config(P, {}, values)
 if cfg is None:
     st.stop()
-run_id, record = common.lookup(cfg, s["data_root"])
+run_id, record = lookup(cfg, s["data_root"])
 if submitted and run_id:
-    common.submit_runs(P, [cfg], s["data_root"])
+    submit_runs(P, [cfg], s["data_root"])
     if record is not None:
         st.toast("These settings were trained before: showing the stored run.")
-running = common.track_jobs(P, watch=[run_id])
+running = track_jobs(P, watch=[run_id])
 
 st.caption(
     f"Reference: {ref.STUDY} reached train {ref.FINETUNE['train_accuracy']:.3f} / validation "
@@ -108,17 +88,17 @@ if record is None:
 # -- results ------------------------------------------------------------------------------------------
 def show_metrics(record: RunRecord) -> None:
     m = record.metrics
-    common.result_caption(record)
+    result_caption(record)
     c = st.columns(5)
-    c[0].metric("Train accuracy", common.fmt_acc(m.get("train_accuracy")), help="As Keras reported it at the kept epoch.")
-    c[1].metric("Validation accuracy", common.fmt_acc(m.get("val_accuracy")), help=f"{m.get('n_val')} images held out of train.")
-    c[2].metric("Test accuracy", common.fmt_acc(m.get("test_accuracy")), help=f"{m.get('n_test')} test images.")
+    c[0].metric("Train accuracy", fmt_acc(m.get("train_accuracy")), help="As Keras reported it at the kept epoch.")
+    c[1].metric("Validation accuracy", fmt_acc(m.get("val_accuracy")), help=f"{m.get('n_val')} images held out of train.")
+    c[2].metric("Test accuracy", fmt_acc(m.get("test_accuracy")), help=f"{m.get('n_test')} test images.")
     c[3].metric("Epochs", m.get("epochs_run"))
     c[4].metric("Trainable parameters", f"{m.get('params_trainable', 0):,}", help=f"of {m.get('params_total', 0):,} in all")
 
 
 show_metrics(record)
-st.altair_chart(common.curves_chart({record.run_id: record.history}), key=f"{P}_curves")
+st.altair_chart(curves_chart({record.run_id: record.history}), key=f"{P}_curves")
 
 classes = list(record.metrics.get("classes") or record.config.get("dataset", {}).get("classes", []))
 confusion = record.metrics.get("confusion")
@@ -154,7 +134,7 @@ with left:
     st.markdown("**Confusion matrix** (rows: true class; click a cell to see its images)")
     cell = alt.selection_point(name="cell", fields=["true", "predicted"], on="click", clear=False)
     st.altair_chart(
-        common.confusion_chart(classes, confusion, cell),
+        confusion_chart(classes, confusion, cell),
         key=f"{P}_confusion",
         on_select=on_cell_click,
         selection_mode="cell",
@@ -196,7 +176,7 @@ if len(shown) == 0:
 cols = st.columns(6)
 for n, k in enumerate(shown):
     rel = str(preds["paths"][k])
-    img = common.thumbnail(str(root / rel), 128)
+    img = thumbnail(str(root / rel), 128)
     top = np.argsort(-probs[k])[:3]
     caption = " · ".join(f"{classes[c]} {probs[k, c]:.0%}" for c in top)
     with cols[n % 6]:

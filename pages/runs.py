@@ -8,10 +8,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.errors import SceneLabError
+from core.errors import SceneLabError, first_line
+from core.runs import export_model
 from core.store import RunRecord
-from core.train import export_model
-from ui import common
+from ui import handover
+from ui.charts import curves_chart
+from ui.compat import ensure_router
+from ui.format import fmt_acc, result_caption, runs_table, summarise_config
+from ui.resources import all_runs
+from ui.settings import settings
 
 P = "runs"
 FIRST_COLUMNS = [
@@ -40,20 +45,20 @@ def prepare_export(record: RunRecord) -> bool:
     except SceneLabError as exc:
         st.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - one sentence on the page, never a traceback
-        st.error(f"The model of run {record.run_id} could not be exported ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).")
+        st.error(f"The model of run {record.run_id} could not be exported ({type(exc).__name__}: {first_line(exc)}).")
     return False
 
 
-common.ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
+ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("Runs")
 st.markdown("Every run trained so far, from any page. Select rows to compare their learning curves and to download them.")
-s = common.settings()
-records = common.all_runs()
+s = settings()
+records = all_runs()
 if not records:
     st.info(f"No run is stored yet in `{s['artifacts']}`. Train one on any page; it appears here.")
     st.stop()
 
-table = common.runs_table(records)
+table = runs_table(records)
 datasets = sorted(d for d in table["dataset"].dropna().unique())
 f1, f2 = st.columns([1, 3])
 choice = f1.selectbox("Dataset", ["All datasets", *datasets], key=f"{P}_dataset")
@@ -88,18 +93,18 @@ if len(selected) == 1:
     st.caption("Select a second run to overlay its curves.")
 labels = {}
 for r in selected:
-    labels[f"{r.run_id} ({common.summarise_config(r.config.get('run', {}))})"[:90]] = r.history
-st.altair_chart(common.curves_chart(labels), key=f"{P}_curves")
+    labels[f"{r.run_id} ({summarise_config(r.config.get('run', {}))})"[:90]] = r.history
+st.altair_chart(curves_chart(labels), key=f"{P}_curves")
 
 st.subheader("Selected runs")
 for r in selected:
     with st.container(border=True):
-        common.result_caption(r)
+        result_caption(r)
         m = r.metrics
         st.markdown(
-            f"test **{common.fmt_acc(m.get('test_accuracy'))}** · validation {common.fmt_acc(m.get('val_accuracy'))} · "
-            f"train {common.fmt_acc(m.get('train_accuracy'))} · {m.get('epochs_run')} epochs · "
-            f"{common.summarise_config(r.config.get('run', {}))}"
+            f"test **{fmt_acc(m.get('test_accuracy'))}** · validation {fmt_acc(m.get('val_accuracy'))} · "
+            f"train {fmt_acc(m.get('train_accuracy'))} · {m.get('epochs_run')} epochs · "
+            f"{summarise_config(r.config.get('run', {}))}"
         )
         b1, b2, b3 = st.columns(3)
         b1.download_button(
@@ -124,4 +129,4 @@ for r in selected:
         elif b2.button("Prepare the model file", key=f"{P}_export_{r.run_id}", icon=":material/build:") and prepare_export(r):
             st.rerun()
         if b3.button("Open in its page", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:"):
-            common.load_config(r.config.get("run", {}))
+            handover.load_config(r.config.get("run", {}))

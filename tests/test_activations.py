@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core import activations as act
-from core import backbones
+from core import backbones, imagenet, render, scan
 from core.backbones import ResolvedWeights
 from core.errors import WeightsError
 from core.model import build_classifier
@@ -129,17 +129,17 @@ def test_bad_image_shape_and_class_are_refused(dense):
 def test_overlay_and_channel_grid_shapes_and_dtypes(dense):
     img = _image(32)
     heat, _ = dense.grad_cam(img)
-    out = act.overlay(img, heat)
+    out = render.overlay(img, heat)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
-    big = act.overlay(np.zeros((96, 96, 3), np.uint8), heat, alpha=1.0)
+    big = render.overlay(np.zeros((96, 96, 3), np.uint8), heat, alpha=1.0)
     assert big.shape == (96, 96, 3) and big.max() > 0  # pure heatmap colours
-    assert np.array_equal(act.overlay(img, heat, alpha=0.0), img)
+    assert np.array_equal(render.overlay(img, heat, alpha=0.0), img)
 
     maps = dense.feature_maps(img, "conv2_block1_concat")  # (8, 8, 96)
-    grid = act.channel_grid(maps, 16, min_tile=48, pad=2)
+    grid = render.channel_grid(maps, 16, min_tile=48, pad=2)
     assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[2] == 3
     assert grid.shape[:2] == (4 * 48 + 5 * 2, 4 * 48 + 5 * 2)  # 4x4 tiles of 8 px enlarged x6
-    small = act.channel_grid(maps[:, :, :3], 16, min_tile=8, pad=1)  # fewer channels than asked
+    small = render.channel_grid(maps[:, :, :3], 16, min_tile=8, pad=1)  # fewer channels than asked
     assert small.shape[:2] == (2 * 8 + 3, 2 * 8 + 3)
 
 
@@ -147,15 +147,15 @@ def test_top_channels_and_top_k():
     maps = np.zeros((2, 2, 5), np.float32)
     maps[:, :, 3] = 5.0
     maps[:, :, 1] = 2.0
-    assert act.top_channels(maps, 2) == [3, 1]
+    assert render.top_channels(maps, 2) == [3, 1]
     probs = np.array([0.1, 0.6, 0.3])
-    assert act.top_k(probs, ["a", "b", "c"], k=2) == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
+    assert render.top_k(probs, ["a", "b", "c"], k=2) == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
     with pytest.raises(ValueError, match="Received: 2 names"):
-        act.top_k(probs, ["a", "b"])
+        render.top_k(probs, ["a", "b"])
 
 
 def test_imagenet_class_names():
-    names = act.imagenet_class_names()
+    names = imagenet.imagenet_class_names()
     assert len(names) == 1000 and len(set(names)) == 1000
     # from tensorflow-datasets when installed (a keras-cv dependency), else generic labels
     assert names[285] in ("Egyptian cat", "ImageNet class 285")
@@ -180,7 +180,7 @@ def test_lite0_imagenet_inspector_sees_a_cat(tmp_path, monkeypatch):
     assert probs.shape == (1000,)
     top3 = [int(i) for i in np.argsort(-probs)[:3]]
     assert any(281 <= i <= 285 for i in top3), top3  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-    ranked = act.top_k(probs, inspector.classes, 3)
+    ranked = render.top_k(probs, inspector.classes, 3)
     assert len(ranked) == 3 and ranked[0][1] >= ranked[1][1]
     heat, cls = inspector.grad_cam(img)
     assert cls == top3[0] and heat.shape == (7, 7) and heat.max() == pytest.approx(1.0)
@@ -209,7 +209,7 @@ def test_densenet_imagenet_backbone_gives_feature_maps_only(monkeypatch):
 
 
 def test_test_images_lists_each_class(tiny_dataset):
-    per_class = act.test_images(tiny_dataset)
+    per_class = scan.test_images(tiny_dataset)
     assert list(per_class) == ["coast", "forest", "street"]
     assert all(len(paths) == 3 for paths in per_class.values())
     assert per_class["coast"][0].endswith("test/coast/coast_0.jpg")

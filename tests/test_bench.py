@@ -73,13 +73,13 @@ def _stable(record):
 def test_warm_model_reuse_gives_identical_results(tiny_dataset, tmp_path, phase, freeze):
     import numpy as np
 
-    from core import perf
     from core.config import RunConfig
     from core.store import Store
     from core.train import train
+    from core.warm import WARM
 
     cfg = RunConfig(phase=phase, dropout=0.2, **TINY_CFG)
-    perf.WARM.clear()
+    WARM.clear()
     cold = train(cfg.replace(freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "a"))
     warm = train(cfg.replace(freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "b"))  # same run again, model warm
     assert cold.record.metrics["warm_model"] is False and warm.record.metrics["warm_model"] is True
@@ -87,7 +87,7 @@ def test_warm_model_reuse_gives_identical_results(tiny_dataset, tmp_path, phase,
     assert warm.record.history == cold.record.history
     np.testing.assert_array_equal(warm.record.predictions()["probs"], cold.record.predictions()["probs"])
     other_seed = train(cfg.replace(seed=5, freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "c"))
-    perf.WARM.clear()
+    WARM.clear()
     cold_seed = train(cfg.replace(seed=5, freeze_blocks=freeze), tiny_dataset, Store(tmp_path / "d"))
     assert other_seed.record.metrics["warm_model"] is True
     assert _stable(other_seed.record) == _stable(cold_seed.record)
@@ -98,8 +98,9 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
 
     from core.config import RunConfig
     from core.errors import ConfigError
+    from core.runs import load_classifier
     from core.store import Store
-    from core.train import find_run, load_classifier, train
+    from core.train import find_run, train
 
     store = Store(tmp_path / "a")
     cfg = RunConfig(phase="full", **TINY_CFG)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.backbones import DENSENET121_NOTOP_FILE, keras_models_dir
+from core.backbones import keras_models_dir
+from core.backbones.densenet import DENSENET121_NOTOP_FILE
 from core.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +71,7 @@ def test_train_json_then_cached(tiny_dataset, tmp_path):
         (["train", "--data", "/no/such/folder"], "does not exist"),
         (["train", "--data", ".", "--lr", "abc"], "invalid float"),
         (["train", "--data", ".", "--optimizer", "lion"], "invalid choice"),
-        (["train", "--data", "{tiny}", "--remove-blocks", "5", "--weights", "none"], "remove_blocks"),
+        (["train", "--data", "{tiny}", "--remove-blocks", "5", "--weights", "none"], "--remove-blocks"),
         (["train", "--data", "{tiny}", "--weights", "/no/weights.h5"], "does not exist"),
         (["describe", "--backbone", "vgg99"], "Unknown backbone"),
         (["frobnicate"], "invalid choice"),

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core.activations import decode_upload
 from core.config import RunConfig
 from core.data import ImageDecodeError
+from core.decode import decode_upload
 from core.errors import SceneLabError
 from core.store import Store
 from core.train import train
@@ -122,13 +122,12 @@ def test_page_upload_good_and_bad(trained, tiny_dataset):
 
 
 def test_page_without_runs_offers_imagenet_and_says_why_not(tmp_path, tiny_dataset, monkeypatch):
-    from core import backbones
     from core.errors import WeightsError
 
     def missing(*args, **kwargs):
         raise WeightsError("DenseNet121 ImageNet weights are not cached; choose efficientnet_lite0.")
 
-    monkeypatch.setattr(backbones, "resolve_weights", missing)
+    monkeypatch.setattr("core.activations.resolve_weights", missing)
     at = _page(tmp_path / "empty", tiny_dataset).run()
     assert not at.exception, at.exception
     assert at.selectbox(key="act_model").value == "imagenet"
@@ -137,11 +136,10 @@ def test_page_without_runs_offers_imagenet_and_says_why_not(tmp_path, tiny_datas
 
 
 def test_page_bare_imagenet_backbone_shows_feature_maps_only(tmp_path, tiny_dataset, monkeypatch):
-    from core import backbones
     from core.backbones import ResolvedWeights
 
     # stand-in for cached DenseNet121 ImageNet weights: the same path with a random initialisation
-    monkeypatch.setattr(backbones, "resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
+    monkeypatch.setattr("core.activations.resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
     at = _page(tmp_path / "empty", tiny_dataset)
     at.session_state["image_size"] = 48  # a cache key of its own
     at.run()

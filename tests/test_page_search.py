@@ -13,8 +13,8 @@ import pytest
 from optuna.trial import TrialState, create_trial
 from streamlit.testing.v1 import AppTest
 
-from core import tuning
-from core.cli import build_parser
+from core.cli import build_parser, tune_request
+from core.search.study import prepare_study
 from tests.apphelpers import metrics, texts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def make_study(data: Path, artifacts: Path, name: str = "demo", trials: int = 6)
     args = build_parser().parse_args(
         ["tune", "--data", str(data), "--study", name, "--artifacts", str(artifacts), "--trials", str(trials), *TINY_ARGS]
     )
-    study, _, _ = tuning.prepare_cli_study(args)
+    study, _, _ = prepare_study(tune_request(args))
     rows = [("adam", 1e-3, 0.1, 0.80, 0.78), ("nadam", 3e-3, 0.5, 0.90, 0.88), ("sgd", 1e-2, 0.2, 0.70, 0.66)]
     for i, (opt, lr, dropout, val, test) in enumerate(rows):
         study.add_trial(

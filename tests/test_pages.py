@@ -139,7 +139,7 @@ def test_small_data_shows_small_and_full_side_by_side(tiny_dataset, tmp_path):
     artifacts = tmp_path / "artifacts"
     at = open_page("pages/small_data.py", tiny_dataset, artifacts, small_data_extra=TINY_EXTRAS)
     assert [s.value for s in at.subheader] == ["50 images per class", "The full training set"]
-    at.slider(key="small_data_per_class").set_value(10)
+    at.slider(key="small_data_train_per_class").set_value(10)
     at.number_input(key="small_data_epochs").set_value(2)
     at.button(key="small_data_train").click().run()
     at = wait_for(at, lambda a: [m.label for m in a.metric].count("Test accuracy") == 2)

@@ -7,11 +7,15 @@ import json
 import numpy as np
 import pytest
 
+from core import backbones, features, identity
+from core import runs as runs_mod
+from core import store as store_mod
 from core import train as train_mod
 from core.config import AugmentConfig, RunConfig
 from core.errors import ConfigError, WeightsError
+from core.runs import load_classifier
 from core.store import Store
-from core.train import TrainingCancelled, find_run, load_classifier, train
+from core.train import TrainingCancelled, find_run, train
 
 TINY = RunConfig(
     backbone="densenet121",
@@ -60,8 +64,8 @@ def test_run_id_depends_on_config_and_dataset(tiny_dataset, fresh_dataset, store
     a = train(TINY, tiny_dataset, store)
     b = train(TINY, fresh_dataset, store)  # same images, other mtimes: another fingerprint
     assert a.run_id != b.run_id
-    assert train_mod.run_id_for(TINY, "x", train_mod.resolve_weights("densenet121", "none")) != train_mod.run_id_for(
-        TINY.replace(seed=1), "x", train_mod.resolve_weights("densenet121", "none")
+    assert identity.run_id_for(TINY, "x", backbones.resolve_weights("densenet121", "none")) != identity.run_id_for(
+        TINY.replace(seed=1), "x", backbones.resolve_weights("densenet121", "none")
     )
 
 
@@ -122,7 +126,7 @@ def test_interrupted_write_leaves_no_complete_run(tiny_dataset, store, monkeypat
     def die(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_mod, "write_history_csv", die)
+    monkeypatch.setattr(runs_mod, "write_history_csv", die)
     with pytest.raises(Exception, match="disk is full|No space"):
         train(cfg, tiny_dataset, store)
     assert store.list_runs() == [] and not list(store.runs_dir.glob(".tmp-*"))
@@ -140,7 +144,7 @@ def test_damaged_run_is_quarantined_and_retrained(tiny_dataset, store):
 
 
 def test_bad_settings_and_weights(tiny_dataset, store, tmp_path):
-    with pytest.raises(ConfigError, match="remove_blocks"):
+    with pytest.raises(ConfigError, match="--remove-blocks"):
         train(TINY.replace(remove_blocks=4), tiny_dataset, store)
     with pytest.raises(ConfigError, match="optimizer"):
         train(TINY.replace(optimizer="lion"), tiny_dataset, store)
@@ -192,7 +196,7 @@ def test_flip_only_head_trains_on_cached_mirror_features(tiny_dataset, tmp_path)
 
 def test_mirrored_features_draw_each_image_once_per_epoch():
     f = np.arange(10, dtype="float32")[:, None]
-    ds = train_mod.mirrored_features(f, -f, np.arange(10), 4, seed=1)
+    ds = features.MirroredFeatures(f, -f, np.arange(10), 4, seed=1)
     assert len(ds) == 3
     epochs = []
     for _ in range(2):
@@ -223,11 +227,11 @@ def test_tta_averages_image_and_mirror(tiny_dataset, tmp_path, phase):
 
 
 def test_late_settings_at_default_keep_earlier_run_ids():
-    weights = train_mod.resolve_weights("densenet121", "none")
+    weights = backbones.resolve_weights("densenet121", "none")
     cfg = TINY
     payload = {k: v for k, v in cfg.to_dict().items() if k not in ("tta", "freeze_blocks")}
     from core.config import stable_hash
 
-    expected = stable_hash({"config": payload, "dataset": "x", "weights": weights.identity, "v": train_mod.CACHE_FORMAT_VERSION})
-    assert train_mod.run_id_for(cfg, "x", weights) == expected
-    assert train_mod.run_id_for(cfg.replace(tta=True), "x", weights) != expected
+    expected = stable_hash({"config": payload, "dataset": "x", "weights": weights.identity, "v": store_mod.CACHE_FORMAT_VERSION})
+    assert identity.run_id_for(cfg, "x", weights) == expected
+    assert identity.run_id_for(cfg.replace(tta=True), "x", weights) != expected

@@ -14,10 +14,17 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from core import tuning
 from core.cli import main as cli_main
+from core.cli import tune_request
 from core.config import RunConfig
 from core.errors import ConfigError
+from core.search import objective as objective_mod
+from core.search import samplers as samplers_mod
+from core.search import space as space_mod
+from core.search import storage as storage_mod
+from core.search import summaries as summaries_mod
+from core.search import workers as workers_mod
+from core.search.study import prepare_study
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = RunConfig(backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=3, batch_size=8, val_fraction=0.25)
@@ -48,7 +55,7 @@ def last_json(stdout: str) -> dict:
 
 # -- the search space ------------------------------------------------------------------------------------
 def test_default_space_is_the_studys() -> None:
-    space = tuning.build_space()
+    space = space_mod.build_space()
     assert list(space) == ["optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm"]
     assert space["optimizer"]["choices"] == ["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamax", "nadam"]
     assert space["lr"] == {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}
@@ -60,17 +67,17 @@ def test_default_space_is_the_studys() -> None:
 
 def test_space_narrowing_fixing_and_conditions() -> None:
     fixed: dict = {"optimizer": "adam"}
-    space = tuning.build_space({"lr": {"low": 1e-4, "high": 1e-2}, "batch_size": [32, 64], "dropout": 0.5}, fixed)
+    space = space_mod.build_space({"lr": {"low": 1e-4, "high": 1e-2}, "batch_size": [32, 64], "dropout": 0.5}, fixed)
     assert "optimizer" not in space and "momentum" not in space  # adam has no momentum to search
     assert space["lr"] == {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}
     assert space["batch_size"]["choices"] == [32, 64]
     assert fixed == {"optimizer": "adam", "dropout": 0.5}
     # sgd fixed: momentum is searched unconditionally; a non-default parameter can be searched
-    space = tuning.build_space({"epochs": {"type": "int", "low": 5, "high": 20}}, {"optimizer": "sgd"})
+    space = space_mod.build_space({"epochs": {"type": "int", "low": 5, "high": 20}}, {"optimizer": "sgd"})
     assert "if" not in space["momentum"] and space["epochs"]["type"] == "int"
     # momentum stays conditional when the optimizer is narrowed to choices that include sgd
-    assert tuning.build_space({"optimizer": ["sgd", "adam"]})["momentum"]["if"] == {"optimizer": ["sgd", "rmsprop"]}
-    assert "momentum" not in tuning.build_space({"optimizer": ["adam", "nadam"]})
+    assert space_mod.build_space({"optimizer": ["sgd", "adam"]})["momentum"]["if"] == {"optimizer": ["sgd", "rmsprop"]}
+    assert "momentum" not in space_mod.build_space({"optimizer": ["adam", "nadam"]})
 
 
 @pytest.mark.parametrize(
@@ -85,26 +92,26 @@ def test_space_narrowing_fixing_and_conditions() -> None:
 )
 def test_bad_spaces_raise_one_sentence(overrides, fixed, words) -> None:
     with pytest.raises(ConfigError, match=words) as err:
-        tuning.build_space(overrides, fixed)
+        space_mod.build_space(overrides, fixed)
     assert "\n" not in str(err.value)
 
 
 def test_suggest_draws_momentum_only_for_sgd_and_rmsprop() -> None:
-    space = tuning.build_space()
+    space = space_mod.build_space()
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(25):
-        params = tuning.suggest(study.ask(), space)
+        params = space_mod.suggest(study.ask(), space)
         assert ("momentum" in params) == (params["optimizer"] in ("sgd", "rmsprop"))
         assert 1e-5 <= params["lr"] <= 1e-1 and params["batch_size"] in (8, 16, 32, 64, 128)
         RunConfig().replace(**params).validate()
 
 
 def test_per_trial_seed_sampler_is_reproducible_and_distinct() -> None:
-    space = tuning.build_space()
+    space = space_mod.build_space()
 
     def draw(n: int) -> list[dict]:
-        study = optuna.create_study(sampler=tuning.make_sampler("random", 7))
-        return [tuning.suggest(study.ask(), space) for _ in range(n)]
+        study = optuna.create_study(sampler=samplers_mod.make_sampler("random", 7))
+        return [space_mod.suggest(study.ask(), space) for _ in range(n)]
 
     first, second = draw(4), draw(4)
     assert first == second  # the same seed and trial numbers draw the same
@@ -113,7 +120,7 @@ def test_per_trial_seed_sampler_is_reproducible_and_distinct() -> None:
 
 # -- the objective ------------------------------------------------------------------------------------------
 def test_objective_with_fixed_trial(tiny_dataset: Path, store) -> None:
-    objective = tuning.Objective(TINY, tuning.build_space(), tiny_dataset, store)
+    objective = objective_mod.Objective(TINY, space_mod.build_space(), tiny_dataset, store)
     trial = optuna.trial.FixedTrial(FIXED)  # adam: no momentum is drawn
     value = objective(trial)
     assert 0.0 <= value <= 1.0
@@ -129,7 +136,7 @@ def test_objective_with_fixed_trial(tiny_dataset: Path, store) -> None:
 
 
 def test_repeats_score_the_mean_of_other_seeds(tiny_dataset: Path, store) -> None:
-    objective = tuning.Objective(TINY, tuning.build_space(), tiny_dataset, store, repeats=2)
+    objective = objective_mod.Objective(TINY, space_mod.build_space(), tiny_dataset, store, repeats=2)
     trial = optuna.trial.FixedTrial(FIXED)
     value = objective(trial)
     vals, tests = trial.user_attrs["val_accuracies"], trial.user_attrs["test_accuracies"]
@@ -137,26 +144,26 @@ def test_repeats_score_the_mean_of_other_seeds(tiny_dataset: Path, store) -> Non
     main = store.load_run(trial.user_attrs["run_id"])
     assert main.config["run"]["seed"] == TINY.seed and trial.user_attrs["test_accuracy"] == main.metrics["test_accuracy"]
     seeds = sorted(r.config["run"]["seed"] for r in store.list_runs())
-    assert seeds == [TINY.seed, TINY.seed + tuning.REPEAT_SEED_STEP]  # each repeat is a stored run of its own
+    assert seeds == [TINY.seed, TINY.seed + objective_mod.REPEAT_SEED_STEP]  # each repeat is a stored run of its own
     assert tests[1] == next(r for r in store.list_runs() if r.run_id != main.run_id).metrics["test_accuracy"]
 
 
 def test_resolve_repeats() -> None:
-    assert tuning.resolve_repeats(None, TINY) == tuning.AUTO_REPEATS_CHEAP  # a head on cached features
-    assert tuning.resolve_repeats("auto", TINY.replace(phase="full")) == 1
-    assert tuning.resolve_repeats("auto", TINY.replace(augment=TINY.augment.__class__(zoom=0.1))) == 1
-    assert tuning.resolve_repeats("4", TINY.replace(phase="full")) == 4
+    assert objective_mod.resolve_repeats(None, TINY) == objective_mod.AUTO_REPEATS_CHEAP  # a head on cached features
+    assert objective_mod.resolve_repeats("auto", TINY.replace(phase="full")) == 1
+    assert objective_mod.resolve_repeats("auto", TINY.replace(augment=TINY.augment.__class__(zoom=0.1))) == 1
+    assert objective_mod.resolve_repeats("4", TINY.replace(phase="full")) == 4
     for bad in ("0", "x", "21"):
         with pytest.raises(ConfigError, match="--repeats"):
-            tuning.resolve_repeats(bad, TINY)
+            objective_mod.resolve_repeats(bad, TINY)
 
 
 def test_pruning_stops_training_and_stores_nothing(tiny_dataset: Path, store) -> None:
     """ThresholdPruner(lower=1.01) prunes any trial once warm-up ends: deterministic."""
     fixed = {k: v for k, v in FIXED.items() if k != "lr"}
-    space = tuning.build_space({"lr": {"low": 1e-3, "high": 2e-3}}, fixed)
+    space = space_mod.build_space({"lr": {"low": 1e-3, "high": 2e-3}}, fixed)
     assert list(space) == ["lr"]
-    objective = tuning.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
+    objective = objective_mod.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=1.01, n_warmup_steps=2))
     study.optimize(objective, n_trials=1)
     t = study.trials[0]
@@ -178,13 +185,13 @@ def test_pruning_stops_training_and_stores_nothing(tiny_dataset: Path, store) ->
 
 def test_failing_trial_is_marked_with_its_reason_and_the_study_goes_on(tiny_dataset: Path, store) -> None:
     fixed = dict(FIXED)
-    space = tuning.build_space({"val_fraction": {"type": "categorical", "choices": [0.95, 0.25]}}, fixed)
+    space = space_mod.build_space({"val_fraction": {"type": "categorical", "choices": [0.95, 0.25]}}, fixed)
     assert list(space) == ["val_fraction"]
-    objective = tuning.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
+    objective = objective_mod.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
     study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
     study.enqueue_trial({"val_fraction": 0.95})  # out of range: RunConfig.validate refuses it
     study.enqueue_trial({"val_fraction": 0.25})
-    mine = tuning.run_worker(study, objective, 1)
+    mine = workers_mod.run_worker(study, objective, 1)
     failed, done = study.trials
     assert failed.state == TrialState.FAIL and "Validation fraction" in failed.user_attrs["fail_reason"]
     assert done.state == TrialState.COMPLETE
@@ -198,8 +205,8 @@ def test_worker_gives_up_after_failures_in_a_row() -> None:
         trial.set_user_attr("fail_reason", "the disk is full.")
         raise RuntimeError("boom")
 
-    with pytest.raises(tuning.SearchStopped, match="3 trials in a row failed; the last one because: the disk is full."):
-        tuning.run_worker(study, broken, 5, max_failures=3)
+    with pytest.raises(workers_mod.SearchStopped, match="3 trials in a row failed; the last one because: the disk is full."):
+        workers_mod.run_worker(study, broken, 5, max_failures=3)
 
 
 # -- workers, counts, dead trials (fake objectives: no TensorFlow) ------------------------------------------
@@ -210,33 +217,33 @@ def quick(trial: optuna.Trial) -> float:
 
 
 def test_worker_completes_the_study_count_on_a_journal_storage(tmp_path: Path) -> None:
-    storage = tuning.open_storage(tuning.resolve_storage_url(str(tmp_path / "s.log")))
+    storage = storage_mod.open_storage(storage_mod.resolve_storage_url(str(tmp_path / "s.log")))
     study = optuna.create_study(storage=storage, study_name="j", direction="maximize")
-    assert tuning.run_worker(study, quick, 3)["complete"] == 3
+    assert workers_mod.run_worker(study, quick, 3)["complete"] == 3
     # run again with a higher target: tops up to it; a lower one runs nothing
-    study = tuning.load_study(storage, "j")
-    assert tuning.run_worker(study, quick, 5)["complete"] == 2
-    assert tuning.run_worker(study, quick, 4)["complete"] == 0
-    assert len(study.trials) == 5 and tuning.summary(study)["n_trials_complete"] == 5
+    study = summaries_mod.load_study(storage, "j")
+    assert workers_mod.run_worker(study, quick, 5)["complete"] == 2
+    assert workers_mod.run_worker(study, quick, 4)["complete"] == 0
+    assert len(study.trials) == 5 and summaries_mod.summary(study)["n_trials_complete"] == 5
 
 
 def test_surplus_rule_and_waiting_for_running_trials(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'x.db'}", direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.5))
     running = study.ask()
-    running.set_user_attr("worker", tuning.worker_identity())  # this (live) process
+    running.set_user_attr("worker", workers_mod.worker_identity())  # this (live) process
     third = study.ask()
-    assert not tuning.is_surplus(study, running.number, 2)
-    assert tuning.is_surplus(study, third.number, 2)  # 1 finished + 1 running already make 2
+    assert not workers_mod.is_surplus(study, running.number, 2)
+    assert workers_mod.is_surplus(study, third.number, 2)  # 1 finished + 1 running already make 2
     study.tell(third, state=TrialState.FAIL)
     # 1 finished + 1 running by a live worker = 2: the worker waits and, at its timeout, has run nothing
     t0 = time.monotonic()
-    assert tuning.run_worker(study, quick, 2, timeout=0.5, poll_s=0.1) == {"complete": 0, "pruned": 0, "failed": 0, "surplus": 0}
+    assert workers_mod.run_worker(study, quick, 2, timeout=0.5, poll_s=0.1) == {"complete": 0, "pruned": 0, "failed": 0, "surplus": 0}
     assert time.monotonic() - t0 < 5
     # the running trial fails: its slot is free again and exactly one more trial runs
     study.tell(running, state=TrialState.FAIL)
-    assert tuning.run_worker(study, quick, 2)["complete"] == 1
-    assert tuning.summary(study)["n_trials_complete"] == 2
+    assert workers_mod.run_worker(study, quick, 2)["complete"] == 1
+    assert summaries_mod.summary(study)["n_trials_complete"] == 2
 
 
 def test_trials_of_a_dead_worker_are_failed(tmp_path: Path) -> None:
@@ -244,12 +251,12 @@ def test_trials_of_a_dead_worker_are_failed(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     orphan = study.ask()
-    orphan.set_user_attr("worker", {**tuning.worker_identity(), "pid": dead.pid, "label": f"test:{dead.pid}"})
+    orphan.set_user_attr("worker", {**workers_mod.worker_identity(), "pid": dead.pid, "label": f"test:{dead.pid}"})
     mine = study.ask()
-    mine.set_user_attr("worker", tuning.worker_identity())
+    mine.set_user_attr("worker", workers_mod.worker_identity())
     foreign = study.ask()
     foreign.set_user_attr("worker", {"host": "elsewhere/boot", "pid": 1, "label": "elsewhere:1"})
-    assert tuning.fail_dead_trials(study) == [orphan.number]
+    assert workers_mod.fail_dead_trials(study) == [orphan.number]
     frozen = study.trials[orphan.number]
     assert frozen.state == TrialState.FAIL and "stopped before the trial finished" in frozen.user_attrs["fail_reason"]
     assert study.trials[mine.number].state == TrialState.RUNNING
@@ -258,9 +265,9 @@ def test_trials_of_a_dead_worker_are_failed(tmp_path: Path) -> None:
 
 def test_frames_importances_and_best_config(tmp_path: Path) -> None:
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'x.db'}", direction="maximize", study_name="f")
-    assert tuning.importances(study) == {} and tuning.best_config(study) is None
-    settings = {"space": tuning.build_space(), "base_config": TINY.to_dict(), "n_trials": 4}
-    study.set_user_attr(tuning.SETTINGS_ATTR, settings)
+    assert summaries_mod.importances(study) == {} and summaries_mod.best_config(study) is None
+    settings = {"space": space_mod.build_space(), "base_config": TINY.to_dict(), "n_trials": 4}
+    study.set_user_attr(summaries_mod.SETTINGS_ATTR, settings)
     dist = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True), "dropout": optuna.distributions.FloatDistribution(0, 0.9)}
     for i, (lr, dropout, value) in enumerate([(1e-3, 0.1, 0.8), (1e-2, 0.5, 0.9), (1e-4, 0.2, 0.6)]):
         study.add_trial(
@@ -270,19 +277,19 @@ def test_frames_importances_and_best_config(tmp_path: Path) -> None:
             )
         )  # fmt: skip
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params={"lr": 1e-5, "dropout": 0.0}, distributions=dist, intermediate_values={1: 0.2}))
-    df = tuning.trials_frame(study)
+    df = summaries_mod.trials_frame(study)
     assert list(df["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
     assert {"number", "value", "test_accuracy", "lr", "dropout", "duration_s", "run_id"} <= set(df.columns)
-    inter = tuning.intermediate_frame(study)
+    inter = summaries_mod.intermediate_frame(study)
     assert len(inter) == 7 and set(inter["state"]) == {"COMPLETE", "PRUNED"}
-    assert set(tuning.importances(study)) == {"lr", "dropout"}
-    cfg = tuning.best_config(study)
+    assert set(summaries_mod.importances(study)) == {"lr", "dropout"}
+    cfg = summaries_mod.best_config(study)
     assert cfg["lr"] == 1e-2 and cfg["dropout"] == 0.5 and cfg["image_size"] == 32
-    s = tuning.summary(study)
+    s = summaries_mod.summary(study)
     assert (s["n_trials_complete"], s["n_trials_pruned"], s["best_value"], s["best_run_id"]) == (3, 1, 0.9, "r1")
-    assert [r["study"] for r in tuning.list_studies(f"sqlite:///{tmp_path / 'x.db'}")] == ["f"]
+    assert [r["study"] for r in summaries_mod.list_studies(f"sqlite:///{tmp_path / 'x.db'}")] == ["f"]
     with pytest.raises(ConfigError, match="There is no study named 'nope'.*known studies: f"):
-        tuning.load_study(f"sqlite:///{tmp_path / 'x.db'}", "nope")
+        summaries_mod.load_study(f"sqlite:///{tmp_path / 'x.db'}", "nope")
 
 
 # -- the CLI: bad input (in-process: no TensorFlow is imported before these fail) -----------------------------
@@ -329,7 +336,7 @@ def test_joining_with_a_conflicting_option_is_refused(tiny_dataset: Path, tmp_pa
     args = ["tune", "--data", str(tiny_dataset), "--study", "c", "--storage", url, "--artifacts", str(tmp_path)]
     from core.cli import build_parser
 
-    tuning.prepare_cli_study(build_parser().parse_args([*args, *TINY_ARGS, "--optimizer", "adam"]))
+    prepare_study(tune_request(build_parser().parse_args([*args, *TINY_ARGS, "--optimizer", "adam"])))
     for extra, words in (
         (["--epochs", "9"], "created with epochs=3, not 9"),
         (["--lr", "0.1"], "searches lr"),
@@ -339,9 +346,9 @@ def test_joining_with_a_conflicting_option_is_refused(tiny_dataset: Path, tmp_pa
         assert cli_main([*args, *extra]) == 2
         assert words in capsys.readouterr().err
     # joining with no options adopts the stored ones
-    study, settings, data = tuning.prepare_cli_study(build_parser().parse_args(["tune", "--study", "c", "--storage", url]))
+    study, settings, data = prepare_study(tune_request(build_parser().parse_args(["tune", "--study", "c", "--storage", url])))
     assert settings["base_config"]["optimizer"] == "adam" and "optimizer" not in settings["space"]
-    assert settings["repeats"] == tuning.AUTO_REPEATS_CHEAP  # auto: its trials train heads on cached features
+    assert settings["repeats"] == objective_mod.AUTO_REPEATS_CHEAP  # auto: its trials train heads on cached features
     assert Path(data) == tiny_dataset.resolve() and settings["base_config"]["image_size"] == 32
 
 
@@ -363,7 +370,7 @@ def test_two_workers_split_the_trials_exactly(tiny_dataset: Path, tmp_path: Path
     per_worker = [r["worker"]["complete"] + r["worker"]["pruned"] for r in reports]
     assert sum(per_worker) == n, reports
     assert all(k > 0 for k in per_worker), per_worker  # both took part
-    study = tuning.load_study(url, "par")
+    study = summaries_mod.load_study(url, "par")
     numbers = [t.number for t in study.trials]
     assert len(numbers) == len(set(numbers))
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -377,7 +384,7 @@ def test_killed_worker_resumes_and_its_trial_is_failed(tiny_dataset: Path, tmp_p
     n = 3
     cmd = tune_cmd(tiny_dataset, "kill", url, tmp_path / "art", "--trials", str(n), "--epochs", "20")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
-    storage = tuning.open_storage(url)
+    storage = storage_mod.open_storage(url)
     victim = None
     deadline = time.monotonic() + 180
     try:

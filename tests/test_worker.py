@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from core import identity
 from core import train as train_mod
 from core.config import RunConfig
 from core.train import train
@@ -25,7 +26,7 @@ TINY = RunConfig(
 def test_submit_trains_in_the_background_and_reports_progress(tiny_dataset, store):
     worker = Worker(store)
     job = worker.submit(TINY, tiny_dataset)
-    assert job.status in ("queued", "running") and job.id == train_mod.prepare(TINY, tiny_dataset).run_id
+    assert job.status in ("queued", "running") and job.id == identity.prepare(TINY, tiny_dataset).run_id
     done = worker.wait(job.id, timeout=120)
     assert done is job and job.status == "done", job.error
     assert not job.cached and job.error is None

@@ -1,0 +1,89 @@
+"""Every private API of Keras, TensorFlow and Optuna that SceneLab reaches into, in one place.
+
+Each shim names what it needs and why; ``tests/test_compat.py`` checks every one against the pinned
+versions, so an upgrade that moves one fails there, loudly, instead of somewhere deep in a run.
+(Streamlit's private API is used by the UI only: ``ui/compat.py``, same rule.)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+# Keras modules that re-export ``clear_session`` (patched together by replace_clear_session).
+CLEAR_SESSION_MODULES = (
+    "keras.src.backend.common.global_state",
+    "keras.backend",
+    "keras.utils",
+    "keras._tf_keras.keras.backend",
+    "keras._tf_keras.keras.utils",
+    "keras.src.backend",
+)
+
+
+# -- Keras global state --------------------------------------------------------------------------------
+def keras_global_state() -> Any:
+    """``keras.src.backend.common.global_state``: per-thread global attributes and ``clear_session``."""
+    from keras.src.backend.common import global_state
+
+    return global_state
+
+
+def set_keras_seed_state(seed: int) -> None:
+    """What ``keras.utils.set_random_seed`` records for Keras itself (its global seed, a fresh seed
+    generator), without touching TensorFlow's global seed."""
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    state = keras_global_state()
+    state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, seed)
+    state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, None)
+
+
+def clear_keras_thread_state() -> None:
+    """Forget the calling thread's Keras state (its trackers are ``threading.local`` objects)."""
+    state = keras_global_state()
+    state.GLOBAL_STATE_TRACKER.__dict__.clear()
+    state.GLOBAL_SETTINGS_TRACKER.__dict__.clear()
+
+
+def replace_clear_session(new: Callable[..., None]) -> Callable[..., None]:
+    """Install ``new`` as ``clear_session`` wherever Keras exposes the original; returns the original."""
+    state = keras_global_state()
+    current = state.clear_session
+    for name in CLEAR_SESSION_MODULES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "clear_session", None) is current:
+            module.clear_session = new
+    return current
+
+
+# -- TensorFlow ----------------------------------------------------------------------------------------
+def tf_global_seed() -> int | None:
+    """TensorFlow's current global seed (None when unset or when the private API moved)."""
+    try:
+        from tensorflow.python.eager import context
+
+        return context.global_seed()
+    except (ImportError, AttributeError):  # pragma: no cover - checked by tests/test_compat.py
+        return None
+
+
+# -- Optuna ----------------------------------------------------------------------------------------------
+def study_storage(study: Any) -> Any:
+    """The storage object behind an ``optuna.Study`` (``study._storage``)."""
+    return study._storage
+
+
+def trial_id(trial: Any) -> int:
+    """The storage's id of a ``FrozenTrial`` (``trial._trial_id``; ``number`` is per study)."""
+    return trial._trial_id
+
+
+# -- the study's own input pipeline, for the benchmarks -------------------------------------------------
+def image_data_generator() -> type:
+    """Keras 2's ``ImageDataGenerator`` (kept by Keras 3 under ``keras.src.legacy``), which the study used."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    return ImageDataGenerator

@@ -1,0 +1,153 @@
+"""A finished run: written to the store, read back as a model, summarised for tables, found by settings.
+
+``save_run`` writes one run's files into the store's temporary folder and commits it (all or nothing);
+``load_classifier`` rebuilds its trained classifier (image 0..255 -> probabilities) from what was stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.atomic import atomic_write_json, atomic_write_npz, write_history_csv
+from core.backbones import resolve_weights
+from core.config import RunConfig
+from core.data import DecodedDataset
+from core.errors import StoreError, first_line
+from core.identity import Prepared
+from core.model import Classifier, classifier_for
+from core.store import CACHE_FORMAT_VERSION, RunRecord, Store
+
+
+def save_run(
+    prep: Prepared,
+    store: Store,
+    clf: Classifier,
+    ds: DecodedDataset,
+    history: list[dict[str, float]],
+    metrics: dict[str, Any],
+    p_test: np.ndarray,
+    base_trained: bool,
+) -> RunRecord:
+    """Write the run's config, model, test predictions, history and metrics, then commit it atomically.
+
+    When the backbone is the pretrained file's (a head-only run), only the head is kept: kilobytes, not
+    megabytes; ``load_classifier`` rebuilds the rest from the same weights."""
+    tmp = store.begin_run(prep.run_id)
+    try:
+        config = {
+            "run_id": prep.run_id,
+            "run": prep.cfg.to_dict(),
+            "dataset": {
+                "root": str(prep.info.root),
+                "name": prep.info.root.name,
+                "fingerprint": prep.info.fingerprint,
+                "classes": ds.classes,
+            },
+            "weights_identity": prep.weights.identity,
+            "weights_request": prep.weights.request,
+            "base_trained": base_trained,
+            "cache_format": CACHE_FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if base_trained or prep.weights.path is None:
+            clf.model.save(tmp / "model.keras")
+        else:
+            clf.head.save_weights(tmp / "head.weights.h5")
+        atomic_write_npz(
+            tmp / "predictions.npz",
+            probs=p_test.astype("float32"),
+            y_true=ds.y_test.astype("int32"),
+            paths=np.asarray(ds.test_paths, dtype=str),
+        )
+        write_history_csv(tmp / "history.csv", history)
+        atomic_write_json(tmp / "metrics.json", metrics)
+        atomic_write_json(tmp / "config.json", config)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return store.commit_run(prep.run_id, tmp)
+
+
+def load_classifier(record: RunRecord) -> Any:
+    """The trained classifier of a stored run (image 0..255 -> probabilities)."""
+    import keras
+
+    cfg = RunConfig.from_dict(record.config["run"])
+    if record.model_path.exists():
+        try:
+            return keras.models.load_model(record.model_path, safe_mode=True, compile=False)
+        except Exception as exc:  # damaged zip, foreign or unsafe (Lambda) content: one sentence
+            raise _damaged(record, record.model_path, exc) from exc
+    weights = resolve_weights(cfg.backbone, cfg.weights)
+    clf = classifier_for(cfg, len(record.config["dataset"]["classes"]), weights)
+    try:
+        clf.head.load_weights(record.path / "head.weights.h5")
+    except Exception as exc:
+        raise _damaged(record, record.path / "head.weights.h5", exc) from exc
+    return clf.model
+
+
+def _damaged(record: RunRecord, path: Path, exc: BaseException) -> StoreError:
+    return StoreError(
+        f"The stored model of run {record.run_id} ({path}) could not be loaded ({first_line(exc)}); delete the "
+        f"folder {record.path} and train the run again."
+    )
+
+
+def export_model(record: RunRecord, dest: Path) -> Path:
+    """Write a stand-alone ``.keras`` file of a run's classifier (takes raw 0..255 pixels)."""
+    model = load_classifier(record)
+    model.save(dest)
+    return dest
+
+
+SUMMARY_METRICS = (
+    "train_accuracy",
+    "val_accuracy",
+    "test_accuracy",
+    "epochs_run",
+    "seconds",
+    "params_total",
+    "backbone_params",
+)
+
+
+def summary_row(record: RunRecord) -> dict[str, Any]:
+    """One flat row per run for tables: config columns, accuracies, seconds."""
+    run = record.config.get("run", {})
+    aug = run.get("augment", {}) or {}
+    row: dict[str, Any] = {"run_id": record.run_id, "dataset": record.config.get("dataset", {}).get("name")}
+    row.update({k: v for k, v in run.items() if k != "augment"})
+    row.update({f"aug_{k}": v for k, v in aug.items()})
+    for k in SUMMARY_METRICS:
+        row[k] = record.metrics.get(k)
+    row["created"] = record.config.get("created")
+    return row
+
+
+def runs_like(records: list[RunRecord], fingerprint: str, cfg: RunConfig) -> list[RunRecord]:
+    """The stored runs on the dataset ``fingerprint`` with ``cfg``'s backbone, weights and image size."""
+    out = []
+    for r in records:
+        run = r.config.get("run", {})
+        if (
+            r.config.get("dataset", {}).get("fingerprint") == fingerprint
+            and run.get("backbone") == cfg.backbone
+            and run.get("weights") == cfg.weights
+            and run.get("image_size") == cfg.image_size
+        ):
+            out.append(r)
+    return out
+
+
+def read_config_file(path: str | os.PathLike[str]) -> RunConfig:
+    """A RunConfig from a JSON file (a run's config.json or a bare settings object)."""
+    data = json.loads(Path(path).read_text())
+    return RunConfig.from_dict(data.get("run", data))

@@ -1,0 +1,100 @@
+"""What every session shares in one app process: the store, the training worker, cached reads.
+
+Streamlit's ``st.cache_resource`` holds the store and the one background worker per artifacts folder;
+``st.cache_data`` holds the dataset scan (a minute), the list of stored runs (until the runs folder
+changes) and thumbnails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import streamlit as st
+
+from core.config import RunConfig
+from core.data import DatasetInfo, decode_image, scan_dataset
+from core.errors import SceneLabError
+from core.identity import prepare
+from core.runs import runs_like as _runs_like
+from core.store import RunRecord, Store
+from core.worker import Worker
+from ui.settings import settings
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _store(artifacts: str) -> Store:
+    store = Store(artifacts)
+    with contextlib.suppress(OSError):
+        store.clean_stale(max_age_s=600.0)  # run folders left half-written by killed processes
+    return store
+
+
+@st.cache_resource(show_spinner=False)
+def _worker(artifacts: str) -> Worker:
+    return Worker(_store(artifacts))
+
+
+def get_store() -> Store:
+    return _store(settings()["artifacts"])
+
+
+def get_worker() -> Worker:
+    """The app's one training worker (shared by every session; keyed by the artifacts folder)."""
+    return _worker(settings()["artifacts"])
+
+
+@st.cache_data(ttl=60, max_entries=16, show_spinner=False)
+def _scan(data_root: str) -> DatasetInfo:
+    return scan_dataset(data_root)
+
+
+def dataset_report(data_root: str | os.PathLike[str], *, show_error: bool = True) -> DatasetInfo | None:
+    """The dataset's classes and files (cached a minute), or None after one sentence saying why not."""
+    try:
+        return _scan(str(data_root).strip())
+    except SceneLabError as exc:
+        if show_error:
+            st.error(str(exc))
+        return None
+
+
+def lookup(cfg: RunConfig, data_root: str) -> tuple[str | None, RunRecord | None]:
+    """(run id, stored run or None) for ``cfg``; (None, None) after one sentence when it cannot be resolved."""
+    try:
+        run_id = prepare(cfg, data_root).run_id
+    except SceneLabError as exc:
+        st.error(str(exc))
+        return None, None
+    return run_id, get_store().load_run(run_id)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _records(artifacts: str, stamp: tuple[int, int]) -> list[RunRecord]:
+    return Store(artifacts).list_runs()
+
+
+def all_runs() -> list[RunRecord]:
+    """Every stored run (re-read when the runs folder changes)."""
+    store = get_store()
+    try:
+        st_ = store.runs_dir.stat()
+        stamp = (st_.st_mtime_ns, st_.st_nlink)
+    except OSError:
+        return []
+    return _records(str(store.root), stamp)
+
+
+def runs_like(info: DatasetInfo, cfg: RunConfig) -> list[RunRecord]:
+    """Stored runs on this dataset with ``cfg``'s backbone, weights and image size."""
+    return _runs_like(all_runs(), info.fingerprint, cfg)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumbnail(path: str, size: int = 128) -> np.ndarray | None:
+    """An image file as an RGB array for display (None if it cannot be read any more)."""
+    try:
+        return decode_image(path, size)
+    except SceneLabError:
+        return None
