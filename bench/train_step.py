@@ -47,7 +47,8 @@ def count_step_flops(backbone: str, size: int, remove_blocks: int, freeze_blocks
     """FLOPs per image of a forward pass and of a training step, from the TF graphs."""
     import keras
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from core.compat import convert_variables_to_constants
 
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
@@ -69,7 +70,7 @@ def count_step_flops(backbone: str, size: int, remove_blocks: int, freeze_blocks
 
         grads = tf.function(step).get_concrete_function(spec, tf.TensorSpec([1], tf.int32))
         return {
-            "forward": profile(convert_variables_to_constants_v2(forward).graph),
+            "forward": profile(convert_variables_to_constants(forward).graph),
             "train_step": profile(grads.graph),
         }
     finally:

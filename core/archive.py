@@ -35,8 +35,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from core.data import IMAGE_EXTENSIONS, SPLITS, Skipped, scan_dataset, stratified_split
+from core.data import stratified_split
 from core.errors import ConfigError, DataRootError, DatasetError, first_line, os_error_phrase
+from core.scan import IMAGE_EXTENSIONS, SPLITS, Skipped, scan_dataset
 from core.security import allowed_roots, check_data_root
 
 logger = logging.getLogger(__name__)

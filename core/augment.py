@@ -16,7 +16,9 @@ import logging
 import math
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
 
 from core.config import AugmentConfig
 
@@ -62,96 +64,87 @@ def _warp_fn() -> Any:
     return _WARP["fn"]
 
 
-def _layer_class() -> type:
-    if "layer" in _WARP:
-        return _WARP["layer"]
-    import keras
-    import tensorflow as tf
+class RandomAffine(keras.layers.Layer):
+    """Random rotation, shift, shear, zoom and flips applied as one affine resampling per image.
 
-    class RandomAffine(keras.layers.Layer):
-        """Random rotation, shift, shear, zoom and flips applied as one affine resampling per image.
+    Ranges follow the Keras layers they replace: rotation uniform in +-``rotation`` degrees, shifts
+    uniform in +-fraction of the size, shear coefficients uniform in +-``shear`` on each axis, zoom
+    scale uniform in [1 - zoom, 1 + zoom] on each axis independently, each flip with probability 0.5.
+    """
 
-        Ranges follow the Keras layers they replace: rotation uniform in +-``rotation`` degrees, shifts
-        uniform in +-fraction of the size, shear coefficients uniform in +-``shear`` on each axis, zoom
-        scale uniform in [1 - zoom, 1 + zoom] on each axis independently, each flip with probability 0.5.
-        """
+    def __init__(
+        self,
+        rotation: float = 0.0,
+        width_shift: float = 0.0,
+        height_shift: float = 0.0,
+        shear: float = 0.0,
+        zoom: float = 0.0,
+        hflip: bool = False,
+        vflip: bool = False,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.rotation, self.width_shift, self.height_shift = rotation, width_shift, height_shift
+        self.shear, self.zoom, self.hflip, self.vflip = shear, zoom, hflip, vflip
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
-        def __init__(
-            self,
-            rotation: float = 0.0,
-            width_shift: float = 0.0,
-            height_shift: float = 0.0,
-            shear: float = 0.0,
-            zoom: float = 0.0,
-            hflip: bool = False,
-            vflip: bool = False,
-            seed: int | None = None,
-            **kwargs: Any,
-        ) -> None:
-            super().__init__(**kwargs)
-            self.rotation, self.width_shift, self.height_shift = rotation, width_shift, height_shift
-            self.shear, self.zoom, self.hflip, self.vflip = shear, zoom, hflip, vflip
-            self.seed = seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
+    def _uniform(self, n: Any, limit: float, centre: float = 0.0) -> Any:
+        if not limit:
+            return tf.fill([n], tf.constant(centre, tf.float32))
+        return keras.random.uniform([n], centre - limit, centre + limit, seed=self.seed_generator)
 
-        def _uniform(self, n: Any, limit: float, centre: float = 0.0) -> Any:
-            if not limit:
-                return tf.fill([n], tf.constant(centre, tf.float32))
-            return keras.random.uniform([n], centre - limit, centre + limit, seed=self.seed_generator)
+    def _flip(self, n: Any, on: bool) -> Any:
+        if not on:
+            return tf.ones([n], tf.float32)
+        coin = keras.random.uniform([n], 0.0, 1.0, seed=self.seed_generator)
+        return tf.where(coin < 0.5, -1.0, 1.0)
 
-        def _flip(self, n: Any, on: bool) -> Any:
-            if not on:
-                return tf.ones([n], tf.float32)
-            coin = keras.random.uniform([n], 0.0, 1.0, seed=self.seed_generator)
-            return tf.where(coin < 0.5, -1.0, 1.0)
+    def call(self, images: Any, training: bool = True) -> Any:
+        if not training:
+            return images
+        images = tf.convert_to_tensor(images, tf.float32)
+        shape = tf.shape(images)
+        n, hf, wf = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+        theta = self._uniform(n, self.rotation * math.pi / 180.0)
+        cos, sin = tf.cos(theta), tf.sin(theta)
+        shx, shy = self._uniform(n, self.shear), self._uniform(n, self.shear)
+        zx, zy = self._uniform(n, self.zoom, 1.0), self._uniform(n, self.zoom, 1.0)
+        fx, fy = self._flip(n, self.hflip), self._flip(n, self.vflip)
+        tx = self._uniform(n, self.width_shift) * wf
+        ty = self._uniform(n, self.height_shift) * hf
+        # output -> input map about the centre: rotation @ shear @ zoom @ flip, then the shift
+        a00, a01 = (cos - sin * shy) * zx * fx, (cos * shx - sin) * zy * fy
+        a10, a11 = (sin + cos * shy) * zx * fx, (sin * shx + cos) * zy * fy
+        cx, cy = (wf - 1.0) / 2.0, (hf - 1.0) / 2.0
+        b0 = cx + tx - a00 * cx - a01 * cy
+        b1 = cy + ty - a10 * cx - a11 * cy
+        return _warp_fn()(images, tf.stack([a00, a01, b0, a10, a11, b1], axis=1))
 
-        def call(self, images: Any, training: bool = True) -> Any:
-            if not training:
-                return images
-            images = tf.convert_to_tensor(images, tf.float32)
-            shape = tf.shape(images)
-            n, hf, wf = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-            theta = self._uniform(n, self.rotation * math.pi / 180.0)
-            cos, sin = tf.cos(theta), tf.sin(theta)
-            shx, shy = self._uniform(n, self.shear), self._uniform(n, self.shear)
-            zx, zy = self._uniform(n, self.zoom, 1.0), self._uniform(n, self.zoom, 1.0)
-            fx, fy = self._flip(n, self.hflip), self._flip(n, self.vflip)
-            tx = self._uniform(n, self.width_shift) * wf
-            ty = self._uniform(n, self.height_shift) * hf
-            # output -> input map about the centre: rotation @ shear @ zoom @ flip, then the shift
-            a00, a01 = (cos - sin * shy) * zx * fx, (cos * shx - sin) * zy * fy
-            a10, a11 = (sin + cos * shy) * zx * fx, (sin * shx + cos) * zy * fy
-            cx, cy = (wf - 1.0) / 2.0, (hf - 1.0) / 2.0
-            b0 = cx + tx - a00 * cx - a01 * cy
-            b1 = cy + ty - a10 * cx - a11 * cy
-            return _warp_fn()(images, tf.stack([a00, a01, b0, a10, a11, b1], axis=1))
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
 
-        def compute_output_shape(self, input_shape: Any) -> Any:
-            return input_shape
-
-        def get_config(self) -> dict[str, Any]:
-            config = super().get_config()
-            config.update(
-                {
-                    "rotation": self.rotation,
-                    "width_shift": self.width_shift,
-                    "height_shift": self.height_shift,
-                    "shear": self.shear,
-                    "zoom": self.zoom,
-                    "hflip": self.hflip,
-                    "vflip": self.vflip,
-                    "seed": self.seed,
-                }
-            )
-            return config
-
-    _WARP["layer"] = RandomAffine
-    return RandomAffine
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "rotation": self.rotation,
+                "width_shift": self.width_shift,
+                "height_shift": self.height_shift,
+                "shear": self.shear,
+                "zoom": self.zoom,
+                "hflip": self.hflip,
+                "vflip": self.vflip,
+                "seed": self.seed,
+            }
+        )
+        return config
 
 
 def random_affine(cfg: AugmentConfig, seed: int = 0, name: str = "aug_affine") -> Any:
     """The :class:`RandomAffine` layer for ``cfg``'s geometric transforms and flips."""
-    return _layer_class()(
+    return RandomAffine(
         rotation=cfg.rotation,
         width_shift=cfg.width_shift,
         height_shift=cfg.height_shift,

@@ -70,6 +70,13 @@ def tf_global_seed() -> int | None:
         return None
 
 
+def convert_variables_to_constants(concrete_function: Any) -> Any:
+    """A frozen copy of a concrete function (its variables as constants), for counting FLOPs of its graph."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(concrete_function)
+
+
 # -- Optuna ----------------------------------------------------------------------------------------------
 def study_storage(study: Any) -> Any:
     """The storage object behind an ``optuna.Study`` (``study._storage``)."""

@@ -77,7 +77,7 @@ class RunConfig:
     train_per_class: int | None = setting(None, "Training images per class", "Draw this many training images "
                                           "per class (the study's small set is 50); all when empty.", "int",
                                           low=1, optional=True, none_label="all")
-    val_fraction: float = setting(0.15, "Validation share", "Share of each class held out of train for "
+    val_fraction: float = setting(0.15, "Validation fraction", "Share of each class held out of train for "
                                   "validation (early stopping, reduce-LR and the search look only at it).", "float",
                                   low=0.0, high=0.9, low_open=True, high_open=True)
     phase: str = setting("head", "What to train", "head: the new head on the frozen backbone; full: every layer; "

@@ -28,8 +28,8 @@ from typing import BinaryIO
 import numpy as np
 
 from core.archive import Budget, Limits, ProgressFn, extract_entry, open_zip, staged_folder, validate_staged
-from core.data import Skipped
 from core.errors import DatasetError, first_line, os_error_phrase
+from core.scan import Skipped
 
 logger = logging.getLogger(__name__)
 

@@ -315,20 +315,23 @@ def test_cli_bad_input_exits_2_with_one_line(extra, words, tiny_dataset: Path, t
     assert len(err.splitlines()) == 1 and err.startswith("scenelab: ") and words in err, err
 
 
-def test_cli_postgres_without_driver_says_so(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_cli_storage_without_its_driver_says_so(tiny_dataset: Path, tmp_path: Path) -> None:
+    """psycopg (requirements.txt) serves postgresql:// URLs; psycopg2 is not installed, so a URL asking for
+    it meets the missing-driver path for real."""
     pytest.importorskip("sqlalchemy")
     try:
-        import psycopg  # noqa: F401
+        import psycopg2  # noqa: F401
 
-        pytest.skip("a PostgreSQL driver is installed here")
+        pytest.skip("psycopg2 is installed here")
     except ImportError:
         pass
     proc = subprocess.run(
-        tune_cmd(tiny_dataset, "pg", "postgresql://nobody@127.0.0.1:1/x", tmp_path),
+        tune_cmd(tiny_dataset, "pg", "postgresql+psycopg2://nobody@127.0.0.1:1/x", tmp_path),
         capture_output=True, text=True, env=env(), cwd=REPO, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "not installed" in proc.stderr, proc.stderr
+    assert "pip install psycopg2-binary" in proc.stderr
 
 
 def test_joining_with_a_conflicting_option_is_refused(tiny_dataset: Path, tmp_path: Path, capsys) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.backbones import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, keras_models_dir, register
+from core.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, BackboneSpec, keras_models_dir, register
 from core.errors import WeightsError
 
 logger = logging.getLogger(__name__)

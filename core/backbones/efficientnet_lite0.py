@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.backbones import BackboneSpec, keras_models_dir, register
+from core.backbones.registry import BackboneSpec, keras_models_dir, register
 from core.lite0 import LITE0_STAGE_ENDS, build_lite0, imagenet_weights_file, load_imagenet
 
 WEIGHTS_FILE = "efficientnet_lite0_imagenet.weights.h5"  # the converted full model (with its top)

@@ -143,6 +143,26 @@ def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
     return len(ahead) >= n_trials
 
 
+class _Tally:
+    """Counts this worker's trials per state (an Optuna callback) and the reasons of failures in a row."""
+
+    def __init__(self, mine: dict[str, int], on_trial: Callable[[FrozenTrial], None] | None) -> None:
+        self.mine, self.on_trial = mine, on_trial
+        self.in_a_row: list[str] = []
+
+    def __call__(self, _: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            self.mine["complete" if trial.state == TrialState.COMPLETE else "pruned"] += 1
+            self.in_a_row.clear()
+        elif trial.user_attrs.get("surplus"):
+            self.mine["surplus"] += 1
+        else:
+            self.mine["failed"] += 1
+            self.in_a_row.append(str(trial.user_attrs.get("fail_reason") or "no reason recorded"))
+        if self.on_trial is not None:
+            self.on_trial(trial)
+
+
 def run_worker(
     study: optuna.Study,
     objective: Callable[[optuna.trial.Trial], float],
@@ -181,23 +201,8 @@ def run_worker(
             raise _Surplus(f"trial {trial.number} is beyond the study's {n_trials} trials")
         return objective(trial)
 
-    in_a_row: list[str] = []
-
-    def record(_: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state == TrialState.COMPLETE:
-            mine["complete"] += 1
-            in_a_row.clear()
-        elif trial.state == TrialState.PRUNED:
-            mine["pruned"] += 1
-            in_a_row.clear()
-        elif trial.user_attrs.get("surplus"):
-            mine["surplus"] += 1
-        else:
-            mine["failed"] += 1
-            in_a_row.append(str(trial.user_attrs.get("fail_reason") or "no reason recorded"))
-        if on_trial is not None:
-            on_trial(trial)
-
+    record = _Tally(mine, on_trial)
+    in_a_row = record.in_a_row
     while True:
         fail_dead_trials(study)
         trials = study.get_trials(deepcopy=False)
