@@ -43,7 +43,7 @@ handover.show_loaded_extras(P)
 
 with st.form(f"{P}_form"):
     c1, c2, c3, c4 = st.columns([2.2, 1, 1, 1])
-    panel.widget(P, "phase", c1, format_func=PHASE_LABELS.get, options=list(PHASE_LABELS))
+    panel.widget(P, "phase", c1, format_func=PHASE_LABELS.get, options=list(PHASE_LABELS), help=None)
     panel.widget(P, "optimizer", c1, style="select", help=None)
     panel.widget(
         P, "freeze_blocks", c1,

@@ -199,7 +199,7 @@ def test_densenet_imagenet_without_weights_is_one_sentence(monkeypatch):
 
 def test_densenet_imagenet_backbone_gives_feature_maps_only(monkeypatch):
     # stand-in for cached weights: the same code path with a random initialisation
-    monkeypatch.setattr(backbones, "resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
+    monkeypatch.setattr(act, "resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
     inspector = act.imagenet_inspector("densenet121", 32)
     assert not inspector.has_head and inspector.classes is None
     assert inspector.layers[-1] == "relu" and "pool4_pool" in inspector.layers

@@ -121,7 +121,7 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
     ds = decode_dataset(scan_dataset(tiny_dataset), 32, store.datasets_dir)
     probs = load_classifier(partial.record).predict(ds.x_test.astype("float32"), verbose=0)
     np.testing.assert_allclose(probs, partial.record.predictions()["probs"], atol=1e-4)
-    with pytest.raises(ConfigError, match="freeze_blocks"):
+    with pytest.raises(ConfigError, match="--freeze-blocks"):
         train(cfg.replace(freeze_blocks=2), tiny_dataset, store)  # 2 blocks left after removing 2: one must train
 
 

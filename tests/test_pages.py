@@ -220,7 +220,7 @@ def test_finetune_frozen_blocks_name_their_run_or_one_sentence(tiny_dataset, tmp
     at.run()
     assert not at.exception
     # TINY keeps one dense block (3 removed): it must train, so nothing can stay frozen
-    assert any("freeze_blocks must be 0 to 0" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("(--freeze-blocks) must be 0 to 0" in e.value for e in at.error), [e.value for e in at.error]
     assert not Store(tmp_path / "artifacts").list_runs()
     at.radio(key="finetune_phase").set_value("head")  # head only: the frozen-blocks setting does not apply
     at.number_input(key="finetune_epochs").set_value(1)

@@ -222,7 +222,7 @@ def test_a_keras_file_with_a_lambda_is_refused_and_never_runs(tmp_path, tiny_dat
     import keras
 
     from core.store import RunRecord
-    from core.train import load_classifier
+    from core.runs import load_classifier
 
     marker = tmp_path / "pwned"
     model = _evil_model(tmp_path, marker)

@@ -1,0 +1,98 @@
+"""Screenshots of every page of a running app, as a user sees them (a tool, not a test).
+
+    python -m tests.screenshots --url http://127.0.0.1:8501 --out /tmp/shots [--backbone EfficientNet-Lite0]
+        [--image-size 64] [--width 1400 --height 1000] [--pages finetune,truncate]
+
+Each page is saved twice: ``<page>.png`` (the first screen, at the window's size: what is above the fold)
+and ``<page>-full.png`` (the whole page). Uses Debian's Chromium through Playwright, like the browser tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
+PAGES = {
+    "study": "Study",
+    "finetune": "0 Fine-tune",
+    "truncate": "1 Truncate",
+    "small_data": "2 Small data",
+    "augmentation": "3 Augmentation",
+    "regularisation": "4 Regularisation",
+    "search": "5 Hyperparameter search",
+    "activations": "6 Activations",
+    "runs": "Runs",
+}
+
+
+def settle(tab, quiet_ms: int = 1000, timeout_s: float = 120) -> None:
+    """Wait until the app has stopped running (no 'Running…' status widget) for ``quiet_ms``."""
+    deadline = time.monotonic() + timeout_s
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if tab.locator('[data-testid="stStatusWidget"]').count() > 0:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif (time.monotonic() - quiet_since) * 1000 >= quiet_ms:
+            return
+        tab.wait_for_timeout(100)
+
+
+def choose_in_sidebar(tab, backbone: str | None, image_size: int | None) -> None:
+    if backbone:
+        tab.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+        tab.get_by_role("option", name=backbone).click()
+        settle(tab)
+    if image_size:
+        slider = tab.locator('[data-testid="stSidebar"] [data-testid="stSlider"] [role="slider"]').first
+        slider.focus()
+        for _ in range(12):
+            now = int(slider.get_attribute("aria-valuenow") or 0)
+            if now == image_size:
+                break
+            tab.keyboard.press("ArrowLeft" if now > image_size else "ArrowRight")
+            settle(tab, 400)
+
+
+def main() -> None:
+    from playwright.sync_api import sync_playwright
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--backbone", default="EfficientNet-Lite0")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--width", type=int, default=1400)
+    p.add_argument("--height", type=int, default=1000)
+    p.add_argument("--pages", default=",".join(PAGES))
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        tab = browser.new_context(viewport={"width": args.width, "height": args.height}).new_page()
+        tab.set_default_timeout(60_000)
+        tab.goto(args.url)
+        settle(tab)
+        choose_in_sidebar(tab, args.backbone, args.image_size)
+        for name in args.pages.split(","):
+            title = PAGES[name]
+            links = tab.locator('[data-testid="stSidebarNav"] a').filter(has_text=title)
+            if links.count() == 0:
+                print(f"{name}: no such page in the navigation")
+                continue
+            links.first.click()
+            settle(tab)
+            tab.wait_for_timeout(1500)  # charts draw after the script run ends
+            tab.screenshot(path=str(args.out / f"{name}.png"))
+            tab.screenshot(path=str(args.out / f"{name}-full.png"), full_page=True)
+            print(f"{name}: {args.out / name}.png")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
