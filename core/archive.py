@@ -23,9 +23,7 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
-import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -35,8 +33,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from core.atomic import pause_point
 from core.data import stratified_split
 from core.errors import ConfigError, DataRootError, DatasetError, first_line, os_error_phrase
+from core.paths import REPO
 from core.scan import IMAGE_EXTENSIONS, SPLITS, Skipped, scan_dataset
 from core.security import allowed_roots, check_data_root
 
@@ -44,11 +44,9 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 ZipSource = str | os.PathLike[str] | BinaryIO  # a path, or an upload's file object (never written to disk)
-REPO = Path(__file__).resolve().parent.parent
 IMPORT_RECORD = ".scenelab-import.json"  # written last into the temporary folder, before the rename
 LOCK_NAME = ".scenelab-import.lock"
 TMP_PREFIX = ".import-"
-PAUSE_ENV = "SCENELAB_TEST_PAUSE_AT"  # the same test hook as core.store
 CHUNK = 1 << 20
 RATIO_FLOOR = 1 << 20  # an entry that produces under 1 MiB cannot be a bomb, whatever its ratio
 MiB = 1 << 20
@@ -80,14 +78,6 @@ def default_upload_root() -> Path:
     """Where uploaded zips are unpacked: ``<first SCENELAB_DATA_ROOTS folder>/uploads``, else ``<repo>/data/uploads``."""
     roots = allowed_roots()
     return roots[0] / "uploads" if roots else REPO / "data" / "uploads"
-
-
-def _pause(name: str) -> None:
-    """Test hook: sleep at ``name`` when ``SCENELAB_TEST_PAUSE_AT`` asks for it (one lookup otherwise)."""
-    if os.environ.get(PAUSE_ENV) == name:
-        sys.stderr.write(f"scenelab-test: paused at {name}\n")
-        sys.stderr.flush()
-        time.sleep(float(os.environ.get("SCENELAB_TEST_PAUSE_S", "120")))
 
 
 # -- the staging folder -----------------------------------------------------------------------------
@@ -144,7 +134,7 @@ def staged_folder(dest: str | os.PathLike[str], *, what: str = "destination fold
             raise _unwritable(parent, exc) from exc
         try:
             yield tmp
-            _pause("import:commit")
+            pause_point("import:commit")
             try:
                 os.rename(tmp, target)  # replaces an empty folder; refuses a non-empty one
             except OSError as exc:
@@ -370,7 +360,7 @@ def _unpack(zf: zipfile.ZipFile, placed: list[Placed], tmp: Path, budget: Budget
             folder.mkdir(parents=True, exist_ok=True)
             extract_entry(zf, info, folder / name, budget)
             if done == 1:
-                _pause("import:write")
+                pause_point("import:write")
         except FileExistsError:
             skipped.append(Skipped(info.filename, "duplicate entry (same file name twice in the zip)"))
         except OSError as exc:

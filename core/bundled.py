@@ -23,14 +23,15 @@ from pathlib import Path
 
 from core.archive import IMPORT_RECORD, import_zip
 from core.errors import DatasetError, os_error_phrase
+from core.paths import REPO
 from core.security import check_data_root
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parent.parent
 BUNDLED_ZIP = REPO / "artifacts" / "bundled" / "mit_split_64.zip"
 BUNDLED_SHA256 = "2303a03e65a8d54afea160a7e9368ec31b36dfa02ea841cdcd0de730144f697b"
 BUNDLED_NAME = "mit_split_64"
+DATA_ENV = "SCENELAB_DATA"
 LOCK_TIMEOUT_S = 300.0
 BUNDLED_NOTE = (
     "This is the bundled 64x64 copy of the MIT 8-scene dataset (Oliva & Torralba 2001) in its MIT_split "
@@ -132,3 +133,11 @@ def ensure_bundled(artifacts_root: str | os.PathLike[str], *, zip_path: Path = B
         logger.info("Unpacked the bundled dataset into %s in %.1f s.", folder, time.perf_counter() - t0)
     logger.debug("Bundled dataset counts: %s", result.counts)
     return folder
+
+
+def default_dataset(artifacts_root: str | os.PathLike[str]) -> Path:
+    """The dataset used when none is given: ``SCENELAB_DATA`` when set, else the bundled copy (unpacked once)."""
+    env = os.environ.get(DATA_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return ensure_bundled(artifacts_root)

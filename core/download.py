@@ -29,7 +29,9 @@ import numpy as np
 
 from core.archive import Budget, Limits, ProgressFn, extract_entry, open_zip, staged_folder, validate_staged
 from core.errors import DatasetError, first_line, os_error_phrase
+from core.paths import REPO
 from core.scan import Skipped
+from core.security import allowed_roots
 
 logger = logging.getLogger(__name__)
 
@@ -282,3 +284,9 @@ def download_data(
     if zip_path is not None:
         return split_archive(Path(zip_path), Path(dest).expanduser(), seed=seed)
     return _download_split(dest, OLIVA_TORRALBA_URL, None, EXPECTED_IMAGES, None, 60.0, seed)
+
+
+def default_original_dest() -> Path:
+    """Where the app puts the 256 px originals: ``<first SCENELAB_DATA_ROOTS folder>/mit8``, else ``<repo>/data/mit8``."""
+    roots = allowed_roots()
+    return (roots[0] if roots else REPO / "data") / "mit8"

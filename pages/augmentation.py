@@ -16,11 +16,11 @@ from ui import handover, panel
 from ui import reference as ref
 from ui.charts import curves_chart
 from ui.compat import ensure_router
+from ui.datasource import require_dataset
 from ui.format import augment_label, fmt_acc, fmt_seconds, result_caption
 from ui.jobs import submit_runs, track_jobs
 from ui.resources import lookup, runs_like
 from ui.settings import settings
-from ui.sidebar import require_dataset
 
 P = "augmentation"
 AUG_FIELDS = tuple(AUGMENT_SETTINGS)

@@ -14,11 +14,11 @@ from ui import handover, panel
 from ui import reference as ref
 from ui.charts import confusion_chart, curves_chart
 from ui.compat import ensure_router
+from ui.datasource import require_dataset
 from ui.format import fmt_acc, result_caption
 from ui.jobs import submit_runs, track_jobs
 from ui.resources import lookup, thumbnail
 from ui.settings import settings
-from ui.sidebar import require_dataset
 
 P = "finetune"
 PHASE_LABELS = {

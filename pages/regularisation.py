@@ -9,11 +9,11 @@ from ui import handover, panel
 from ui import reference as ref
 from ui.charts import curves_chart
 from ui.compat import ensure_router
+from ui.datasource import require_dataset
 from ui.format import fmt_acc, fmt_seconds, result_caption, result_line, summarise_config
 from ui.jobs import submit_runs, track_jobs
 from ui.resources import get_store, lookup, runs_like
 from ui.settings import settings
-from ui.sidebar import require_dataset
 
 P = "regularisation"
 REG_KEYS = ("dropout", "batch_norm", "early_stopping_patience", "reduce_lr_patience", "reduce_lr_factor")

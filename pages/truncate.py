@@ -12,11 +12,11 @@ from core.model import describe
 from ui import handover, panel
 from ui import reference as ref
 from ui.compat import ensure_router
+from ui.datasource import require_dataset
 from ui.format import fmt_acc, fmt_seconds, result_caption, summarise_config
 from ui.jobs import submit_runs, track_jobs
 from ui.resources import lookup, runs_like
 from ui.settings import settings
-from ui.sidebar import require_dataset
 
 P = "truncate"
 FIELDS = ("remove_blocks", "dense_1024", "epochs", "lr", "phase")

@@ -19,6 +19,7 @@ from core.errors import SceneLabError
 from core.identity import prepare
 from core.runs import runs_like as _runs_like
 from core.store import RunRecord, Store
+from core.tasks import Task, TaskFn
 from core.worker import Worker
 from ui.settings import settings
 
@@ -63,11 +64,12 @@ def dataset_report(data_root: str | os.PathLike[str], *, show_error: bool = True
 def lookup(cfg: RunConfig, data_root: str) -> tuple[str | None, RunRecord | None]:
     """(run id, stored run or None) for ``cfg``; (None, None) after one sentence when it cannot be resolved."""
     try:
-        run_id = prepare(cfg, data_root).run_id
+        prep = prepare(cfg, data_root)
     except SceneLabError as exc:
         st.error(str(exc))
         return None, None
-    return run_id, get_store().load_run(run_id)
+    record = prep.stored(get_store())
+    return (record.run_id if record is not None else prep.run_id), record
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -98,3 +100,23 @@ def thumbnail(path: str, size: int = 128) -> np.ndarray | None:
         return decode_image(path, size)
     except SceneLabError:
         return None
+
+
+@st.cache_resource(show_spinner=False)
+def _tasks() -> dict[str, Task]:
+    return {}
+
+
+def get_task(name: str) -> Task | None:
+    """The app's background task ``name`` (shared by every session), if one was started."""
+    return _tasks().get(name)
+
+
+def start_task(name: str, fn: TaskFn) -> Task:
+    """Start ``fn`` as the task ``name`` unless one of that name is running; the running or new task."""
+    tasks = _tasks()
+    current = tasks.get(name)
+    if current is not None and current.active:
+        return current
+    tasks[name] = Task(name, fn).start()
+    return tasks[name]

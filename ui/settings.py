@@ -7,38 +7,56 @@ their run configs on top of them with :func:`base_config`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
 
 from core.backbones import default_backbone
+from core.bundled import default_dataset
 from core.config import RunConfig
+from core.errors import SceneLabError
 from core.paths import default_artifacts
 
 SHARED_KEYS = ("data_root", "backbone", "weights", "image_size", "tta", "seed", "artifacts")
 CONFIG_SHARED_KEYS = ("backbone", "weights", "image_size", "tta", "seed")
 WEIGHT_CHOICES = ("imagenet", "none")
 IMAGE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256)
+BUNDLED_ERROR = "_bundled_error"  # why the bundled dataset could not be unpacked (shown on the first screen)
+
+
+def _default_data(artifacts: str) -> str:
+    """``SCENELAB_DATA``, else the bundled 64 px copy (unpacked once); "" with the reason kept when it fails."""
+    try:
+        return str(default_dataset(artifacts))
+    except SceneLabError as exc:
+        st.session_state[BUNDLED_ERROR] = str(exc)
+        return ""
+
+
+def _artifacts() -> str:
+    return os.environ.get("SCENELAB_ARTIFACTS") or str(default_artifacts())
+
+
+DEFAULTS: dict[str, Callable[[], Any]] = {  # each computed only when the session lacks it
+    "data_root": lambda: _default_data(str(st.session_state.get("artifacts") or _artifacts())),
+    "backbone": default_backbone,
+    "weights": lambda: "imagenet",
+    "image_size": lambda: 128,
+    "tta": lambda: False,
+    "seed": lambda: 0,
+    "artifacts": _artifacts,
+}
 
 
 def session_defaults() -> dict[str, Any]:
-    return {
-        "data_root": os.environ.get("SCENELAB_DATA") or "data/",
-        "backbone": default_backbone(),
-        "weights": "imagenet",
-        "image_size": 128,
-        "tta": False,
-        "seed": 0,
-        "artifacts": os.environ.get("SCENELAB_ARTIFACTS") or str(default_artifacts()),
-    }
+    return {k: DEFAULTS[k]() for k in SHARED_KEYS}
 
 
 def settings() -> dict[str, Any]:
     """The shared settings of this session (defaults for any key not set yet)."""
     ss = st.session_state
-    missing = [k for k in SHARED_KEYS if k not in ss]
-    defaults = session_defaults() if missing else {}
-    out = {k: ss[k] if k in ss else defaults[k] for k in SHARED_KEYS}
+    out = {k: ss[k] if k in ss else DEFAULTS[k]() for k in SHARED_KEYS}
     out["data_root"] = str(out["data_root"]).strip()
     out["image_size"] = int(out["image_size"])
     out["seed"] = int(out["seed"])

@@ -1,79 +1,21 @@
-"""The sidebar every page shares, and the first screen when no usable dataset is set."""
+"""The sidebar every page shares: the dataset, the backbone and its weights, image size, test-time flip, seed."""
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from core.backbones import BACKBONES, default_backbone, weights_status
-from core.data import DatasetInfo
-from ui.resources import dataset_report, get_worker
-from ui.settings import IMAGE_SIZES, WEIGHT_CHOICES, settings
-
-
-def first_screen(data_root: str) -> None:
-    """What to do when no usable dataset is set (the dataset error itself is shown by the caller)."""
-    st.subheader("Point SceneLab at a dataset")
-    st.markdown(
-        "A dataset is a folder of images sorted into one sub-folder per class, for training and for testing:"
-    )
-    st.code(
-        "<root>/train/<class>/*.jpg   e.g. data/mit8/train/coast/cdmc101.jpg\n"
-        "<root>/test/<class>/*.jpg    the same class folders as train",
-        language=None,
-    )
-    st.markdown(
-        "Type that folder in **Dataset folder** in the sidebar, or start the app with "
-        "`SCENELAB_DATA=/path/to/root streamlit run app.py`.\n\n"
-        "No dataset yet? With internet, download the MIT 8-scene images (2688 photos, 8 classes) and split "
-        "them like the study:"
-    )
-    st.code("python -m core download-data --to data/mit8", language="bash")
-    st.caption(
-        f"Currently set: `{data_root or '(empty)'}`. JPEG, PNG, BMP, GIF, WEBP and TIFF are read; "
-        "unreadable files are skipped and listed in the sidebar."
-    )
-
-
-def require_dataset() -> DatasetInfo:
-    """The current dataset, or the first screen and a stop."""
-    s = settings()
-    info = dataset_report(s["data_root"])
-    if info is None:
-        first_screen(s["data_root"])
-        st.stop()
-    return info
+from core.config import RUN_SETTINGS, SEED_MAX
+from ui.datasource import dataset_section
+from ui.resources import get_worker
+from ui.settings import IMAGE_SIZES, WEIGHT_CHOICES
 
 
 def draw_sidebar() -> None:
     """Dataset path and its report, backbone and weights with their status, image size, seed."""
     ss = st.session_state
     with st.sidebar:
-        st.text_input(
-            "Dataset folder",
-            key="data_root",
-            help="A folder with train/<class>/ and test/<class>/ image folders.",
-        )
-        info = dataset_report(ss["data_root"], show_error=False)
-        if info is None:
-            st.error("No usable dataset here; see the main page for what to put where.")
-        else:
-            counts = info.counts()
-            n_train, n_test = sum(counts["train"].values()), sum(counts["test"].values())
-            st.caption(f"**{info.root.name}**: {len(info.classes)} classes · {n_train} train · {n_test} test images")
-            with st.expander("Images per class"):
-                st.dataframe(
-                    pd.DataFrame(counts).rename_axis("class"),
-                    key="sidebar_counts",
-                    width="stretch",
-                )
-            if info.skipped:
-                with st.expander(f"Skipped files ({len(info.skipped)})"):
-                    st.dataframe(
-                        pd.DataFrame([{"file": s.path, "reason": s.reason} for s in info.skipped]),
-                        key="sidebar_skipped",
-                        hide_index=True,
-                    )
+        dataset_section()
         backbones = sorted(BACKBONES)
         if ss.get("backbone") not in backbones:
             ss["backbone"] = default_backbone()
@@ -107,7 +49,7 @@ def draw_sidebar() -> None:
             key="tta",
             help="Validation and test predictions average each image with its mirror image (a run of its own).",
         )
-        st.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="seed")
+        st.number_input("Seed", min_value=0, max_value=SEED_MAX, step=1, key="seed", help=RUN_SETTINGS["seed"].help)
         _sidebar_queue()
 
 

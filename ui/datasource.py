@@ -1,0 +1,144 @@
+"""The dataset part of the sidebar: the folder and its report, the bundled copy, the 256 px download.
+
+A fresh install opens on the bundled 64 px MIT_split (``core.bundled``); with internet the originals
+(256 px) are one click away: a background task (``core.tasks``) downloads and checks them, the sidebar
+shows its progress and switches to them when they are ready.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.bundled import is_bundled
+from core.data import DatasetInfo
+from core.download import default_original_dest, download_original
+from ui.format import fmt_eta
+from ui.resources import dataset_report, get_task, start_task
+from ui.settings import BUNDLED_ERROR, settings
+
+DOWNLOAD_TASK = "download-originals"
+
+
+def first_screen(data_root: str) -> None:
+    """What to do when no usable dataset is set (the dataset error itself is shown by the caller)."""
+    st.subheader("Point SceneLab at a dataset")
+    st.markdown(
+        "A dataset is a folder of images sorted into one sub-folder per class, for training and for testing:"
+    )
+    st.code(
+        "<root>/train/<class>/*.jpg   e.g. data/mit8/train/coast/cdmc101.jpg\n"
+        "<root>/test/<class>/*.jpg    the same class folders as train",
+        language=None,
+    )
+    st.markdown(
+        "Type that folder in **Dataset folder** in the sidebar, or start the app with "
+        "`SCENELAB_DATA=/path/to/root streamlit run app.py`.\n\n"
+        "No dataset yet? With internet, download the MIT 8-scene images (2688 photos, 8 classes) and split "
+        "them like the study:"
+    )
+    st.code("python -m core download-data --to data/mit8", language="bash")
+    bundling = st.session_state.get(BUNDLED_ERROR)
+    if bundling:
+        st.warning(f"The bundled 64 px copy could not be used: {bundling}")
+    st.caption(
+        f"Currently set: `{data_root or '(empty)'}`. JPEG, PNG, BMP, GIF, WEBP and TIFF are read; "
+        "unreadable files are skipped and listed in the sidebar."
+    )
+
+
+def require_dataset() -> DatasetInfo:
+    """The current dataset, or the first screen and a stop."""
+    s = settings()
+    info = dataset_report(s["data_root"])
+    if info is None:
+        first_screen(s["data_root"])
+        st.stop()
+    return info
+
+
+def dataset_section() -> None:
+    """Dataset path and its report; for the bundled copy, what it is and the download of the originals."""
+    ss = st.session_state
+    if SWITCH in ss:
+        ss["data_root"] = ss.pop(SWITCH)
+    st.text_input(
+        "Dataset folder",
+        key="data_root",
+        help="A folder with train/<class>/ and test/<class>/ image folders.",
+    )
+    info = dataset_report(ss["data_root"], show_error=False)
+    if info is None:
+        st.error("No usable dataset here; see the main page for what to put where.")
+    else:
+        counts = info.counts()
+        n_train, n_test = sum(counts["train"].values()), sum(counts["test"].values())
+        st.caption(f"**{info.root.name}**: {len(info.classes)} classes · {n_train} train · {n_test} test images")
+        with st.expander("Images per class"):
+            st.dataframe(
+                pd.DataFrame(counts).rename_axis("class"),
+                key="sidebar_counts",
+                width="stretch",
+            )
+        if info.skipped:
+            with st.expander(f"Skipped files ({len(info.skipped)})"):
+                st.dataframe(
+                    pd.DataFrame([{"file": s.path, "reason": s.reason} for s in info.skipped]),
+                    key="sidebar_skipped",
+                    hide_index=True,
+                )
+    if info is not None and is_bundled(info.root):
+        st.caption(
+            "The bundled copy: MIT 8-scene in the study's MIT_split at **64 px** (Oliva & Torralba 2001); "
+            "the study used the 256 px originals."
+        )
+    _download_control(info is not None and is_bundled(info.root))
+
+
+SWITCH = "_switch_data_root"  # a dataset to switch to on the next run, before the path widget is drawn
+
+
+def _switch_to(path: Path) -> None:
+    st.session_state[SWITCH] = str(path)
+
+
+def _download_control(offer: bool) -> None:
+    task = get_task(DOWNLOAD_TASK)
+    dest = default_original_dest()
+    if task is None and not offer:
+        return
+    if task is None:
+        if (dest / "train").is_dir():
+            st.button("Use the 256 px originals", key="data_use_originals", on_click=_switch_to, args=(dest,),
+                      help=f"Downloaded before into {dest}.")
+            return
+        if st.button("Download the original 8-scene images (256 px)", key="data_download",
+                     help="About 70 MB from MIT; checked (size, zip, 2688 images), then split like MIT_split."):
+            start_task(DOWNLOAD_TASK, lambda progress, stop: download_original(dest, progress=progress))
+            st.rerun()
+        return
+    _download_progress()
+
+
+@st.fragment(run_every=1.0)
+def _download_progress() -> None:
+    task = get_task(DOWNLOAD_TASK)
+    if task is None:
+        return
+    v = task.view()
+    if v.status == "running":
+        p = v.progress
+        total, done = p.get("total"), int(p.get("bytes") or 0)
+        frac = min(1.0, done / total) if total else 0.0
+        eta = p.get("eta_s")
+        text = f"Downloading the originals: {done / 1e6:.1f}" + (f" of {total / 1e6:.1f} MB" if total else " MB")
+        st.progress(frac, text=text + (f" · about {fmt_eta(eta)} left" if eta else ""))
+        st.button("Cancel the download", key="data_download_cancel", on_click=task.cancel)
+    elif v.status == "failed":
+        st.error(f"{v.error} The bundled 64 px copy stays in use.")
+    elif v.status == "done" and v.result is not None and not st.session_state.get(f"{SWITCH}_done"):
+        st.session_state[f"{SWITCH}_done"] = True  # switch once; the user may choose another folder later
+        _switch_to(Path(v.result))  # validated by the download itself
+        st.rerun(scope="app")
