@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, AugmentConfig, RunConfig
-from core.errors import SceneLabError, os_error_phrase
+from core.errors import ConfigError, SceneLabError, os_error_phrase
 from core.fields import Setting, flag_of
 from core.paths import default_artifacts
 from core.search.objective import AUTO_REPEATS_CHEAP
@@ -26,6 +26,10 @@ from core.search.samplers import PRUNERS, SAMPLERS
 from core.search.study import DEFAULT_TRIALS, TUNE_DEFAULTS, StudyRequest
 
 logger = logging.getLogger("core")
+DATA_HELP = (
+    "dataset folder <root>/{train,test}/<class>/ (default: SCENELAB_DATA, else the bundled MIT_split at 64 px, "
+    "unpacked once into the artifacts folder)"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,7 +110,7 @@ def _add_describe(sub: Any) -> None:
 
 def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a run, or return it from the cache")
-    p.add_argument("--data", required=True, help="dataset folder <root>/{train,test}/<class>/")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     add_run_options(p)
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
@@ -203,22 +207,26 @@ def _emit(payload: dict[str, Any], as_json: bool) -> None:
 
 
 def _describe(args: argparse.Namespace) -> dict[str, Any]:
+    if args.classes < 2:
+        raise ConfigError(f"Classes (--classes) must be at least 2 for a classifier; received {args.classes}.")
+    RunConfig(backbone=args.backbone, remove_blocks=args.remove_blocks, image_size=args.image_size).validate()
     from core.backbones import get_backbone
     from core.model import describe
 
-    RunConfig(backbone=args.backbone, remove_blocks=args.remove_blocks, image_size=args.image_size).validate()
     get_backbone(args.backbone).cut_layer(args.remove_blocks)
     return describe(args.backbone, args.remove_blocks, classes=args.classes, dense_1024=args.dense_1024,
                     batch_norm=args.batch_norm, image_size=args.image_size)
 
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = config_from_values(_run_values(args))  # bad settings: one sentence before TensorFlow loads
+    from core.bundled import default_dataset
     from core.store import Store
     from core.train import train
 
-    cfg = config_from_values(_run_values(args))
-    store = Store(args.artifacts or default_artifacts())
-    return train(cfg, args.data, store, progress=_progress_printer, force=args.force).summary()
+    artifacts = args.artifacts or default_artifacts()
+    data = args.data or default_dataset(artifacts)
+    return train(cfg, data, Store(artifacts), progress=_progress_printer, force=args.force).summary()
 
 
 def _download(args: argparse.Namespace) -> dict[str, Any]:

@@ -72,17 +72,22 @@ def flag_of(name: str, info: Setting, prefix: str = "") -> str:
     return info.flag or f"--{prefix}{name.replace('_', '-')}"
 
 
+def _num(value: float) -> str:
+    """A bound as a person writes it: 4294967295, 0.9, 1e-05."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
 def _number_phrase(info: Setting) -> str:
     lo, hi = info.low, info.high
     if lo is not None and hi is not None:
         if not info.low_open and not info.high_open:
-            return f"between {lo:g} and {hi:g}"
+            return f"between {_num(lo)} and {_num(hi)}"
         left, right = "(" if info.low_open else "[", ")" if info.high_open else "]"
-        return f"in {left}{lo:g}, {hi:g}{right}"
+        return f"in {left}{_num(lo)}, {_num(hi)}{right}"
     if lo is not None:
-        return f"more than {lo:g}" if info.low_open else f"at least {lo:g}"
+        return f"more than {_num(lo)}" if info.low_open else f"at least {_num(lo)}"
     if hi is not None:
-        return f"less than {hi:g}" if info.high_open else f"at most {hi:g}"
+        return f"less than {_num(hi)}" if info.high_open else f"at most {_num(hi)}"
     return "a finite number"
 
 

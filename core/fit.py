@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from core.config import RunConfig
+from core.errors import SceneLabError
 from core.warm import WarmEntry
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -22,6 +23,10 @@ StopFn = Callable[[], bool]
 # Training a head on cached features is all per-step overhead (the matmuls take microseconds): run up
 # to this many steps per call of the compiled step (one call per epoch at the study's sizes).
 HEAD_STEPS_PER_EXECUTION = 64
+
+
+class TrainingDiverged(SceneLabError):
+    """The loss became NaN or infinite: the settings make training diverge; nothing was saved."""
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float, momentum: float) -> Any:
@@ -50,6 +55,7 @@ class Recorder(keras.callbacks.Callback):
         self.progress, self.should_stop = progress, should_stop
         self.epoch_offset = len(history)
         self.cancelled = False
+        self.diverged_at: int | None = None  # the epoch (of this phase) whose loss stopped being a number
         self.t0 = time.monotonic()
 
     def _check_stop(self) -> None:
@@ -59,6 +65,11 @@ class Recorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._check_stop()
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.diverged_at = len(self.history) - self.epoch_offset + 1
+            self.model.stop_training = True
+            return
         # with several steps per call (heads on cached features) every call reports
         many = int(getattr(self.model, "steps_per_execution", 1) or 1) > 1
         if self.progress is not None and (many or batch % 5 == 0 or batch + 1 >= self.steps):
@@ -136,11 +147,18 @@ def fit(
 ) -> bool:
     """Fit one phase and record its epochs in ``history``; True if the user cancelled.
 
-    ``y`` None: ``x`` is a dataset yielding (inputs, labels); else NumPy arrays shuffled by Keras."""
+    ``y`` None: ``x`` is a dataset yielding (inputs, labels); else NumPy arrays shuffled by Keras. A loss
+    that stops being a number ends the run with :class:`TrainingDiverged` (nothing is stored)."""
     recorder = Recorder(phase, epochs, steps, history, progress, should_stop)
     kwargs: dict[str, Any] = {"epochs": epochs, "callbacks": make_callbacks(cfg, recorder), "verbose": 0}
     if y is None:
         model.fit(x, validation_data=val, **kwargs)
     else:
         model.fit(x, y, validation_data=val, batch_size=cfg.batch_size, shuffle=True, **kwargs)
+    if recorder.diverged_at is not None:
+        raise TrainingDiverged(
+            f"The loss stopped being a number (NaN or infinite) in epoch {recorder.diverged_at} of the {phase} phase, "
+            f"so nothing was saved; lower the learning rate ({model.optimizer.learning_rate.numpy():.3g}) or the "
+            "weight decay and train again."
+        )
     return recorder.cancelled

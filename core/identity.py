@@ -13,7 +13,7 @@ from typing import Any
 from core.backbones import ResolvedWeights, get_backbone, resolve_weights
 from core.config import RunConfig, hashed_config, stable_hash
 from core.data import DatasetInfo, scan_dataset
-from core.store import CACHE_FORMAT_VERSION
+from core.store import CACHE_FORMAT_VERSION, RunRecord, Store
 
 
 def resolve_freeze_blocks(cfg: RunConfig) -> int:
@@ -47,6 +47,15 @@ class Prepared:
     weights: ResolvedWeights
     run_id: str
     freeze_blocks: int = 0
+    legacy_run_id: str | None = None  # the id under the dataset's legacy (mtime) fingerprint
+
+    def stored(self, store: Store) -> RunRecord | None:
+        """The stored run of this config: under its id, or under the id runs had before datasets were
+        identified by content (so runs trained then are still found)."""
+        record = store.load_run(self.run_id)
+        if record is None and self.legacy_run_id and self.legacy_run_id != self.run_id:
+            record = store.load_run(self.legacy_run_id)
+        return record
 
     @property
     def prefix_layer(self) -> str | None:
@@ -62,4 +71,5 @@ def prepare(cfg: RunConfig, data_root: str | os.PathLike[str]) -> Prepared:
     freeze = resolve_freeze_blocks(cfg)
     info = scan_dataset(data_root)
     weights = resolve_weights(cfg.backbone, cfg.weights)
-    return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights), freeze)
+    legacy = run_id_for(cfg, info.legacy_fingerprint, weights) if info.legacy_fingerprint else None
+    return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights), freeze, legacy)

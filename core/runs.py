@@ -34,6 +34,8 @@ def save_run(
     metrics: dict[str, Any],
     p_test: np.ndarray,
     base_trained: bool,
+    *,
+    replace: bool = False,
 ) -> RunRecord:
     """Write the run's config, model, test predictions, history and metrics, then commit it atomically.
 
@@ -72,7 +74,7 @@ def save_run(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return store.commit_run(prep.run_id, tmp)
+    return store.commit_run(prep.run_id, tmp, replace=replace)
 
 
 def load_classifier(record: RunRecord) -> Any:

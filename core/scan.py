@@ -8,13 +8,12 @@ or special files are skipped and listed, never fatal. The path must be allowed b
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import DataRootError, DatasetError, os_error_phrase, printable
+from core.identity_data import content_fingerprint, legacy_fingerprint
 from core.security import allowed_roots, check_data_root, check_inside
 
 SPLITS = ("train", "test")
@@ -38,7 +37,8 @@ class DatasetInfo:
     classes: list[str]
     files: dict[str, list[tuple[str, int]]]  # split -> [(path relative to root, label)]
     skipped: list[Skipped] = field(default_factory=list)
-    fingerprint: str = ""
+    fingerprint: str = ""  # content: file names, sizes and bytes (core.identity_data)
+    legacy_fingerprint: str = ""  # names, sizes and mtimes: what runs stored before content identity used
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Images found per split and class (before decoding)."""
@@ -217,17 +217,9 @@ def _scan(root: Path) -> DatasetInfo:
         files[split], split_stats = _scan_split(root, split, classes, restricted, skipped)
         stats += split_stats
     info = DatasetInfo(root=root, classes=classes, files=files, skipped=skipped)
-    info.fingerprint = _fingerprint(classes, stats)
+    info.fingerprint = content_fingerprint(root, classes, stats)
+    info.legacy_fingerprint = legacy_fingerprint(classes, stats)
     return info
-
-
-def _fingerprint(classes: list[str], stats: Iterable[tuple[str, int, int]]) -> str:
-    h = hashlib.sha256()
-    # surrogateescape: a file name that is not valid UTF-8 hashes as its raw bytes
-    h.update("\n".join(classes).encode("utf-8", "surrogateescape"))
-    for rel, size, mtime in sorted(stats):
-        h.update(f"\n{rel}\t{size}\t{mtime}".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()[:16]
 
 
 def test_images(root: str | os.PathLike[str]) -> dict[str, list[str]]:

@@ -48,17 +48,13 @@ RUN_FILES = ("config.json", "history.csv", "metrics.json")
 
 MIN_FREE_MB_ENV = "SCENELAB_MIN_FREE_MB"
 DEFAULT_MIN_FREE_MB = 64
+REPLACED_PREFIX = ".replaced-"  # runs/.replaced-<run_id>-<random>/run: a run being replaced (train --force)
 TEMP_FILE_MAX_AGE_S = 3600.0  # a cache's temporary file older than this has no live writer
 
 # Runs whose lock this process holds, and the temporary run folders it is writing right now.
 _HELD: set[tuple[str, str]] = set()
 _LIVE_TMP: set[str] = set()
 _STATE_LOCK = threading.Lock()
-
-
-def _run_id_of_tmp(name: str) -> str:
-    """``.tmp-<run_id>-<random>`` -> ``run_id`` (mkdtemp's random part has no '-')."""
-    return name[len(".tmp-") :].rsplit("-", 1)[0]
 
 
 @dataclass
@@ -221,8 +217,13 @@ class Store:
             _LIVE_TMP.add(str(tmp))
         return tmp
 
-    def commit_run(self, run_id: str, tmp: Path) -> RunRecord:
-        """Rename a fully written temporary folder to the run's folder (all or nothing)."""
+    def commit_run(self, run_id: str, tmp: Path, *, replace: bool = False) -> RunRecord:
+        """Rename a fully written temporary folder to the run's folder (all or nothing).
+
+        ``replace`` (``train --force``): a stored run of the same id is replaced; it stays intact until the
+        new one is complete, then is moved aside, the new one renamed in, and the old one removed (a crash
+        between the two renames is undone by :meth:`clean_stale`). Without it, a run another process
+        finished first is kept."""
         try:
             missing = [name for name in RUN_FILES if not (tmp / name).exists()]
             if missing:
@@ -236,15 +237,10 @@ class Store:
                             os.fsync(fh.fileno())
                 fsync_dir(tmp)
                 pause_point("commit")
-                try:
-                    os.rename(tmp, target)  # atomic; fails if another writer's run is already there
-                except OSError as exc:
-                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-                    if self.load_run(run_id) is None:  # theirs was damaged and has been moved aside
-                        os.rename(tmp, target)
-                    else:  # another process finished it first: keep theirs
-                        shutil.rmtree(tmp, ignore_errors=True)
+                if replace and target.is_dir():
+                    self._swap_in(run_id, tmp, target)
+                else:
+                    self._rename_in(run_id, tmp, target)
                 fsync_dir(self.runs_dir)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -257,47 +253,92 @@ class Store:
             raise StoreError(f"Run {run_id} could not be read back after saving; train it again.")
         return record
 
+    def _rename_in(self, run_id: str, tmp: Path, target: Path) -> None:
+        try:
+            os.rename(tmp, target)  # atomic; fails if another writer's run is already there
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if self.load_run(run_id) is None:  # theirs was damaged and has been moved aside
+                os.rename(tmp, target)
+            else:  # another process finished it first: keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _swap_in(self, run_id: str, tmp: Path, target: Path) -> None:
+        """Replace ``target`` by the complete ``tmp``: old aside, new in, old removed (under the run's lock)."""
+        aside = Path(tempfile.mkdtemp(prefix=f"{REPLACED_PREFIX}{run_id}-", dir=self.runs_dir))
+        with _STATE_LOCK:
+            _LIVE_TMP.add(str(aside))  # no clean-up of this process may put it back meanwhile
+        try:
+            os.rename(target, aside / "run")
+            pause_point("replace")
+            os.rename(tmp, target)
+            fsync_dir(self.runs_dir)
+        finally:
+            with _STATE_LOCK:
+                _LIVE_TMP.discard(str(aside))
+        shutil.rmtree(aside, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _unless_written(self, run_id: str) -> Iterator[bool]:
+        """Yields True while holding ``run_id``'s lock when nobody else is writing that run (this process
+        holding it counts as nobody else: it is the caller); False when a live writer holds it."""
+        with _STATE_LOCK:
+            ours = self._key(run_id) in _HELD
+        if ours:
+            yield True
+            return
+        try:
+            (self.runs_dir / ".locks").mkdir(parents=True, exist_ok=True)
+            fh = open(self.runs_dir / ".locks" / f"{run_id}.lock", "a+")  # noqa: SIM115
+        except OSError:  # a read-only store: leave everything as it is
+            yield False
+            return
+        with fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its writer is alive
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _clean_runs(self, now: float, max_age_s: float) -> int:
+        removed = 0
+        for entry in sorted(self.runs_dir.glob(".tmp-*")) + sorted(self.runs_dir.glob(f"{REPLACED_PREFIX}*")):
+            try:
+                if not entry.is_dir() or now - entry.stat().st_mtime < max_age_s:
+                    continue
+            except OSError:  # removed meanwhile
+                continue
+            with _STATE_LOCK:
+                if str(entry) in _LIVE_TMP:
+                    continue
+            replaced = entry.name.startswith(REPLACED_PREFIX)
+            run_id = entry.name[len(REPLACED_PREFIX if replaced else ".tmp-") :].rsplit("-", 1)[0]
+            with self._unless_written(run_id) as free:
+                if not free:
+                    continue
+                if replaced and not self.run_path(run_id).exists() and (entry / "run").is_dir():
+                    with contextlib.suppress(OSError):  # a replacement cut short: the old run back
+                        os.rename(entry / "run", self.run_path(run_id))
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
+
     def clean_stale(self, max_age_s: float = 0.0, temp_file_age_s: float = TEMP_FILE_MAX_AGE_S) -> int:
         """Remove what killed writers left behind; return how many folders and files were removed.
 
         * ``runs/.tmp-<run_id>-*`` folders older than ``max_age_s`` whose run lock nobody holds (a
           live writer holds it for as long as it writes; the kernel drops it when the writer dies);
           when this process holds that lock itself, every such folder but the ones it is writing.
+        * ``runs/.replaced-<run_id>-*`` likewise; a replaced run whose successor never arrived is put back.
         * temporary cache files (``.<name>.*.npz`` / ``.tmp``) older than ``temp_file_age_s``.
         """
-        removed = 0
         now = time.time()
-        if self.runs_dir.is_dir():
-            lock_dir = self.runs_dir / ".locks"
-            for entry in sorted(self.runs_dir.glob(".tmp-*")):
-                try:
-                    if not entry.is_dir() or now - entry.stat().st_mtime < max_age_s:
-                        continue
-                except OSError:  # removed meanwhile
-                    continue
-                with _STATE_LOCK:
-                    if str(entry) in _LIVE_TMP:
-                        continue
-                    ours = self._key(_run_id_of_tmp(entry.name)) in _HELD
-                if ours:  # we hold the lock: nobody else can be writing this run
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed += 1
-                    continue
-                try:
-                    lock_dir.mkdir(parents=True, exist_ok=True)
-                    fh = open(lock_dir / f"{_run_id_of_tmp(entry.name)}.lock", "a+")  # noqa: SIM115
-                except OSError:  # a read-only store: leave it
-                    continue
-                with fh:
-                    try:
-                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:  # its writer is alive
-                        continue
-                    try:
-                        shutil.rmtree(entry, ignore_errors=True)
-                        removed += 1
-                    finally:
-                        fcntl.flock(fh, fcntl.LOCK_UN)
+        removed = self._clean_runs(now, max_age_s) if self.runs_dir.is_dir() else 0
         for folder in (self.features_dir, self.datasets_dir, self.runs_dir):
             if not folder.is_dir():
                 continue

@@ -45,6 +45,7 @@ __all__ = ["TrainResult", "TrainingCancelled", "find_run", "train"]
 class TrainResult:
     record: RunRecord
     cached: bool
+    data_root: str | None = None  # the dataset folder this result was asked for (a copy may have trained it)
 
     @property
     def run_id(self) -> str:
@@ -67,14 +68,14 @@ class TrainResult:
         )
         out: dict[str, Any] = {"run_id": self.run_id, "cached": self.cached}
         out.update({k: m.get(k) for k in keys})
-        out["dataset"] = self.record.config.get("dataset", {}).get("root")
+        out["dataset"] = self.data_root or self.record.config.get("dataset", {}).get("root")
         out["path"] = str(self.record.path)
         return out
 
 
 def find_run(cfg: RunConfig, data_root: str | os.PathLike[str], store: Store) -> RunRecord | None:
     """The stored run for ``cfg`` on this dataset, if it was trained before."""
-    return store.load_run(prepare(cfg, data_root).run_id)
+    return prepare(cfg, data_root).stored(store)
 
 
 def train(
@@ -86,22 +87,26 @@ def train(
     should_stop: StopFn | None = None,
     force: bool = False,
 ) -> TrainResult:
-    """Return the stored run for ``cfg`` or train it now (one process at a time per run id)."""
+    """Return the stored run for ``cfg`` or train it now (one process at a time per run id).
+
+    ``force`` trains again and replaces the stored run once the new one is complete."""
     prep = prepare(cfg, data_root)
     if not force:
-        record = store.load_run(prep.run_id)
+        record = prep.stored(store)
         if record is not None:
-            return TrainResult(record, cached=True)
+            return TrainResult(record, cached=True, data_root=str(prep.info.root))
     with store.lock(prep.run_id):
         if not force:
-            record = store.load_run(prep.run_id)  # another process may have finished it meanwhile
+            record = prep.stored(store)  # another process may have finished it meanwhile
             if record is not None:
-                return TrainResult(record, cached=True)
-        record = _train_uncached(prep, store, progress, should_stop)
-    return TrainResult(record, cached=False)
+                return TrainResult(record, cached=True, data_root=str(prep.info.root))
+        record = _train_uncached(prep, store, progress, should_stop, replace=force)
+    return TrainResult(record, cached=False, data_root=str(prep.info.root))
 
 
-def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, should_stop: StopFn | None) -> RunRecord:
+def _train_uncached(
+    prep: Prepared, store: Store, progress: ProgressFn | None, should_stop: StopFn | None, *, replace: bool = False
+) -> RunRecord:
     cfg = prep.cfg
     t_start = time.monotonic()
     if progress is not None:
@@ -126,7 +131,7 @@ def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, s
         WARM.discard(key, entry)  # an unexpected failure: never reuse what it left
         raise
     try:
-        record = _evaluate_and_save(prep, store, run, t_start, reused)
+        record = _evaluate_and_save(prep, store, run, t_start, reused, replace)
     except BaseException:
         WARM.discard(key, entry)
         raise
@@ -134,7 +139,9 @@ def _train_uncached(prep: Prepared, store: Store, progress: ProgressFn | None, s
     return record
 
 
-def _evaluate_and_save(prep: Prepared, store: Store, run: Phases, t_start: float, reused: bool) -> RunRecord:
+def _evaluate_and_save(
+    prep: Prepared, store: Store, run: Phases, t_start: float, reused: bool, replace: bool
+) -> RunRecord:
     cfg, clf = prep.cfg, run.clf
     run.status("evaluating")
     assert run.predict is not None
@@ -155,4 +162,4 @@ def _evaluate_and_save(prep: Prepared, store: Store, run: Phases, t_start: float
     )
     if prep.freeze_blocks:
         metrics["freeze_blocks"] = prep.freeze_blocks
-    return save_run(prep, store, clf, run.ds, run.history, metrics, p_test, base_trained)
+    return save_run(prep, store, clf, run.ds, run.history, metrics, p_test, base_trained, replace=replace)

@@ -7,7 +7,8 @@ same run share one training. Pure Python: it never imports streamlit.
 ``submit(cfg, data_root)`` answers at once with a :class:`Job`:
 
 * the run is already stored -> a job that is ``done`` with ``cached=True`` (nothing queued);
-* the same run is queued or running -> that very job;
+* the same run is queued or running -> that very job (unless it is being cancelled: then a new job,
+  trained after the cancelled one has stopped);
 * the settings or the dataset are unusable -> a job that is ``failed`` with a one-sentence error;
 * otherwise a new ``queued`` job, trained in submission order.
 
@@ -158,7 +159,8 @@ class Worker:
         """Queue ``cfg`` on ``data_root`` unless it is stored or in flight (see the module docstring)."""
         root = str(data_root)
         try:
-            run_id = prepare(cfg, root).run_id
+            prep = prepare(cfg, root)
+            run_id = prep.run_id
         except Exception as exc:  # noqa: BLE001 - becomes a failed job with one sentence
             now = time.time()
             job = Job(
@@ -176,9 +178,9 @@ class Worker:
             return job
         with self._lock:
             existing = self._jobs.get(run_id)
-            if existing is not None and existing.active:
-                return existing
-            record = self.store.load_run(run_id)
+            if existing is not None and existing.active and not existing.cancel_requested:
+                return existing  # the same run in flight: share it (one being cancelled is not shared)
+            record = prep.stored(self.store)
             if record is not None:
                 now = time.time()
                 job = Job(

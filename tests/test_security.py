@@ -221,8 +221,8 @@ def _evil_model(tmp_path: Path, marker: Path):
 def test_a_keras_file_with_a_lambda_is_refused_and_never_runs(tmp_path, tiny_dataset):
     import keras
 
-    from core.store import RunRecord
     from core.runs import load_classifier
+    from core.store import RunRecord
 
     marker = tmp_path / "pwned"
     model = _evil_model(tmp_path, marker)

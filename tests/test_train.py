@@ -60,10 +60,16 @@ def test_feature_cache_is_reused_by_another_head(tiny_dataset, store):
     assert len(list(store.features_dir.glob("*.npz"))) == 1
 
 
-def test_run_id_depends_on_config_and_dataset(tiny_dataset, fresh_dataset, store):
+def test_run_id_depends_on_config_and_dataset_content(tiny_dataset, fresh_dataset, store):
+    """Issue 15 #9: a byte-identical copy (other path, other mtimes) is the same dataset; other bytes are not."""
     a = train(TINY, tiny_dataset, store)
-    b = train(TINY, fresh_dataset, store)  # same images, other mtimes: another fingerprint
-    assert a.run_id != b.run_id
+    b = train(TINY, fresh_dataset, store)  # same images written again elsewhere: other mtimes, same content
+    assert b.cached and b.run_id == a.run_id
+    assert b.summary()["dataset"] == str(fresh_dataset.resolve())  # the path it was asked for, not the original's
+    victim = next((fresh_dataset / "train" / "coast").iterdir())
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x00")  # one byte of one image changed
+    c = train(TINY, fresh_dataset, store)
+    assert not c.cached and c.run_id != a.run_id
     assert identity.run_id_for(TINY, "x", backbones.resolve_weights("densenet121", "none")) != identity.run_id_for(
         TINY.replace(seed=1), "x", backbones.resolve_weights("densenet121", "none")
     )
