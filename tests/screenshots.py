@@ -49,14 +49,14 @@ def choose_in_sidebar(tab, backbone: str | None, image_size: int | None) -> None
         tab.get_by_role("option", name=backbone).click()
         settle(tab)
     if image_size:
-        slider = tab.locator('[data-testid="stSidebar"] [data-testid="stSlider"] [role="slider"]').first
-        slider.focus()
+        value = tab.locator('[data-testid="stSidebar"] [data-testid="stSliderThumbValue"]').first
+        value.locator("..").click()  # the thumb: focused, arrows move it one option
         for _ in range(12):
-            now = int(slider.get_attribute("aria-valuenow") or 0)
+            now = int(value.inner_text().strip() or 0)
             if now == image_size:
                 break
             tab.keyboard.press("ArrowLeft" if now > image_size else "ArrowRight")
-            settle(tab, 400)
+            settle(tab, 600)
 
 
 def main() -> None:
@@ -89,7 +89,12 @@ def main() -> None:
             settle(tab)
             tab.wait_for_timeout(1500)  # charts draw after the script run ends
             tab.screenshot(path=str(args.out / f"{name}.png"))
+            height = tab.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+            tab.set_viewport_size({"width": args.width, "height": max(args.height, int(height) + 40)})
+            settle(tab, 500)
+            tab.wait_for_timeout(800)
             tab.screenshot(path=str(args.out / f"{name}-full.png"), full_page=True)
+            tab.set_viewport_size({"width": args.width, "height": args.height})
             print(f"{name}: {args.out / name}.png")
         browser.close()
 
