@@ -153,11 +153,26 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's classifier as a stand-alone .keras or .tflite file, with labels.txt and a model card",
+        description=(
+            "The file takes raw 0..255 RGB float32 images (batch, size, size, 3) at the run's image size and outputs "
+            "class probabilities in the order of labels.txt, written beside it with a JSON model card (<stem>.json)."
+        ),
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the run's id (artifacts/runs/<RUN_ID>)")
+    p.add_argument("--to", required=True, metavar="FILE", help="the file to write; its suffix picks the format: .keras or .tflite")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="SceneLab core: describe, train, tune, download data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_describe, _add_train, _add_download, _add_tune):
+    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_export):
         add(sub)
     return parser
 
@@ -238,7 +253,28 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     return run_study(tune_request(args))
 
 
-COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune}
+def _export(args: argparse.Namespace) -> dict[str, Any]:
+    import re
+
+    from core.errors import ConfigError, StoreError
+    from core.export import check_destination
+    from core.runs import export_model
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.run_id):  # a name inside runs/, never a path
+        raise ConfigError(f"{args.run_id!r} is not a run id; give the folder name of a run in {store.runs_dir}.")
+    check_destination(args.to)
+    record = store.load_run(args.run_id)
+    if record is None:
+        raise StoreError(
+            f"No finished run {args.run_id} in {store.runs_dir}; check the id (and --artifacts), or train the run first."
+        )
+    result = export_model(record, args.to)
+    return {"run_id": record.run_id, **result.summary()}
+
+
+COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from core.backbones import ResolvedWeights, resolve_weights
 from core.config import RunConfig
 from core.data import DecodedDataset
 from core.errors import StoreError, WeightsError, first_line
+from core.export import ExportResult, check_destination, write_export
 from core.identity import Prepared
 from core.model import Classifier, classifier_for
 from core.store import CACHE_FORMAT_VERSION, RunRecord, Store
@@ -131,11 +132,11 @@ def _damaged(record: RunRecord, path: Path, exc: BaseException) -> StoreError:
     )
 
 
-def export_model(record: RunRecord, dest: Path) -> Path:
-    """Write a stand-alone ``.keras`` file of a run's classifier (takes raw 0..255 pixels)."""
-    model = load_classifier(record)
-    model.save(dest)
-    return dest
+def export_model(record: RunRecord, dest: str | os.PathLike[str]) -> ExportResult:
+    """Write a stand-alone ``.keras`` or ``.tflite`` file of a run's classifier (raw 0..255 RGB in,
+    probabilities out), with ``labels.txt`` and a model card beside it (:mod:`core.export`)."""
+    check_destination(dest)  # a bad suffix or folder is refused before the model is loaded
+    return write_export(record, load_classifier(record), dest)
 
 
 SUMMARY_METRICS = (
