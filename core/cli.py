@@ -168,11 +168,29 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_import(sub: Any) -> None:
+    p = sub.add_parser(
+        "import-data",
+        help="unpack a dataset zip (train/ and test/ class folders, or class folders only) into a new folder",
+        description=(
+            "Unpack a zip of train/<class>/ and test/<class>/ folders, or of class folders only (then split, seeded and "
+            "stratified), into a new folder under an allowed data root, validated like any dataset folder. Hostile or "
+            "broken archives (.. or absolute paths, links, bombs, not a zip, no images) are refused and leave nothing."
+        ),
+    )
+    p.add_argument("zip", metavar="ZIP", help="the dataset zip")
+    p.add_argument("--to", default=None, metavar="DIR",
+                   help="new or empty destination folder (default: <upload root>/<zip name>; see SCENELAB_DATA_ROOTS)")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="test share when the zip holds class folders only")
+    p.add_argument("--seed", type=int, default=0, help="seed of that split")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="SceneLab core: describe, train, tune, download data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_export):
+    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_export, _add_import):
         add(sub)
     return parser
 
@@ -274,7 +292,27 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
     return {"run_id": record.run_id, **result.summary()}
 
 
-COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export}
+def _import_data(args: argparse.Namespace) -> dict[str, Any]:
+    from core.archive import default_upload_root, import_zip
+    from core.errors import ConfigError
+
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be 0 to {2**32 - 1}; received {args.seed}.")
+    dest = Path(args.to) if args.to else default_upload_root() / Path(args.zip).stem
+    result = import_zip(args.zip, dest, test_fraction=args.test_fraction, seed=args.seed)
+    return {
+        "to": str(result.dest),
+        "counts": result.counts,
+        "images": sum(sum(per.values()) for per in result.counts.values()),
+        "was_split": result.was_split,
+        "test_fraction": args.test_fraction if result.was_split else None,
+        "seed": args.seed if result.was_split else None,
+        "test_share": result.test_share,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped],
+    }
+
+
+COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export, "import-data": _import_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
