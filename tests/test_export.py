@@ -8,11 +8,13 @@ on ``sys.path``; site-packages is), with plain Keras in safe mode or the stand-a
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +207,51 @@ def test_a_run_on_a_weights_file_refuses_a_changed_or_missing_file(tiny_dataset,
         load_classifier(record)
     assert record.run_id in str(exc.value) and "\n" not in str(exc.value)
 
+
+
+# -- the Runs page's downloads (ui/downloads.py) -------------------------------------------------------------
+def downloads_script(run_path: str) -> None:
+    from pathlib import Path
+
+    import streamlit as st
+
+    from core.store import Store
+    from ui.downloads import export_buttons
+
+    path = Path(run_path)
+    record = Store(path.parent.parent).load_run(path.name)
+    export_buttons(record, st.container())
+
+
+def download_labels(at) -> list[str]:
+    return [el.proto.label for el in at.get("download_button")]
+
+
+def test_the_runs_page_offers_both_downloads_prepared_on_first_click(runs, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from ui import downloads
+
+    monkeypatch.setattr(downloads, "EXPORT_DIR", tmp_path / "exports")
+    record = runs[2]["plain"]
+    at = AppTest.from_function(downloads_script, args=(str(record.path),), default_timeout=120).run()
+    assert [b.label for b in at.button] == ["Download .keras", "Download .tflite"] and download_labels(at) == []
+    at.button(key=f"downloads_prepare_keras_{record.run_id}").click().run()
+    assert not at.exception and not at.error
+    labels = download_labels(at)
+    assert labels[0].startswith("Download .keras (") and labels[1] == "Labels and model card (.zip)"
+    assert [b.label for b in at.button] == ["Download .tflite"]
+    keras_file = downloads.export_file(record, "keras")
+    assert keras_file.is_file() and keras_file.parent.parent.name.startswith(record.run_id)
+    with zipfile.ZipFile(io.BytesIO(downloads.cards_zip(record))) as zf:
+        assert sorted(zf.namelist()) == ["labels.txt", "model-card-keras.json"]
+        assert json.loads(zf.read("model-card-keras.json"))["file"] == keras_file.name
+    monkeypatch.setattr(downloads, "export_model", _fail)  # the .tflite export fails: one sentence, no traceback
+    at.button(key=f"downloads_prepare_tflite_{record.run_id}").click().run()
+    assert not at.exception and [e.value for e in at.error] == [
+        f"The model of run {record.run_id} could not be exported as .tflite (RuntimeError: converter crashed)."
+    ]
+
+
+def _fail(record, dest):
+    raise RuntimeError("converter crashed\nwith a traceback")
