@@ -43,6 +43,8 @@ CARD_VERSION = 1
 TEMP_MARK = ".part"
 TEMP_MAX_AGE_S = 3600.0
 INPUT_NAME = "image"
+RESIZE = ("as SceneLab trained it: EXIF orientation applied, RGB, the whole image resized to size x size "
+          "(aspect ratio not kept, no crop) with PIL's bilinear filter")
 
 
 @dataclass(frozen=True)
@@ -72,20 +74,19 @@ def scenelab_version() -> str:
 
 
 def check_destination(dest: str | os.PathLike[str]) -> tuple[Path, str]:
-    """``dest`` as an absolute path and its format, or one sentence saying why it cannot be written."""
+    """``dest`` as an absolute path and its format, or one sentence saying why it cannot be written
+    (nothing is created: :func:`write_export` makes the missing folders)."""
     path = Path(dest).expanduser().absolute()
-    fmt = FORMATS.get(path.suffix.lower())
+    fmt = FORMATS.get(path.suffix)
     if fmt is None:
         raise ConfigError(f"The export file {path.name!r} has an unknown suffix; end it in .keras or .tflite.")
     if path.is_dir():
-        raise ConfigError(f"The export destination {path} is a folder; give a file name ending in {path.suffix or '.keras'}.")
+        raise ConfigError(f"The export destination {path} is a folder; give a file name ending in {path.suffix}.")
     folder = path.parent
-    if folder.exists() and not folder.is_dir():
+    while not folder.exists() and folder != folder.parent:  # the nearest folder that exists must be writable
+        folder = folder.parent
+    if not folder.is_dir():
         raise StoreError(f"Cannot export to {path} because {folder} is a file, not a folder; choose another destination.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _unwritable(path, exc) from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StoreError(f"Cannot export to {path} because the folder {folder} is not writable; choose a writable folder.")
     return path, fmt
@@ -151,7 +152,8 @@ def model_card(record: RunRecord, fmt: str, model_file: Path, sha256: str, size:
         "image_size": image_size,
         "input": {"name": INPUT_NAME, "shape": [None, image_size, image_size, 3], "layout": "NHWC",
                   "dtype": "float32", "range": [0, 255], "colour": "RGB",
-                  "preprocessing": "inside the model: give raw pixels, not normalised ones"},
+                  "preprocessing": "inside the model: give raw pixels, not normalised ones",
+                  "resize": RESIZE},
         "output": {"shape": [None, len(classes)], "dtype": "float32",
                    "meaning": "class probabilities (softmax), in the order of classes and labels.txt"},
         "test_time_flip": tta,
@@ -219,8 +221,9 @@ def write_export(record: RunRecord, model: Any, dest: str | os.PathLike[str]) ->
     image_size, tta = int(run["image_size"]), bool(run.get("tta", False))
     classes = list(record.config.get("dataset", {}).get("classes", []))
     labels, card = path.parent / LABELS_FILE, path.with_suffix(".json")
-    clean_stale(path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path.parent)
         serving = serving_model(model, tta=tta, image_size=image_size)
         with _staged(path) as tmp_model, _staged(labels) as tmp_labels, _staged(card) as tmp_card:
             _write_model(serving, tmp_model, fmt, image_size)

@@ -8,6 +8,7 @@ on ``sys.path``; site-packages is), with plain Keras in safe mode or the stand-a
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -24,7 +25,7 @@ from core import cli
 from core.backbones import ResolvedWeights, build_base
 from core.config import RunConfig
 from core.data import decode_dataset, scan_dataset
-from core.errors import ConfigError, WeightsError
+from core.errors import ConfigError, StoreError, WeightsError
 from core.export import LABELS_FILE, clean_stale
 from core.runs import export_model, load_classifier
 from core.store import Store
@@ -105,7 +106,7 @@ def check_files(record, result, fmt: str) -> dict:
     card = json.loads(result.card.read_text())
     assert card["format"] == fmt and card["file"] == result.model.name and card["sha256"] == result.sha256
     assert card["classes"] == record.config["dataset"]["classes"] and card["image_size"] == 32
-    assert card["input"]["range"] == [0, 255] and card["input"]["layout"] == "NHWC"
+    assert card["input"]["range"] == [0, 255] and card["input"]["layout"] == "NHWC" and "bilinear" in card["input"]["resize"]
     assert card["run_id"] == record.run_id and card["run"] == record.config["run"]
     assert card["metrics"]["test_accuracy"] == record.metrics["test_accuracy"]
     assert card["dataset"]["fingerprint"] == record.config["dataset"]["fingerprint"]
@@ -141,9 +142,9 @@ def test_the_cli_exports_and_refuses_bad_input_with_one_sentence(runs, capsys, t
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "dir.keras").mkdir()
     bad = {
-        "0123456789abcdef": ("m.keras", "No finished run"),
-        "../../etc": ("m.keras", "not a run id"),
-        record.run_id: ("m.onnx", "unknown suffix"),
+        "0123456789abcdef": ("new/m.keras", "No finished run"),
+        "../../etc": ("new/m.keras", "not a run id"),
+        record.run_id: ("new/m.onnx", "unknown suffix"),
     }
     for run_id, (name, words) in bad.items():
         assert cli.main([*base, run_id, "--to", str(tmp_path / name)]) == 2
@@ -152,9 +153,24 @@ def test_the_cli_exports_and_refuses_bad_input_with_one_sentence(runs, capsys, t
     assert cli.main([*base, record.run_id, "--to", str(tmp_path / "a-file" / "m.keras")]) == 2
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="unknown suffix"):
+        export_model(record, tmp_path / "M.KERAS")
     with pytest.raises(ConfigError, match="is a folder"):
         export_model(record, tmp_path / "dir.keras")
-    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / LABELS_FILE).exists()
+    assert not (tmp_path / "new").exists() and not (tmp_path / LABELS_FILE).exists()  # nothing made on a refusal
+
+
+def test_a_full_disk_midway_is_one_sentence_and_leaves_nothing(runs, tmp_path, monkeypatch):
+    from core import export
+
+    def full(serving, tmp, fmt, image_size):
+        tmp.write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "_write_model", full)
+    with pytest.raises(StoreError, match="the disk is full") as exc:
+        export_model(runs[2]["plain"], tmp_path / "out" / "m.tflite")
+    assert "\n" not in str(exc.value) and list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_killed_export_leaves_nothing_that_looks_complete(runs, tmp_path):
