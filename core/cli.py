@@ -157,11 +157,44 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run's classifier as a stand-alone .keras or .tflite file, with labels.txt and a model card",
+        description=(
+            "The file takes raw 0..255 RGB float32 images (batch, size, size, 3) at the run's image size and outputs "
+            "class probabilities in the order of labels.txt, written beside it with a JSON model card (<stem>.json)."
+        ),
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the run's id (artifacts/runs/<RUN_ID>)")
+    p.add_argument("--to", required=True, metavar="FILE", help="the file to write; its suffix picks the format: .keras or .tflite")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_import(sub: Any) -> None:
+    p = sub.add_parser(
+        "import-data",
+        help="unpack a dataset zip (train/ and test/ class folders, or class folders only) into a new folder",
+        description=(
+            "Unpack a zip of train/<class>/ and test/<class>/ folders, or of class folders only (then split, seeded and "
+            "stratified), into a new folder under an allowed data root, validated like any dataset folder. Hostile or "
+            "broken archives (.. or absolute paths, links, bombs, not a zip, no images) are refused and leave nothing."
+        ),
+    )
+    p.add_argument("zip", metavar="ZIP", help="the dataset zip")
+    p.add_argument("--to", default=None, metavar="DIR",
+                   help="new or empty destination folder (default: <upload root>/<zip name>; see SCENELAB_DATA_ROOTS)")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="test share when the zip holds class folders only")
+    p.add_argument("--seed", type=int, default=0, help="seed of that split")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="SceneLab core: describe, train, tune, download data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_describe, _add_train, _add_download, _add_tune):
+    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_export, _add_import):
         add(sub)
     return parser
 
@@ -246,7 +279,48 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     return run_study(tune_request(args))
 
 
-COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune}
+def _export(args: argparse.Namespace) -> dict[str, Any]:
+    import re
+
+    from core.errors import ConfigError, StoreError
+    from core.export import check_destination
+    from core.runs import export_model
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.run_id):  # a name inside runs/, never a path
+        raise ConfigError(f"{args.run_id!r} is not a run id; give the folder name of a run in {store.runs_dir}.")
+    check_destination(args.to)
+    record = store.load_run(args.run_id)
+    if record is None:
+        raise StoreError(
+            f"No finished run {args.run_id} in {store.runs_dir}; check the id (and --artifacts), or train the run first."
+        )
+    result = export_model(record, args.to)
+    return {"run_id": record.run_id, **result.summary()}
+
+
+def _import_data(args: argparse.Namespace) -> dict[str, Any]:
+    from core.archive import default_upload_root, import_zip
+    from core.errors import ConfigError
+
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be 0 to {2**32 - 1}; received {args.seed}.")
+    dest = Path(args.to) if args.to else default_upload_root() / Path(args.zip).stem
+    result = import_zip(args.zip, dest, test_fraction=args.test_fraction, seed=args.seed)
+    return {
+        "to": str(result.dest),
+        "counts": result.counts,
+        "images": sum(sum(per.values()) for per in result.counts.values()),
+        "was_split": result.was_split,
+        "test_fraction": args.test_fraction if result.was_split else None,
+        "seed": args.seed if result.was_split else None,
+        "test_share": result.test_share,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped],
+    }
+
+
+COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export, "import-data": _import_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

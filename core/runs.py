@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from core.atomic import atomic_write_json, atomic_write_npz, write_history_csv
-from core.backbones import resolve_weights
+from core.backbones import ResolvedWeights, resolve_weights
 from core.config import RunConfig
 from core.data import DecodedDataset
-from core.errors import StoreError, first_line
+from core.errors import StoreError, WeightsError, first_line
+from core.export import ExportResult, check_destination, write_export
 from core.identity import Prepared
 from core.model import Classifier, classifier_for
 from core.store import CACHE_FORMAT_VERSION, RunRecord, Store
@@ -78,7 +79,11 @@ def save_run(
 
 
 def load_classifier(record: RunRecord) -> Any:
-    """The trained classifier of a stored run (image 0..255 -> probabilities)."""
+    """The trained classifier of a stored run (image 0..255 -> probabilities).
+
+    A head-only run is rebuilt from its weights; when those are a file, the file must still be the one
+    the run was trained with (its digest is in the run's weights identity), else the rebuilt model would
+    score anything while the run still reports its own accuracy: refused in one sentence."""
     import keras
 
     cfg = RunConfig.from_dict(record.config["run"])
@@ -87,13 +92,39 @@ def load_classifier(record: RunRecord) -> Any:
             return keras.models.load_model(record.model_path, safe_mode=True, compile=False)
         except Exception as exc:  # damaged zip, foreign or unsafe (Lambda) content: one sentence
             raise _damaged(record, record.model_path, exc) from exc
-    weights = resolve_weights(cfg.backbone, cfg.weights)
+    weights = _trained_weights(record, cfg)
     clf = classifier_for(cfg, len(record.config["dataset"]["classes"]), weights)
     try:
         clf.head.load_weights(record.path / "head.weights.h5")
     except Exception as exc:
         raise _damaged(record, record.path / "head.weights.h5", exc) from exc
     return clf.model
+
+
+def _trained_weights(record: RunRecord, cfg: RunConfig) -> ResolvedWeights:
+    """The backbone weights a head-only run was trained with, or one sentence if they are gone or changed."""
+    trained = record.config.get("weights_identity")
+    try:
+        weights = resolve_weights(cfg.backbone, cfg.weights)
+    except WeightsError as exc:
+        if _names_a_file(cfg.weights):
+            raise WeightsError(
+                f"Run {record.run_id} was trained on the weights file {cfg.weights}, which is gone; put that "
+                "file back where it was, or train the run again."
+            ) from exc
+        raise
+    if weights.path is not None and _names_a_file(cfg.weights) and trained and weights.identity != trained:
+        raise WeightsError(
+            f"Run {record.run_id} was trained on the weights file {weights.path} as it was then (sha256 "
+            f"{trained.rsplit(':', 1)[-1]}...), but that file has changed since (now {weights.identity.rsplit(':', 1)[-1]}...); "
+            "put the original file back, or train the run again on the new one."
+        )
+    return weights
+
+
+def _names_a_file(request: str) -> bool:
+    """Whether a run's ``weights`` setting names a file (not ``imagenet`` or ``none``)."""
+    return request not in ("imagenet", "none", "random", "")
 
 
 def _damaged(record: RunRecord, path: Path, exc: BaseException) -> StoreError:
@@ -103,11 +134,11 @@ def _damaged(record: RunRecord, path: Path, exc: BaseException) -> StoreError:
     )
 
 
-def export_model(record: RunRecord, dest: Path) -> Path:
-    """Write a stand-alone ``.keras`` file of a run's classifier (takes raw 0..255 pixels)."""
-    model = load_classifier(record)
-    model.save(dest)
-    return dest
+def export_model(record: RunRecord, dest: str | os.PathLike[str]) -> ExportResult:
+    """Write a stand-alone ``.keras`` or ``.tflite`` file of a run's classifier (raw 0..255 RGB in,
+    probabilities out), with ``labels.txt`` and a model card beside it (:mod:`core.export`)."""
+    check_destination(dest)  # a bad suffix or folder is refused before the model is loaded
+    return write_export(record, load_classifier(record), dest)
 
 
 SUMMARY_METRICS = (

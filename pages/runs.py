@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import streamlit as st
 
-from core.errors import SceneLabError, first_line
-from core.runs import export_model
-from core.store import RunRecord
 from ui import handover
 from ui.charts import curves_chart
 from ui.compat import ensure_router
+from ui.downloads import export_buttons
 from ui.format import fmt_acc, result_caption, runs_table, summarise_config
 from ui.resources import all_runs
 from ui.settings import settings
@@ -23,31 +19,6 @@ FIRST_COLUMNS = [
     "run_id", "dataset", "backbone", "weights", "image_size", "phase", "test_accuracy", "val_accuracy",
     "train_accuracy", "epochs_run", "seconds", "remove_blocks", "train_per_class", "dropout", "batch_norm",
 ]
-EXPORT_DIR = Path(tempfile.gettempdir()) / "scenelab-exports"
-
-
-def export_path(record: RunRecord) -> Path:
-    return EXPORT_DIR / f"scenelab-{record.run_id}.keras"
-
-
-def prepare_export(record: RunRecord) -> bool:
-    """Write the run's stand-alone model file once; False after one sentence if it cannot be."""
-    path = export_path(record)
-    if path.exists():
-        return True
-    try:
-        EXPORT_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.keras")
-        with st.spinner("Writing the model file…"):
-            export_model(record, tmp)
-        tmp.replace(path)
-        return True
-    except SceneLabError as exc:
-        st.error(str(exc))
-    except Exception as exc:  # noqa: BLE001 - one sentence on the page, never a traceback
-        st.error(f"The model of run {record.run_id} could not be exported ({type(exc).__name__}: {first_line(exc)}).")
-    return False
-
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("Runs")
@@ -115,18 +86,6 @@ for r in selected:
             key=f"{P}_config_{r.run_id}",
             icon=":material/download:",
         )
-        path = export_path(r)
-        if path.exists():
-            b2.download_button(
-                f"Model (.keras, {path.stat().st_size / 1e6:.1f} MB)",
-                data=path.read_bytes,
-                file_name=path.name,
-                mime="application/octet-stream",
-                key=f"{P}_model_{r.run_id}",
-                icon=":material/download:",
-                help="Takes raw 0-255 RGB pixels; load with keras.models.load_model.",
-            )
-        elif b2.button("Prepare the model file", key=f"{P}_export_{r.run_id}", icon=":material/build:") and prepare_export(r):
-            st.rerun()
+        export_buttons(r, b2)
         if b3.button("Open in its page", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:"):
             handover.load_config(r.config.get("run", {}))
