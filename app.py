@@ -7,7 +7,9 @@ import logging
 import streamlit as st
 
 from ui import handover
+from ui.catalog import PAGES
 from ui.compat import ensure_router
+from ui.links import apply_shared_link
 from ui.settings import SHARED_KEYS, session_defaults
 from ui.sidebar import draw_sidebar
 
@@ -25,19 +27,12 @@ if any(k not in st.session_state for k in SHARED_KEYS):
     for key, value in session_defaults().items():
         st.session_state.setdefault(key, value)
 
-pages = [
-    st.Page("pages/finetune.py", title="0 Fine-tune", icon=":material/tune:", default=True),
-    st.Page("pages/truncate.py", title="1 Truncate", icon=":material/content_cut:"),
-    st.Page("pages/small_data.py", title="2 Small data", icon=":material/photo_library:"),
-    st.Page("pages/augmentation.py", title="3 Augmentation", icon=":material/auto_awesome:"),
-    st.Page("pages/regularisation.py", title="4 Regularisation", icon=":material/shield:"),
-    st.Page("pages/search.py", title="5 Hyperparameter search", icon=":material/search:"),
-    st.Page("pages/activations.py", title="6 Activations", icon=":material/visibility:"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/table_view:"),
-]
+pages = [st.Page(p.file, title=p.label, icon=p.icon, url_path=p.key, default=p.key == "study") for p in PAGES]
 pg = st.navigation(pages)
+takes = {p.label for p in PAGES if p.takes_runs}
 
-# a run's settings handed over by another page (handover.load_config) set the shared keys first
-handover.apply_loaded_shared(consumer=pg.title in {p.title for p in pages[:5]})  # pages 0-4 take them
+# a link being opened, then a run's settings handed over by another page, set the shared keys first
+apply_shared_link()
+handover.apply_loaded_shared(consumer=pg.title in takes)  # pages 0-4 take them
 draw_sidebar()
 pg.run()

@@ -190,11 +190,26 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_reproduce(sub: Any) -> None:
+    p = sub.add_parser("reproduce", help="reproduce the study's table: train every row (cheapest first), then the search",
+                       description="Train every run of the study's table that is not stored yet (cheapest first), "
+                       "complete the task-5 search, and print the study's figures beside ours.")  # fmt: skip
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    for name in ("backbone", "weights", "image_size", "seed", "tta"):
+        _add_setting(p, name, RUN_SETTINGS[name], RunConfig().to_dict()[name])
+    p.add_argument("--trials", type=int, default=30, help="trials of the task-5 search (0: no search)")
+    p.add_argument("--grid-sample", type=int, default=12, help="points of the augmentation grid (128: all)")
+    p.add_argument("--estimate", action="store_true", help="only say how long the missing rows will take")
+    p.add_argument("--report", default=None, help="write a report (Markdown, SVG and PNG charts) into this folder")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description="SceneLab core: describe, train, tune, download data.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_export, _add_import):
+    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_export, _add_import, _add_reproduce):
         add(sub)
     return parser
 
@@ -320,7 +335,35 @@ def _import_data(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export, "import-data": _import_data}
+def _reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    if args.trials < 0 or not 2 <= args.grid_sample <= 128:
+        raise ConfigError(f"--trials must be 0 or more and --grid-sample 2 to 128; received {args.trials} and "
+                          f"{args.grid_sample}.")  # fmt: skip
+    base = config_from_values(_run_values(args))
+    from core import reproduce
+    from core.bundled import default_dataset
+    from core.report import write_report
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    data = str(args.data or default_dataset(store.root))
+    if args.estimate:
+        seconds = reproduce.estimate(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
+        missing = reproduce.missing_runs(base, data, store, args.grid_sample)
+        return {"estimated_seconds": round(seconds), "runs_missing": len(missing)}
+    done = reproduce.reproduce(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
+    rows = reproduce.table(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
+    out: dict[str, Any] = {"rows": reproduce.json_rows(rows), "seconds": done["seconds"], "trained": done["trained"]}
+    if args.report:
+        context = reproduce.report_context(base, data)
+        out["report"] = str(write_report(args.report, [r.as_dict() for r in rows], context, done["seconds"]))
+    return out
+
+
+COMMANDS = {
+    "describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export,
+    "import-data": _import_data, "reproduce": _reproduce,
+}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

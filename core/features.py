@@ -63,6 +63,19 @@ class FeatureFn:
         return np.zeros((0, *shape), dtype)
 
 
+def map_many(fn: FeatureFn, x: np.ndarray, batch_size: int = 64, on_batch: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """Like :meth:`FeatureFn.map` for a model with several outputs: one array per output."""
+    parts: list[list[np.ndarray]] = []
+    for start in range(0, len(x), batch_size):
+        batch = np.asarray(x[start : start + batch_size], dtype="float32")
+        outs = fn._fn(batch)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]  # a one-output model returns its tensor
+        parts.append([np.asarray(o, dtype="float32") for o in outs])
+        if on_batch is not None:
+            on_batch(len(batch))
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+
+
 # -- keys -----------------------------------------------------------------------------------------------
 def features_key(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
     return stable_hash(
@@ -138,6 +151,39 @@ def compute_features(
     path = store.features_dir / (f"{key}-hflip.npz" if mirror else f"{key}.npz")
     arrays = (ds.x_train[:, :, ::-1], ds.x_test[:, :, ::-1]) if mirror else (ds.x_train, ds.x_test)
     return _cached_pass(path, fn, arrays, progress, "features", batch_size)
+
+
+def compute_cut_features(
+    fn: FeatureFn, cuts: list[int], keys: dict[int, str], ds: DecodedDataset, store: Store,
+    progress: ProgressFn | None = None, *, mirror: bool = False, batch_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray, bool, float]:
+    """Pooled features of the cut ``cuts[0]``, computed (when not cached) in one pass that also caches the
+    features of every later cut in ``cuts`` (``fn`` outputs them in that order; ``keys`` names their caches):
+    cutting more blocks off needs no pass of its own. Returns what :func:`compute_features` returns."""
+    suffix = "-hflip" if mirror else ""
+    paths = {k: store.features_dir / f"{keys[k]}{suffix}.npz" for k in cuts}
+    arrays = (ds.x_train[:, :, ::-1], ds.x_test[:, :, ::-1]) if mirror else (ds.x_train, ds.x_test)
+    cached = _cached_arrays(paths[cuts[0]], {"train": len(arrays[0]), "test": len(arrays[1])})
+    if cached is not None:
+        return cached["train"], cached["test"], True, 0.0
+    t0 = time.monotonic()
+    total, done = sum(len(a) for a in arrays), 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress({"event": "features", "done": done, "total": total, "elapsed": time.monotonic() - t0})
+
+    per_split = [map_many(fn, a, batch_size, on_batch) for a in arrays]
+    seconds = time.monotonic() - t0
+    for i, k in enumerate(cuts):
+        if i == 0 or not paths[k].exists():
+            try:
+                atomic_write_npz(paths[k], train=per_split[0][i], test=per_split[1][i])
+            except SceneLabError as exc:  # caching is an optimisation: warn and go on
+                logger.warning("%s", exc)
+    return per_split[0][0], per_split[1][0], False, seconds
 
 
 def compute_prefix_activations(

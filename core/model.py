@@ -115,6 +115,23 @@ def set_base_trainable(clf: Classifier, trainable: bool) -> None:
                 layer.trainable = False
 
 
+def deeper_cuts_features(clf: Classifier, backbone: str, remove_blocks: int) -> tuple[list[int], Any]:
+    """``image -> [pooled output at every cut this network contains]``: the cuts ``remove_blocks`` and more
+    (each an earlier layer of this network), so one pass caches the features of all of them.
+    Returns (the cuts, in output order, and the model); shares the classifier's layers."""
+    import keras
+
+    spec = get_backbone(backbone)
+    cuts = list(range(remove_blocks, len(spec.cut_layers)))
+    inputs = clf.features.input
+    x = clf.model.get_layer("preprocess")(inputs)
+    probe = keras.Model(clf.base.input, [clf.base.get_layer(spec.cut_layers[k]).output for k in cuts])
+    outs = probe(x, training=False)
+    outs = outs if isinstance(outs, (list, tuple)) else [outs]
+    pooled = [keras.layers.GlobalAveragePooling2D(name=f"avg_pool_cut{k}")(o) for k, o in zip(cuts, outs, strict=True)]
+    return cuts, keras.Model(inputs, pooled, name=f"{backbone}_cut_features")
+
+
 def split_base(base: Any, layer_name: str) -> tuple[Any, Any]:
     """(prefix, suffix) sub-models of ``base`` cut after ``layer_name``; both share ``base``'s layers."""
     import keras

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import keras
 import numpy as np
 
+from core.augbank import EpochFeatures, augmented_epochs
 from core.augment import build_augmenter
 from core.config import RunConfig
 from core.data import DecodedDataset, Splits, make_tf_dataset
@@ -30,12 +30,20 @@ from core.features import (
     FeatureFn,
     MirroredFeatures,
     array_dataset,
-    compute_features,
+    compute_cut_features,
     compute_prefix_activations,
+    features_key,
     prefix_key,
 )
 from core.fit import HEAD_STEPS_PER_EXECUTION, ProgressFn, StopFn, compiled_stage, fit
-from core.model import build_suffix_classifier, freeze_prefix, prefix_images_model, set_base_trainable, split_base
+from core.model import (
+    build_suffix_classifier,
+    deeper_cuts_features,
+    freeze_prefix,
+    prefix_images_model,
+    set_base_trainable,
+    split_base,
+)
 from core.store import Store
 from core.warm import WarmEntry
 
@@ -59,6 +67,7 @@ class Phases:
     prefix_layer: str | None
     progress: ProgressFn | None
     should_stop: StopFn | None
+    weights: Any = None  # the run's ResolvedWeights (names the feature caches of the other cuts)
     history: list[dict[str, float]] = field(default_factory=list)
     feature_seconds: float = 0.0
     feature_hit: bool | None = None
@@ -121,7 +130,7 @@ def train_phases(run: Phases) -> None:
         if cfg.uses_feature_cache:
             head_on_features(run)
         else:
-            head_on_images(run, augmenter)
+            head_on_augmented_features(run)
     if cfg.phase in ("full", "head+full"):
         set_base_trainable(run.clf, True)
         run.status("fine-tuning the network")
@@ -139,13 +148,7 @@ def head_on_features(run: Phases) -> None:
     """The head alone on cached pooled features (and mirror features for flips or test-time flip)."""
     cfg, clf, ds, sp = run.cfg, run.clf, run.ds, run.splits
     run.status("computing backbone features")
-    fn = run.fn("features_fn", lambda: clf.features)
-    f_train, f_test, hit, seconds = compute_features(fn, ds, run.features_key, run.store, run.progress)
-    run.cached_pass(hit, seconds)
-    m_train = m_test = None
-    if cfg.augment.hflip or cfg.tta:
-        m_train, m_test, hit, seconds = compute_features(fn, ds, run.features_key, run.store, run.progress, mirror=True)
-        run.cached_pass(hit, seconds)
+    f_train, f_test, m_train, m_test = cut_features(run, mirror=bool(cfg.augment.hflip or cfg.tta))
     head = compiled_stage(run.entry, "head", lambda: clf.head, cfg, cfg.lr, HEAD_STEPS_PER_EXECUTION)
     y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
     if cfg.augment.hflip:
@@ -154,16 +157,43 @@ def head_on_features(run: Phases) -> None:
     else:  # NumPy inputs: Keras' own per-epoch shuffle, as every head run before
         x, y = f_train[sp.train], y_tr
     run.run_fit(head, x, y, (f_train[sp.val], y_val), epochs=cfg.epochs, phase="head")
+    run.predict = _head_predict(run, f_train, f_test, m_train, m_test)
+
+
+def _head_predict(run: Phases, f_train: Any, f_test: Any, m_train: Any, m_test: Any) -> Predict:
+    """The head's predictions on cached features (test-time flip: averaged with the mirror features')."""
+    head, sp, tta = run.clf.head, run.splits, run.cfg.tta
+
+    def call(x: Any) -> np.ndarray:  # one eager call on every row: a head is small, and a predict() traces
+        return np.asarray(head(np.asarray(x, dtype="float32"), training=False))
 
     def predict() -> tuple[np.ndarray, np.ndarray]:
-        p_val = np.asarray(clf.head.predict(f_train[sp.val], verbose=0, batch_size=256))
-        p_test = np.asarray(clf.head.predict(f_test, verbose=0, batch_size=256))
-        if cfg.tta:
-            p_val = (p_val + clf.head.predict(m_train[sp.val], verbose=0, batch_size=256)) / 2
-            p_test = (p_test + clf.head.predict(m_test, verbose=0, batch_size=256)) / 2
+        p_val, p_test = call(f_train[sp.val]), call(f_test)
+        if tta:
+            p_val = (p_val + call(m_train[sp.val])) / 2
+            p_test = (p_test + call(m_test)) / 2
         return p_val, p_test
 
-    run.predict = predict
+    return predict
+
+
+def cut_features(run: Phases, *, mirror: bool) -> tuple[Any, Any, Any, Any]:
+    """Features of the run's cut (and of its mirror images when ``mirror``), cached; a pass computes the
+    deeper cuts' features too (``core.model.deeper_cuts_features``)."""
+    cfg = run.cfg
+    cuts, model = run.entry.extras.get("cuts_model") or (None, None)
+    if model is None:
+        cuts, model = deeper_cuts_features(run.clf, cfg.backbone, cfg.remove_blocks)
+        run.entry.extras["cuts_model"] = (cuts, model)
+    fn = run.fn("cuts_fn", lambda: model)
+    keys = {k: features_key(cfg.replace(remove_blocks=k), run.ds.fingerprint, run.weights) for k in cuts}
+    f_train, f_test, hit, seconds = compute_cut_features(fn, cuts, keys, run.ds, run.store, run.progress)
+    run.cached_pass(hit, seconds)
+    m_train = m_test = None
+    if mirror:
+        m_train, m_test, hit, seconds = compute_cut_features(fn, cuts, keys, run.ds, run.store, run.progress, mirror=True)
+        run.cached_pass(hit, seconds)
+    return f_train, f_test, m_train, m_test
 
 
 def _images_predict(run: Phases) -> Predict:
@@ -181,13 +211,20 @@ def _image_datasets(run: Phases, augmenter: Any) -> tuple[Any, Any]:
     return train_ds, make_tf_dataset(x_val, y_val, run.cfg.batch_size)
 
 
-def head_on_images(run: Phases, augmenter: Any) -> None:
-    """The head on augmented images through the frozen backbone, every epoch."""
-    cfg, clf = run.cfg, run.clf
-    model = compiled_stage(run.entry, "head_images", lambda: keras.Model(clf.model.input, clf.model.output), cfg, cfg.lr)
-    train_ds, val_ds = _image_datasets(run, augmenter)
-    run.run_fit(model, train_ds, None, val_ds, epochs=cfg.epochs, phase="head")
-    run.predict = _images_predict(run)
+def head_on_augmented_features(run: Phases) -> None:
+    """The head on the features of freshly augmented images, every epoch (``core.augbank``: one traced pass
+    per epoch through the frozen backbone, shared by runs with the same augmentation); validated and
+    evaluated on the cached features of the images themselves."""
+    cfg, clf, ds, sp = run.cfg, run.clf, run.ds, run.splits
+    f_train, f_test, m_train, m_test = cut_features(run, mirror=cfg.tta)
+    run.status("augmenting the training images")
+    fn = run.fn("features_fn", lambda: clf.features)
+    banks = augmented_epochs(fn, ds.x_train[sp.train], cfg.augment, cfg.seed, cfg.epochs, run.features_key, run.progress)
+    y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
+    head = compiled_stage(run.entry, "head", lambda: clf.head, cfg, cfg.lr, HEAD_STEPS_PER_EXECUTION)
+    data = EpochFeatures(banks, y_tr, cfg.batch_size, cfg.seed)
+    run.run_fit(head, data, None, (f_train[sp.val], y_val), epochs=cfg.epochs, phase="head")
+    run.predict = _head_predict(run, f_train, f_test, m_train, m_test)
 
 
 def _full_phase(cfg: RunConfig) -> tuple[float, int]:

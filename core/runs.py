@@ -37,6 +37,7 @@ def save_run(
     base_trained: bool,
     *,
     replace: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Write the run's config, model, test predictions, history and metrics, then commit it atomically.
 
@@ -58,6 +59,7 @@ def save_run(
             "base_trained": base_trained,
             "cache_format": CACHE_FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(meta or {}),
         }
         if base_trained or prep.weights.path is None:
             clf.model.save(tmp / "model.keras")
@@ -165,13 +167,15 @@ def summary_row(record: RunRecord) -> dict[str, Any]:
     return row
 
 
-def runs_like(records: list[RunRecord], fingerprint: str, cfg: RunConfig) -> list[RunRecord]:
-    """The stored runs on the dataset ``fingerprint`` with ``cfg``'s backbone, weights and image size."""
+def runs_like(records: list[RunRecord], fingerprints: str | set[str], cfg: RunConfig) -> list[RunRecord]:
+    """The stored runs on the dataset (any of its ``fingerprints``: its content's, and the legacy one runs
+    stored before used) with ``cfg``'s backbone, weights and image size."""
+    wanted = {fingerprints} if isinstance(fingerprints, str) else set(fingerprints)
     out = []
     for r in records:
         run = r.config.get("run", {})
         if (
-            r.config.get("dataset", {}).get("fingerprint") == fingerprint
+            r.config.get("dataset", {}).get("fingerprint") in wanted
             and run.get("backbone") == cfg.backbone
             and run.get("weights") == cfg.weights
             and run.get("image_size") == cfg.image_size

@@ -229,3 +229,17 @@ def test_images(root: str | os.PathLike[str]) -> dict[str, list[str]]:
     for rel, label in info.files["test"]:
         out[info.classes[label]].append(str(info.root / rel))
     return out
+
+
+def image_size_of(info: DatasetInfo, samples: int = 5) -> int | None:
+    """The larger side of the dataset's first few training images, read from their headers (None if none can)."""
+    from PIL import Image
+
+    sides = []
+    for rel, _ in info.files.get("train", [])[:samples]:
+        try:
+            with Image.open(info.root / rel) as img:
+                sides.append(max(img.size))
+        except Exception:  # noqa: BLE001 - a header that cannot be read says nothing about the size
+            continue
+    return sorted(sides)[len(sides) // 2] if sides else None

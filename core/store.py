@@ -353,3 +353,25 @@ class Store:
                 except OSError:
                     continue
         return removed
+
+    def reset(self, keep: set[str] | frozenset[str] = frozenset()) -> dict[str, int]:
+        """Delete every stored run but those in ``keep`` and those being written (their lock is held), and
+        every feature and decoded-image cache file: the owner's reset of a shared app (studies stay: workers may
+        be writing them; delete one from the search page). Returns the counts."""
+        runs = caches = 0
+        if self.runs_dir.is_dir():
+            for entry in sorted(self.runs_dir.iterdir()):
+                if entry.name.startswith(".") or not entry.is_dir() or entry.name in keep:
+                    continue
+                with self._unless_written(entry.name) as free:
+                    if free:
+                        shutil.rmtree(entry, ignore_errors=True)
+                        runs += 1
+        for folder in (self.features_dir, self.datasets_dir):
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    if entry.is_file() and not entry.name.startswith("."):
+                        with contextlib.suppress(OSError):
+                            entry.unlink()
+                            caches += 1
+        return {"runs": runs, "caches": caches}

@@ -86,10 +86,12 @@ def train(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     force: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Return the stored run for ``cfg`` or train it now (one process at a time per run id).
 
-    ``force`` trains again and replaces the stored run once the new one is complete."""
+    ``force`` trains again and replaces the stored run once the new one is complete. ``meta`` is stored beside
+    the run's config and does not enter its id (e.g. ``{"trained_by": name}``)."""
     prep = prepare(cfg, data_root)
     if not force:
         record = prep.stored(store)
@@ -100,12 +102,13 @@ def train(
             record = prep.stored(store)  # another process may have finished it meanwhile
             if record is not None:
                 return TrainResult(record, cached=True, data_root=str(prep.info.root))
-        record = _train_uncached(prep, store, progress, should_stop, replace=force)
+        record = _train_uncached(prep, store, progress, should_stop, replace=force, meta=meta)
     return TrainResult(record, cached=False, data_root=str(prep.info.root))
 
 
 def _train_uncached(
-    prep: Prepared, store: Store, progress: ProgressFn | None, should_stop: StopFn | None, *, replace: bool = False
+    prep: Prepared, store: Store, progress: ProgressFn | None, should_stop: StopFn | None, *, replace: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> RunRecord:
     cfg = prep.cfg
     t_start = time.monotonic()
@@ -119,7 +122,7 @@ def _train_uncached(
     entry, reused = ready_model(cfg, prep.weights, len(ds.classes), key)
     run = Phases(
         cfg, entry, ds, splits, store, features_key(cfg, ds.fingerprint, prep.weights), prep.prefix_layer,
-        progress, should_stop,
+        progress, should_stop, weights=prep.weights,
     )
     try:
         seed_all(cfg.seed)  # the same random streams whether the model is new or warm
@@ -131,7 +134,7 @@ def _train_uncached(
         WARM.discard(key, entry)  # an unexpected failure: never reuse what it left
         raise
     try:
-        record = _evaluate_and_save(prep, store, run, t_start, reused, replace)
+        record = _evaluate_and_save(prep, store, run, t_start, reused, replace, meta)
     except BaseException:
         WARM.discard(key, entry)
         raise
@@ -140,7 +143,7 @@ def _train_uncached(
 
 
 def _evaluate_and_save(
-    prep: Prepared, store: Store, run: Phases, t_start: float, reused: bool, replace: bool
+    prep: Prepared, store: Store, run: Phases, t_start: float, reused: bool, replace: bool, meta: dict[str, Any] | None
 ) -> RunRecord:
     cfg, clf = prep.cfg, run.clf
     run.status("evaluating")
@@ -162,4 +165,4 @@ def _evaluate_and_save(
     )
     if prep.freeze_blocks:
         metrics["freeze_blocks"] = prep.freeze_blocks
-    return save_run(prep, store, clf, run.ds, run.history, metrics, p_test, base_trained, replace=replace)
+    return save_run(prep, store, clf, run.ds, run.history, metrics, p_test, base_trained, replace=replace, meta=meta)

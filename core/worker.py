@@ -118,6 +118,8 @@ class Job:
     result: TrainResult | None = None
     error: str | None = None
     cached: bool = False
+    force: bool = False  # train again even if stored (replaces it once the new run is complete)
+    meta: dict[str, Any] = field(default_factory=dict)  # stored with the run, not part of its id
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -155,8 +157,12 @@ class Worker:
         isolate_keras_sessions()
 
     # -- asking ------------------------------------------------------------------------------------
-    def submit(self, cfg: RunConfig, data_root: str | os.PathLike[str]) -> Job:
-        """Queue ``cfg`` on ``data_root`` unless it is stored or in flight (see the module docstring)."""
+    def submit(
+        self, cfg: RunConfig, data_root: str | os.PathLike[str], *, force: bool = False,
+        meta: dict[str, Any] | None = None,
+    ) -> Job:
+        """Queue ``cfg`` on ``data_root`` unless it is stored or in flight (see the module docstring);
+        ``force`` queues it even when stored (Retrain)."""
         root = str(data_root)
         try:
             prep = prepare(cfg, root)
@@ -180,7 +186,7 @@ class Worker:
             existing = self._jobs.get(run_id)
             if existing is not None and existing.active and not existing.cancel_requested:
                 return existing  # the same run in flight: share it (one being cancelled is not shared)
-            record = prep.stored(self.store)
+            record = None if force else prep.stored(self.store)
             if record is not None:
                 now = time.time()
                 job = Job(
@@ -198,7 +204,7 @@ class Worker:
                 self._jobs[run_id] = job
                 self._prune()
                 return job
-            job = Job(id=run_id, cfg=cfg, data_root=root)
+            job = Job(id=run_id, cfg=cfg, data_root=root, force=force, meta=dict(meta or {}))
             self._jobs.pop(run_id, None)  # a failed or cancelled earlier attempt: replaced, kept last
             self._jobs[run_id] = job
             self._queue.put(job)
@@ -285,7 +291,10 @@ class Worker:
                     job.history.append(dict(event["row"]))
 
         try:
-            result = train(job.cfg, job.data_root, self.store, progress=on_progress, should_stop=job._stop.is_set)
+            result = train(
+                job.cfg, job.data_root, self.store, progress=on_progress, should_stop=job._stop.is_set, force=job.force,
+                meta=job.meta,
+            )
         except TrainingCancelled:
             job._update(status="cancelled", message="cancelled; nothing was saved", finished=time.time())
             return

@@ -1,89 +1,36 @@
-"""Task 3: data augmentation, previewed live on the same eight training images, then trained and compared."""
+"""Task 3: data augmentation as the cure for the small set's overfitting; previewed live, then trained."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.augment import preview
+from core import reference as ref
 from core.config import AUGMENT_SETTINGS, AugmentConfig
-from core.data import DatasetInfo, decode_image
 from core.errors import SceneLabError
+from core.studyplan import DEFAULT_GRID_SAMPLE, SMALL, augmentation_grid, main_effects
 from ui import handover, panel
-from ui import reference as ref
-from ui.charts import curves_chart
+from ui.charts import draw_curves, effects_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import augment_label, fmt_acc, fmt_seconds, result_caption
-from ui.jobs import submit_runs, track_jobs
+from ui.format import augment_label, fmt_acc
+from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.links import apply_page_link, link_notice, write_link
+from ui.preview import augmented, load_images, mosaic, preview_files
 from ui.resources import lookup, runs_like
 from ui.settings import settings
+from ui.strip import result_strip
 
 P = "augmentation"
 AUG_FIELDS = tuple(AUGMENT_SETTINGS)
 SLIDERS = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "float")
 TOGGLES = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "bool")
 SLIDER_MAX = {"rotation": 180.0}  # the fractions' sliders stop at 0.5
-STUDY_GRID = [
-    AugmentConfig(),
-    AugmentConfig(hflip=True),
-    AugmentConfig(zoom=0.2),
-    AugmentConfig(hflip=True, zoom=0.2),
-    AugmentConfig(rotation=20.0),
-    AugmentConfig(width_shift=0.2, height_shift=0.2),
-    AugmentConfig(shear=0.2),
-]
-FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "epochs", "lr")
-DEFAULTS = {**panel.defaults(P, FIELDS, {"epochs": 10}), f"{P}_preview_seed": 0}
-
-
-def preview_files(info: DatasetInfo, n: int = 8) -> list[str]:
-    """The same n training images every time: the first of each class in turn."""
-    per_class: dict[int, list[str]] = {}
-    for rel, label in info.files["train"]:
-        per_class.setdefault(label, []).append(rel)
-    out: list[str] = []
-    depth = 0
-    while len(out) < n and any(depth < len(v) for v in per_class.values()):
-        for label in sorted(per_class):
-            if depth < len(per_class[label]) and len(out) < n:
-                out.append(per_class[label][depth])
-        depth += 1
-    return out
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def load_images(root: str, files: tuple[str, ...], size: int) -> np.ndarray:
-    images = []
-    for rel in files:
-        try:
-            images.append(decode_image(f"{root}/{rel}", size))
-        except SceneLabError:
-            images.append(np.full((size, size, 3), 200, np.uint8))  # an unreadable file: a grey tile
-    return np.stack(images)
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def augmented(images: np.ndarray, aug: dict, seed: int) -> np.ndarray:
-    return preview(images, AugmentConfig(**aug), seed)
-
-
-def mosaic(images: np.ndarray, columns: int = 4, gap: int = 2) -> np.ndarray:
-    """Images in a grid with white gaps, upscaled (nearest) so small sizes stay visible."""
-    n, h, w, _ = images.shape
-    scale = max(1, 160 // h)
-    if scale > 1:
-        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-        h, w = h * scale, w * scale
-    rows = -(-n // columns)
-    out = np.full((rows * h + (rows - 1) * gap, columns * w + (columns - 1) * gap, 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, columns)
-        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = img
-    return out
+FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "train_per_class", "epochs", "lr")
+DEFAULTS = {**panel.defaults(P, FIELDS, {"train_per_class": SMALL}), f"{P}_preview_seed": 0, f"{P}_grid_n": DEFAULT_GRID_SAMPLE}
+TRAINING_SETS = {SMALL: f"the small set ({SMALL} per class, the study's)", None: "every training image"}
 
 
 def reshuffle() -> None:
@@ -93,107 +40,103 @@ def reshuffle() -> None:
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("3 · Augmentation")
 st.markdown(
-    "Show the network transformed copies of each training image so that it learns what does not matter "
-    "(a mirrored coast is still a coast). Move a control and the preview below follows; then train with "
-    "those settings and compare them in the table."
+    "The study's cure for the small set's overfitting (page 2): show the network transformed copies of each "
+    "training image so that it learns what does not matter (a mirrored coast is still a coast). Move a control "
+    "and the preview follows; train, and compare in the table and the grid below."
 )
 info = require_dataset()
 s = settings()
 handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
+apply_page_link(P, FIELDS)
+link_notice()
 handover.show_loaded_extras(P)
 ss = st.session_state
+progress_area = st.container()  # where training progress shows: just under the title, above the fold
 
-# -- the controls (outside any form: the preview redraws at once) -------------------------------------
 controls, shown = st.columns([1, 2])
 with controls:
     for field in SLIDERS:
         panel.widget(P, f"augment.{field}", style="slider", max_value=SLIDER_MAX.get(field, 0.5))
     for field in TOGGLES:
         panel.widget(P, f"augment.{field}")
-
-aug = panel.values(P, [f"augment.{k}" for k in AUG_FIELDS])["augment"]
+    panel.bind(panel.key(P, "train_per_class"), st.radio, "Training set", list(TRAINING_SETS),
+               format_func=TRAINING_SETS.get, help="The study ran augmentation on its small set (task 2).")
+    panel.widget(P, "epochs", help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
+    panel.widget(P, "lr")
+values = panel.values(P, FIELDS)
+aug = values["augment"]
 with shown:
     files = preview_files(info)
     images = load_images(str(info.root), tuple(files), s["image_size"])
-    head = st.columns([3, 1])
-    head[0].markdown(f"**Augmented** ({augment_label(dataclasses.asdict(aug))}) · preview seed {ss[f'{P}_preview_seed']}")
-    head[1].button("Reshuffle", key=f"{P}_reshuffle", icon=":material/shuffle:", on_click=reshuffle,
-                   help="Draw other random transformations of the same images.")
     try:
         out = augmented(images, dataclasses.asdict(aug), int(ss[f"{P}_preview_seed"]))
     except SceneLabError as exc:
         st.error(str(exc))
         out = images
-    st.image(mosaic(out), width="stretch", caption=f"{len(files)} training images at {s['image_size']} px, augmented")
-    with st.expander("The same images, unchanged"):
-        st.image(mosaic(images), width="stretch", caption=", ".join(f.split("/")[-1] for f in files))
+    left, right = st.columns(2)
+    left.image(mosaic(images, columns=2), width="stretch", caption=f"{len(files)} training images, unchanged")
+    right.image(mosaic(out, columns=2), width="stretch", caption=f"augmented: {augment_label(dataclasses.asdict(aug))}")
+    st.button("Reshuffle", key=f"{P}_reshuffle", icon=":material/shuffle:", on_click=reshuffle,
+              help="Draw other random transformations of the same images.")
 
-# -- training ------------------------------------------------------------------------------------------
-st.subheader("Train with these augmentations")
-with st.form(f"{P}_form"):
-    f1, f2, f3 = st.columns([1, 1, 2])
-    panel.widget(P, "epochs", f1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
-    panel.widget(P, "lr", f2, help=None)
-    submitted = f3.form_submit_button("Train with these settings", type="primary", key=f"{P}_train", icon=":material/play_arrow:")
-    grid = f3.form_submit_button(f"Queue the study's grid ({len(STUDY_GRID)} runs)", key=f"{P}_train_grid",
-                                 help="; ".join(augment_label(dataclasses.asdict(a)) for a in STUDY_GRID))
-
-cfg = handover.page_config(P, {"phase": "head"}, {"augment": aug, **panel.values(P, ("epochs", "lr"))})
+cfg = handover.page_config(P, {"phase": "head"}, values)
 if cfg is None:
     st.stop()
 run_id, record = lookup(cfg, s["data_root"])
-if submitted and run_id:
-    submit_runs(P, [cfg], s["data_root"])
-elif grid and run_id:
-    submit_runs(P, [cfg.replace(augment=a) for a in STUDY_GRID], s["data_root"])
-track_jobs(P, watch=[run_id])
+handover.check_opened(run_id, cfg)
+baseline_cfg = cfg.replace(augment=type(aug)())
+baseline_id, baseline = lookup(baseline_cfg, s["data_root"])
+grid_cfgs = [cfg.replace(augment=a) for a in augmentation_grid(int(ss[f"{P}_grid_n"]), seed=s["seed"])]
+grid = [lookup(c, s["data_root"]) for c in grid_cfgs]
+train_panel(P, Plan([cfg], [run_id], [record]), s["data_root"])
+write_link(P, FIELDS, DEFAULTS)
+with progress_area:
+    live_progress(P, watch=[run_id, baseline_id, *(i for i, _ in grid)])
 
+st.caption(f"The study's best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUGMENTATION_BEST['accuracy']:.3f} on its "
+           f"small set ({ref.SELECTION_NOTE}; its summary table also gives {ref.AUGMENTATION_BEST['summary_table']:.3f}).")  # fmt: skip
 if record is not None:
-    m = record.metrics
-    result_caption(record)
-    c = st.columns(4)
-    c[0].metric("Test accuracy", fmt_acc(m.get("test_accuracy")))
-    c[1].metric("Validation accuracy", fmt_acc(m.get("val_accuracy")))
-    c[2].metric("Train accuracy", fmt_acc(m.get("train_accuracy")))
-    c[3].metric("Training time", fmt_seconds(m.get("seconds")))
-    st.altair_chart(curves_chart({record.run_id: record.history}), key=f"{P}_curves")
+    result_strip(record, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
+                 versus="no augmentation")  # fmt: skip
+    other = baseline is not None and baseline.run_id != record.run_id
+    draw_curves({"these augmentations": record.history, **({"no augmentation": baseline.history} if other else {})},
+                key=f"{P}_curves")  # fmt: skip
 else:
-    st.info("Not trained yet with these augmentations: press **Train with these settings**.")
+    st.info("Not trained yet with these augmentations: press **Train** in the sidebar.")
 
-# -- grid-search table ---------------------------------------------------------------------------------
-st.subheader("Every stored augmentation run")
-same_only = st.toggle("Only runs with the training settings above (epochs, learning rate, …)", value=True, key=f"{P}_same_only")
-reference = {k: v for k, v in cfg.to_dict().items() if k != "augment"}
-rows = []
-for r in runs_like(info, cfg):
+st.subheader("The study's grid (seven on/off factors) and every run with these settings")
+g1, g2 = st.columns([1, 3])
+g1.number_input("Grid points", min_value=2, max_value=128, step=1, key=f"{P}_grid_n",
+                help="A seeded sample of the 128 combinations (always with the baseline and the study's best); 128 = all.")
+missing = [c for c, (i, r) in zip(grid_cfgs, grid, strict=True) if i is not None and r is None]
+if g2.button(f"Train the grid ({len(missing)} of {len(grid_cfgs)} not trained yet)", key=f"{P}_train_grid",
+             disabled=not missing, help="Rotation 20°, shifts 0.2, shear 0.2, zoom 0.2, horizontal and vertical flip, each on or off."):
+    submit_runs(P, missing, s["data_root"])
+    st.rerun()
+done = {r.run_id: (c.augment, r) for c, (_, r) in zip(grid_cfgs, grid, strict=True) if r is not None}
+same = {k: v for k, v in cfg.to_dict().items() if k != "augment"}
+for r in runs_like(info, cfg):  # every other stored run with these training settings
     run = dict(r.config["run"])
-    run_aug = run.pop("augment", {}) or {}
-    if same_only and run != reference:
-        continue
-    if not same_only and not any(run_aug.values()):
-        continue
-    rows.append(
-        {
-            "augmentation": augment_label(run_aug),
-            **{k: run_aug.get(k) for k in AUG_FIELDS},
-            "test_accuracy": r.metrics.get("test_accuracy"),
-            "val_accuracy": r.metrics.get("val_accuracy"),
-            "train_accuracy": r.metrics.get("train_accuracy"),
-            "epochs": r.metrics.get("epochs_run"),
-            "run_id": r.run_id,
-        }
-    )
-st.caption(
-    f"Reference: {ref.STUDY}'s best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUGMENTATION_BEST['accuracy']:.3f}."
-)
-if rows:
-    table = pd.DataFrame(rows).sort_values("test_accuracy", ascending=False)
-    st.dataframe(
-        table.style.highlight_max(subset=["test_accuracy"], color="#c8f7c5").format(
-            {"test_accuracy": "{:.3f}", "val_accuracy": "{:.3f}", "train_accuracy": "{:.3f}"}, na_rep="–"
-        ),
-        key=f"{P}_table",
-        hide_index=True,
-    )
-else:
-    st.caption("No augmentation run is stored yet for this dataset, backbone, image size and settings.")
+    if run.pop("augment", None) is not None and run == same and r.run_id not in done:
+        done[r.run_id] = (AugmentConfig(**r.config["run"]["augment"]), r)
+done = list(done.values())
+if done:
+    base_acc = baseline.metrics.get("test_accuracy") if baseline is not None else None
+    table = pd.DataFrame([{
+        "augmentation": augment_label(dataclasses.asdict(a)), "test accuracy": r.metrics.get("test_accuracy"),
+        "change": None if base_acc is None else r.metrics.get("test_accuracy") - base_acc,
+        "validation accuracy": r.metrics.get("val_accuracy"), "train accuracy": r.metrics.get("train_accuracy"),
+        "run": r.run_id} for a, r in done]).sort_values("test accuracy", ascending=False)  # fmt: skip
+    left, right = st.columns([3, 2])
+    left.dataframe(table, key=f"{P}_table", hide_index=True, width="stretch", column_config={
+        "test accuracy": st.column_config.NumberColumn(format="%.3f"),
+        "change": st.column_config.NumberColumn("change against no augmentation", format="%+.3f"),
+        "validation accuracy": st.column_config.NumberColumn(format="%.3f"),
+        "train accuracy": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
+    effects = main_effects([(a, r.metrics["test_accuracy"]) for a, r in done])
+    if effects and len(done) >= 4:
+        right.altair_chart(effects_chart(effects), key=f"{P}_effects", width="stretch")
+        right.caption(f"Average change in test accuracy when a factor is on, over {len(done)} runs (bars: 95% "
+                      f"interval). Best: {fmt_acc(table['test accuracy'].max())}.")  # fmt: skip
+    else:
+        right.caption("Each factor's average effect shows once four grid points are trained.")

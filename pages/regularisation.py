@@ -1,59 +1,78 @@
-"""Task 4: regularisation (dropout, batch norm, early stopping, reduce-LR), compared with the previous setting."""
+"""Task 4: the learning-curve tools (dropout, batch norm, early stopping, reduce-LR), still on the small set."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from core import reference as ref
+from core.config import AugmentConfig
+from core.studyplan import SMALL, STUDY_BEST_AUG
 from ui import handover, panel
-from ui import reference as ref
-from ui.charts import curves_chart
+from ui.charts import chain_chart, draw_curves
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import fmt_acc, fmt_seconds, result_caption, result_line, summarise_config
-from ui.jobs import submit_runs, track_jobs
+from ui.format import run_name
+from ui.jobs import Plan, live_progress, train_panel
+from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import get_store, lookup, runs_like
 from ui.settings import settings
+from ui.strip import result_strip
 
 P = "regularisation"
 REG_KEYS = ("dropout", "batch_norm", "early_stopping_patience", "reduce_lr_patience", "reduce_lr_factor")
-FIELDS = (*REG_KEYS, "epochs", "lr")
-DEFAULTS = panel.defaults(P, FIELDS)
+FIELDS = (*REG_KEYS, "train_per_class", "epochs", "lr")
+DEFAULTS = {**panel.defaults(P, FIELDS, {"train_per_class": SMALL}), f"{P}_best_aug": True}
+TRAINING_SETS = {SMALL: f"the small set ({SMALL} per class, the study's)", None: "every training image"}
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("4 · Regularisation")
 st.markdown(
-    "Make the head harder to overfit: drop a share of its inputs at random (dropout), normalise the pooled "
-    "features (batch norm), stop when validation loss stops improving (early stopping, keeping the best "
-    "epoch), or lower the learning rate when it plateaus. Each new setting is drawn over the previous one."
+    "The study's last step against overfitting, on top of augmentation: drop a share of the head's inputs at "
+    "random (dropout), normalise the pooled features (batch norm), stop when validation loss stops improving "
+    "(early stopping, keeping the best epoch), or lower the learning rate when it plateaus. Each new setting is "
+    "drawn over the previous one."
 )
 info = require_dataset()
 s = settings()
 handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
+apply_page_link(P, FIELDS)
+link_notice()
 handover.show_loaded_extras(P)
 ss = st.session_state
 
-with st.form(f"{P}_form"):
+with st.container(border=True):
     f1, f2, f3, f4 = st.columns(4)
     panel.widget(P, "dropout", f1, style="slider")
     panel.widget(P, "batch_norm", f1)
-    panel.widget(P, "early_stopping_patience", f2, label="Early-stopping patience (0 = off)",
-                 help="Epochs without a better validation loss before stopping.")
-    panel.widget(P, "epochs", f2, help=None)
-    panel.widget(P, "reduce_lr_patience", f3, label="Reduce-LR patience (0 = off)", help=None)
-    panel.widget(P, "reduce_lr_factor", f3, style="slider", help=None)
-    panel.widget(P, "lr", f4, help=None)
-    submitted = f4.form_submit_button("Train", type="primary", key=f"{P}_train", icon=":material/play_arrow:")
+    panel.widget(P, "early_stopping_patience", f2)
+    panel.widget(P, "epochs", f2)
+    panel.widget(P, "reduce_lr_patience", f3)
+    panel.widget(P, "reduce_lr_factor", f3, style="slider", disabled=not ss[panel.key(P, "reduce_lr_patience")])
+    panel.widget(P, "lr", f4)
+    panel.bind(panel.key(P, "train_per_class"), f4.radio, "Training set", list(TRAINING_SETS), format_func=TRAINING_SETS.get)
+    panel.bind(f"{P}_best_aug", f4.toggle, "Best augmentation",
+               help=f"The study's best augmentation ({ref.AUGMENTATION_BEST['setting']}, page 3) under these settings, "
+               "as the study did.")
 
-values = panel.values(P, REG_KEYS, rounding=4) | panel.values(P, ("epochs", "lr"))
+values = panel.values(P, FIELDS, rounding=4)
+values["augment"] = STUDY_BEST_AUG if ss[f"{P}_best_aug"] else AugmentConfig()
+if not values["reduce_lr_patience"]:
+    values["reduce_lr_factor"] = DEFAULTS[panel.key(P, "reduce_lr_factor")]  # off: the factor is not part of the run
 cfg = handover.page_config(P, {"phase": "head"}, values)
 if cfg is None:
     st.stop()
 run_id, record = lookup(cfg, s["data_root"])
-if submitted and run_id:
-    submit_runs(P, [cfg], s["data_root"])
-track_jobs(P, watch=[run_id])
-st.caption(f"Reference: {ref.STUDY}'s best was {ref.REGULARISATION_BEST['setting']} at {ref.REGULARISATION_BEST['accuracy']:.3f}.")
+handover.check_opened(run_id, cfg)
+chain_cfgs = [cfg.replace(augment=AugmentConfig(), dropout=0.0, batch_norm=False, early_stopping_patience=0,
+                          reduce_lr_patience=0), cfg.replace(dropout=0.0, batch_norm=False, early_stopping_patience=0,
+                                                             reduce_lr_patience=0)]  # fmt: skip
+chain = [lookup(c, s["data_root"]) for c in chain_cfgs]
+train_panel(P, Plan([cfg], [run_id], [record]), s["data_root"])
+write_link(P, FIELDS, DEFAULTS)
+live_progress(P, watch=[run_id])
+st.caption(f"The study's best was {ref.REGULARISATION_BEST['setting']} at {ref.REGULARISATION_BEST['accuracy']:.3f} "
+           f"({ref.SELECTION_NOTE}).")  # fmt: skip
 
 # the previous setting: the run shown before this one (kept for this browser session)
 if record is not None and ss.get(f"{P}_shown") != record.run_id:
@@ -65,57 +84,35 @@ if record is not None and previous is not None and previous.run_id == record.run
     previous = None
 
 if record is None:
-    st.info("Not trained yet with these settings: press **Train**.")
+    st.info("Not trained yet with these settings: press **Train** in the sidebar.")
 else:
-    m = record.metrics
-    result_caption(record)
-    c = st.columns(5)
-    pm = previous.metrics if previous is not None else {}
-
-    def delta(key: str) -> str | None:
-        if previous is None or m.get(key) is None or pm.get(key) is None:
-            return None
-        return f"{m[key] - pm[key]:+.3f} vs previous"
-
-    c[0].metric("Test accuracy", fmt_acc(m.get("test_accuracy")), delta=delta("test_accuracy"))
-    c[1].metric("Validation accuracy", fmt_acc(m.get("val_accuracy")), delta=delta("val_accuracy"))
-    c[2].metric("Train accuracy", fmt_acc(m.get("train_accuracy")), delta=delta("train_accuracy"), delta_color="off")
-    c[3].metric("Epochs run", m.get("epochs_run"), help=f"kept epoch {m.get('kept_epoch')}")
-    c[4].metric("Training time", fmt_seconds(m.get("seconds")))
-    histories = {f"current: {summarise_config(record.config['run'])}": record.history}
+    result_strip(record, previous=previous)
+    histories = {f"current: {run_name(record.config['run'])}": record.history}
     if previous is not None:
-        histories[f"previous: {summarise_config(previous.config['run'])}"] = previous.history
-        st.caption(f"Previous: {result_line(previous)}")
-    st.altair_chart(curves_chart(histories), key=f"{P}_curves")
+        histories[f"previous: {run_name(previous.config['run'])}"] = previous.history
+    draw_curves(histories, key=f"{P}_curves")
 
-# -- every stored head run like this one: which regularisation did best ---------------------------------
-st.subheader("Stored head runs on this dataset")
+st.subheader("The study's chain: small set, + augmentation, + regularisation")
+steps = [("small set", chain[0][1], ref.SMALL_DATA["accuracy"]), ("+ augmentation", chain[1][1], ref.AUGMENTATION_BEST["accuracy"]),
+         ("+ these settings", record, ref.REGULARISATION_BEST["accuracy"])]  # fmt: skip
+rows = [{"step": name, "who": "ours", "test accuracy": r.metrics.get("test_accuracy")} for name, r, _ in steps if r is not None]
+rows += [{"step": name, "who": "the study", "test accuracy": acc} for name, _, acc in steps]
+st.altair_chart(chain_chart(pd.DataFrame(rows), [name for name, _, _ in steps]), key=f"{P}_chain", width="stretch")
+if any(r is None for _, r, _ in steps[:2]):
+    st.caption("Train the small set on page 2 and its augmentation on page 3 (or reproduce the study) to fill the chain.")
+
+st.subheader("Stored runs on this training set")
 rows = []
 for r in runs_like(info, cfg):
     run = r.config["run"]
-    if run.get("phase") != "head" or any((run.get("augment") or {}).values()) or run.get("train_per_class") is not None:
+    if run.get("phase") != "head" or run.get("train_per_class") != cfg.train_per_class:
         continue
-    rows.append(
-        {
-            **{k: run.get(k) for k in REG_KEYS},
-            "epochs": run.get("epochs"),
-            "lr": run.get("lr"),
-            "test_accuracy": r.metrics.get("test_accuracy"),
-            "val_accuracy": r.metrics.get("val_accuracy"),
-            "train_accuracy": r.metrics.get("train_accuracy"),
-            "epochs_run": r.metrics.get("epochs_run"),
-            "run_id": r.run_id,
-        }
-    )
+    rows.append({"run": run_name(run), "test accuracy": r.metrics.get("test_accuracy"),
+                 "validation accuracy": r.metrics.get("val_accuracy"), "train accuracy": r.metrics.get("train_accuracy"),
+                 "epochs run": r.metrics.get("epochs_run"), "id": r.run_id})  # fmt: skip
 if rows:
-    table = pd.DataFrame(rows).sort_values("test_accuracy", ascending=False)
-    st.dataframe(
-        table.style.highlight_max(subset=["test_accuracy"], color="#c8f7c5").format(
-            {"test_accuracy": "{:.3f}", "val_accuracy": "{:.3f}", "train_accuracy": "{:.3f}", "lr": "{:.1e}",
-             "dropout": "{:.2f}", "reduce_lr_factor": "{:.2f}"}, na_rep="–"
-        ),
-        key=f"{P}_table",
-        hide_index=True,
-    )
+    st.dataframe(pd.DataFrame(rows).sort_values("test accuracy", ascending=False), key=f"{P}_table", hide_index=True,
+                 width="stretch", column_config={c: st.column_config.NumberColumn(format="%.3f") for c in
+                                                ("test accuracy", "validation accuracy", "train accuracy")})  # fmt: skip
 else:
-    st.caption("No head run is stored yet for this dataset, backbone and image size.")
+    st.caption("No head run is stored yet on this training set for this dataset, backbone and image size.")

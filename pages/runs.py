@@ -1,91 +1,103 @@
-"""Every stored run in one table: compare curves, download a model or a config, reopen a run in its page."""
+"""Every stored run in one table: readable names, compare curves, download a model or a config, reopen a run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import streamlit as st
 
 from ui import handover
-from ui.charts import curves_chart
+from ui.catalog import page_of_run
+from ui.charts import draw_curves
 from ui.compat import ensure_router
 from ui.downloads import export_buttons
-from ui.format import fmt_acc, result_caption, runs_table, summarise_config
-from ui.resources import all_runs
-from ui.settings import settings
+from ui.format import fmt_acc, result_caption, run_name, runs_table, shown_path
+from ui.resources import all_runs, get_store, get_worker
+from ui.settings import is_admin, settings, user_name
 
 P = "runs"
-FIRST_COLUMNS = [
-    "run_id", "dataset", "backbone", "weights", "image_size", "phase", "test_accuracy", "val_accuracy",
-    "train_accuracy", "epochs_run", "seconds", "remove_blocks", "train_per_class", "dropout", "batch_norm",
-]
+SELECTED = f"{P}_selected"  # run ids, so a tick follows its run when the table changes under it
+COLUMNS = ["select", "name", "page", "test_accuracy", "val_accuracy", "train_accuracy", "dataset", "backbone",
+           "image_size", "epochs_run", "seconds", "trained_by", "created", "run_id"]  # fmt: skip
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("Runs")
-st.markdown("Every run trained so far, from any page. Select rows to compare their learning curves and to download them.")
+st.markdown("Every run trained so far, from any page. Tick runs to compare their learning curves, download them "
+            "or open them in their page.")  # fmt: skip
 s = settings()
 records = all_runs()
 if not records:
-    st.info(f"No run is stored yet in `{s['artifacts']}`. Train one on any page; it appears here.")
+    st.info(f"No run is stored yet in `{shown_path(s['artifacts'])}`. Train one on any page; it appears here.")
     st.stop()
 
 table = runs_table(records)
+f1, f2, f3 = st.columns([1, 1, 2])
 datasets = sorted(d for d in table["dataset"].dropna().unique())
-f1, f2 = st.columns([1, 3])
 choice = f1.selectbox("Dataset", ["All datasets", *datasets], key=f"{P}_dataset")
+mine = f2.toggle("Only my runs", key=f"{P}_mine", disabled=not user_name(),
+                 help="Runs trained under the name you gave in the sidebar.")  # fmt: skip
 if choice != "All datasets":
     table = table[table["dataset"] == choice]
+if mine and user_name():
+    table = table[table["trained_by"] == user_name()]
 table = table.sort_values("created", ascending=False).reset_index(drop=True)
-columns = [c for c in FIRST_COLUMNS if c in table.columns] + [c for c in table.columns if c not in FIRST_COLUMNS]
-f2.caption(f"{len(table)} run(s) in `{s['artifacts']}`; click a column header to sort, tick rows to select.")
-event = st.dataframe(
-    table[columns],
-    key=f"{P}_table",
-    on_select="rerun",
-    selection_mode="multi-row",
-    hide_index=True,
+selected: list[str] = [i for i in st.session_state.get(SELECTED, []) if i in set(table["run_id"])]
+table.insert(0, "select", table["run_id"].isin(selected))
+f3.caption(f"{len(table)} run(s){' in `' + s['artifacts'] + '`' if is_admin() else ''}; tick runs to select them.")
+
+# the editor's key changes with the rows shown, so its ticks are always the ones stored by run id above
+digest = hashlib.sha256("|".join(table["run_id"]).encode()).hexdigest()[:12]
+edited = st.data_editor(
+    table[[c for c in COLUMNS if c in table.columns]], key=f"{P}_table_{digest}", hide_index=True, width="stretch",
+    disabled=[c for c in COLUMNS if c != "select"],
     column_config={
-        "test_accuracy": st.column_config.NumberColumn("test acc", format="%.3f"),
-        "val_accuracy": st.column_config.NumberColumn("val acc", format="%.3f"),
-        "train_accuracy": st.column_config.NumberColumn("train acc", format="%.3f"),
-        "seconds": st.column_config.NumberColumn("seconds", format="%.0f"),
-        "lr": st.column_config.NumberColumn("lr", format="%.1e"),
+        "select": st.column_config.CheckboxColumn("", width="small"),
+        "name": st.column_config.TextColumn("run", width="large", help="Its page, and what differs from the defaults."),
+        "page": st.column_config.TextColumn(width="small"),
+        "test_accuracy": st.column_config.NumberColumn("test", format="%.3f", width="small"),
+        "val_accuracy": st.column_config.NumberColumn("validation", format="%.3f", width="small"),
+        "train_accuracy": st.column_config.NumberColumn("train", format="%.3f", width="small"),
+        "image_size": st.column_config.NumberColumn("px", width="small"),
+        "epochs_run": st.column_config.NumberColumn("epochs", width="small"),
+        "seconds": st.column_config.NumberColumn(format="%.0f", width="small"),
+        "trained_by": st.column_config.TextColumn("by", width="small"),
+        "run_id": st.column_config.TextColumn("id", width="small"),
     },
 )
-selected_rows = list(event.selection.rows) if event is not None else []
+st.session_state[SELECTED] = list(edited.loc[edited["select"], "run_id"])
 by_id = {r.run_id: r for r in records}
-selected = [by_id[table.iloc[i]["run_id"]] for i in selected_rows if table.iloc[i]["run_id"] in by_id]
-if not selected:
-    st.caption("Select two runs to compare their curves.")
-    st.stop()
-
-st.subheader("Learning curves")
-if len(selected) == 1:
-    st.caption("Select a second run to overlay its curves.")
-labels = {}
-for r in selected:
-    labels[f"{r.run_id} ({summarise_config(r.config.get('run', {}))})"[:90]] = r.history
-st.altair_chart(curves_chart(labels), key=f"{P}_curves")
-
-st.subheader("Selected runs")
-for r in selected:
+chosen = [by_id[i] for i in st.session_state[SELECTED] if i in by_id]
+if not chosen:
+    st.caption("Tick two runs to compare their curves.")
+else:
+    st.subheader("Learning curves")
+    draw_curves({f"{run_name(r.config.get('run', {}))} ({r.run_id[:6]})": r.history for r in chosen}, key=f"{P}_curves")
+    st.subheader("Selected runs")
+for r in chosen:
     with st.container(border=True):
         result_caption(r)
         m = r.metrics
-        st.markdown(
-            f"test **{fmt_acc(m.get('test_accuracy'))}** · validation {fmt_acc(m.get('val_accuracy'))} · "
-            f"train {fmt_acc(m.get('train_accuracy'))} · {m.get('epochs_run')} epochs · "
-            f"{summarise_config(r.config.get('run', {}))}"
-        )
+        st.markdown(f"train {fmt_acc(m.get('train_accuracy'))} · validation {fmt_acc(m.get('val_accuracy'))} · "
+                    f"test **{fmt_acc(m.get('test_accuracy'))}** · {m.get('epochs_run')} epochs")  # fmt: skip
         b1, b2, b3 = st.columns(3)
-        b1.download_button(
-            "Config (JSON)",
-            data=json.dumps(r.config, indent=2, sort_keys=True),
-            file_name=f"scenelab-{r.run_id}.json",
-            mime="application/json",
-            key=f"{P}_config_{r.run_id}",
-            icon=":material/download:",
-        )
+        b1.download_button("Config (JSON)", data=json.dumps(r.config, indent=2, sort_keys=True),
+                           file_name=f"scenelab-{r.run_id}.json", mime="application/json",
+                           key=f"{P}_config_{r.run_id}", icon=":material/download:")  # fmt: skip
         export_buttons(r, b2)
-        if b3.button("Open in its page", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:"):
-            handover.load_config(r.config.get("run", {}))
+        page = page_of_run(r.config.get("run", {}))
+        if page.takes_runs and b3.button(f"Open in {page.label}", key=f"{P}_open_{r.run_id}",
+                                         icon=":material/open_in_new:"):
+            handover.load_config(r.config.get("run", {}), page.file, run_id=r.run_id)
+
+
+if is_admin():
+    with st.expander("Owner: reset the app"):
+        busy = {j.id for j in get_worker().jobs() if j.active}
+        st.caption(f"Deletes every stored run and every feature and image cache of `{s['artifacts']}`, except the "
+                   f"{len(busy)} run(s) training now; nothing another session is using is touched.")  # fmt: skip
+        if st.checkbox("I want to delete them", key=f"{P}_reset_ok") and st.button("Reset", key=f"{P}_reset", type="primary"):
+            counts = get_store().reset(keep=busy)
+            st.cache_data.clear()
+            st.success(f"Deleted {counts['runs']} run(s) and {counts['caches']} cache file(s).")
+            st.session_state.pop(SELECTED, None)

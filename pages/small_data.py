@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from core.store import RunRecord
+from core import reference as ref
 from ui import handover, panel
-from ui import reference as ref
-from ui.charts import curves_chart
+from ui.charts import draw_curves, sweep_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import fmt_acc, result_caption
-from ui.jobs import submit_runs, track_jobs
+from ui.format import PHASE_LABELS, fmt_acc
+from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
 from ui.settings import settings
+from ui.strip import result_strip
 
 P = "small_data"
-FIELDS = ("train_per_class", "epochs", "lr", "phase")
-DEFAULTS = panel.defaults(P, FIELDS, {"train_per_class": 50})
+FIELDS = ("train_per_class", "phase", "epochs", "lr")
+DEFAULTS = panel.defaults(P, FIELDS, {"train_per_class": ref.SMALL_DATA["per_class"]})
 PER_CLASS = panel.key(P, "train_per_class")
+SWEEP = (5, 10, 25, 50, 100, None)
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("2 · Small data")
@@ -32,57 +35,74 @@ s = settings()
 handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
 if st.session_state[PER_CLASS] is None:  # a loaded full-set run: its small twin has the default size
     st.session_state[PER_CLASS] = DEFAULTS[PER_CLASS]
+apply_page_link(P, FIELDS)
+link_notice()
 handover.show_loaded_extras(P)
-ss = st.session_state
 
 smallest = min(info.counts()["train"].values())
-with st.form(f"{P}_form"):
-    f1, f2, f3, f4 = st.columns([2, 1, 1, 1])
-    panel.widget(P, "train_per_class", f1, style="slider", min_value=10, max_value=100, step=5,
-                 help=f"Drawn at random (with the seed) from what is left of train after the validation split; "
-                 f"the smallest class has {smallest} training images before that split.")
-    panel.widget(P, "epochs", f2, help=None)
-    panel.widget(P, "lr", f3, help=None)
-    panel.widget(P, "phase", f3, options=["head", "head+full"], horizontal=True, help=None)
-    submitted = f4.form_submit_button("Train both", type="primary", key=f"{P}_train", icon=":material/play_arrow:")
+with st.container(border=True):
+    f1, f2, f3, f4 = st.columns([2, 1.4, 1, 1])
+    panel.widget(P, "train_per_class", f1, style="slider", min_value=5, max_value=100, step=5,
+                 help=f"Drawn at random (with the seed) from what is left of the training folder after the validation "
+                 f"split; the smallest class has {smallest} training images before that split.")  # fmt: skip
+    panel.widget(P, "phase", f2, options=["head", "head+full"], format_func=PHASE_LABELS.get)
+    panel.widget(P, "epochs", f3)
+    panel.widget(P, "lr", f4)
 
 values = panel.values(P, FIELDS)
 small_cfg = handover.page_config(P, {}, values)
 full_cfg = handover.page_config(P, {}, {**values, "train_per_class": None})
 if small_cfg is None or full_cfg is None:
     st.stop()
-small_id, small = lookup(small_cfg, s["data_root"])
-full_id, full = lookup(full_cfg, s["data_root"])
-if submitted and small_id and full_id:
-    submit_runs(P, [small_cfg, full_cfg], s["data_root"])
-track_jobs(P, watch=[small_id, full_id])
+(small_id, small), (full_id, full) = lookup(small_cfg, s["data_root"]), lookup(full_cfg, s["data_root"])
+handover.check_opened(small_id if st.session_state.get(handover.OPENED) != full_id else full_id, small_cfg)
+sweep_cfgs = [small_cfg.replace(train_per_class=n) for n in SWEEP]
+sweep = [lookup(c, s["data_root"]) for c in sweep_cfgs]
+train_panel(P, Plan([small_cfg, full_cfg], [small_id, full_id], [small, full], label="Train both"), s["data_root"])
+write_link(P, FIELDS, DEFAULTS)
+live_progress(P, watch=[small_id, full_id, *(i for i, _ in sweep)])
 
-n = int(ss[PER_CLASS])
-st.caption(
-    f"Reference: {ref.STUDY} reached {ref.SMALL_DATA['accuracy']:.3f} with {ref.SMALL_DATA['images']} training "
-    f"images ({ref.SMALL_DATA['per_class']} per class)."
-)
+n = int(st.session_state[PER_CLASS])
+n_train = sum(info.counts()["train"].values())
+some = small or full
+if some is not None:
+    m = some.metrics
+    st.caption(f"Of the {n_train} images of the training folder, {m.get('n_val')} ({small_cfg.val_fraction:.0%} of "
+               f"each class) are held out for validation; the full set trains on the other {full.metrics.get('n_train') if full else '…'}, "
+               f"the small set on {n} per class.")  # fmt: skip
+st.caption(f"The study reached {ref.SMALL_DATA['accuracy']:.3f} with {ref.SMALL_DATA['images']} training images "
+           f"({ref.SMALL_DATA['per_class']} per class; {ref.SELECTION_NOTE}).")  # fmt: skip
+
+def gap(record) -> float:
+    return (record.metrics.get("train_accuracy") or 0) - (record.metrics.get("val_accuracy") or 0)
 
 
-def column(title: str, record: RunRecord | None, key: str) -> None:
+histories = {}
+for title, record in ((f"{n} images per class", small), ("the full training set", full)):
     st.subheader(title)
     if record is None:
-        st.info("Not trained yet with these settings: press **Train both**.")
-        return
-    m = record.metrics
-    result_caption(record)
-    c = st.columns(4)
-    c[0].metric("Training images", m.get("n_train"))
-    c[1].metric("Train accuracy", fmt_acc(m.get("train_accuracy")))
-    c[2].metric("Validation accuracy", fmt_acc(m.get("val_accuracy")))
-    c[3].metric("Test accuracy", fmt_acc(m.get("test_accuracy")))
-    gap = (m.get("train_accuracy") or 0) - (m.get("val_accuracy") or 0)
-    st.caption(f"Train − validation gap: {gap:+.3f}" + ("  (overfitting)" if gap > 0.1 else ""))
-    st.altair_chart(curves_chart({record.run_id: record.history}, width=250, height=200), key=key)
+        st.info("Not trained yet with these settings: press **Train both** in the sidebar.")
+        continue
+    result_strip(record, previous=None if record is full or full is None else full, versus="full set")
+    st.caption(f"Train − validation gap: {gap(record):+.3f}.")
+    histories[title] = record.history
+if small is not None and full is not None:
+    more = gap(small) - gap(full)
+    st.markdown(f"**The small set overfits {'more' if more > 0 else 'no more'}**: its train − validation gap is "
+                f"{gap(small):+.3f} against {gap(full):+.3f} on the full set ({more:+.3f}); its test accuracy "
+                f"{small.metrics['test_accuracy'] - full.metrics['test_accuracy']:+.3f}.")  # fmt: skip
+if histories:
+    st.subheader("Learning curves, both runs")
+    draw_curves(histories, key=f"{P}_curves")
 
-
-left, right = st.columns(2)
-with left:
-    column(f"{n} images per class", small, f"{P}_small_curves")
-with right:
-    column("The full training set", full, f"{P}_full_curves")
+st.subheader("Test accuracy against images per class")
+rows = [{"images per class": nn if nn is not None else "all", "test accuracy": r.metrics.get("test_accuracy"),
+         "n_train": r.metrics.get("n_train")} for nn, (_, r) in zip(SWEEP, sweep, strict=True) if r is not None]  # fmt: skip
+missing = [c for c, (i, r) in zip(sweep_cfgs, sweep, strict=True) if i is not None and r is None]
+if st.button(f"Train the sweep ({len(missing)} of {len(SWEEP)} not trained yet)", key=f"{P}_train_sweep",
+             disabled=not missing, help=f"{', '.join(str(x or 'all') for x in SWEEP)} images per class, these settings."):
+    submit_runs(P, missing, s["data_root"])
+    st.rerun()
+if rows:
+    st.altair_chart(sweep_chart(pd.DataFrame(rows), ref.SMALL_DATA), key=f"{P}_sweep", width="stretch")
+    st.caption("Best of the sweep: " + fmt_acc(max(r["test accuracy"] for r in rows)) + "; the star is the study's.")

@@ -1,25 +1,27 @@
-"""Task 1: cut dense blocks off the backbone; parameters against accuracy."""
+"""Task 1: cut blocks off the backbone; parameters against accuracy, beside the study's."""
 
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core import reference as ref
 from core.backbones import get_backbone
 from core.errors import SceneLabError
 from core.model import describe
 from ui import handover, panel
-from ui import reference as ref
+from ui.charts import truncation_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import fmt_acc, fmt_seconds, result_caption, summarise_config
-from ui.jobs import submit_runs, track_jobs
-from ui.resources import lookup, runs_like
+from ui.format import PHASE_LABELS, fmt_acc
+from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.links import apply_page_link, link_notice, write_link
+from ui.resources import lookup
 from ui.settings import settings
+from ui.strip import result_strip
 
 P = "truncate"
-FIELDS = ("remove_blocks", "dense_1024", "epochs", "lr", "phase")
+FIELDS = ("remove_blocks", "dense_1024", "phase", "epochs", "lr")
 DEFAULTS = panel.defaults(P, FIELDS)
 
 
@@ -38,100 +40,88 @@ st.markdown(
 info = require_dataset()
 s = settings()
 handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
+apply_page_link(P, FIELDS)
+link_notice()
 handover.show_loaded_extras(P)
 ss = st.session_state
-backbone = s["backbone"]
-spec = get_backbone(backbone)
-unit = f"{spec.block_word}s"
+spec = get_backbone(s["backbone"])
 
-# the architecture controls redraw the parameter count at once (outside the training form)
-a1, a2 = st.columns([2, 1])
-panel.widget(P, "remove_blocks", a1, label=f"{unit.capitalize()} removed from the end", style="slider", help=None)
-panel.widget(P, "dense_1024", a2, label="Dense(1024) layer in the head", help=None)
-remove, dense = int(ss[f"{P}_remove_blocks"]), bool(ss[f"{P}_dense_1024"])
+with st.container(border=True):
+    a1, a2, a3, a4 = st.columns([2, 1.2, 1.2, 1])
+    panel.widget(P, "remove_blocks", a1, style="slider", max_value=spec.blocks - 1,
+                 help=f"Blocks cut off the end of the backbone; a block of {spec.label} is a {spec.block_word}.")
+    panel.widget(P, "dense_1024", a2)
+    panel.widget(P, "phase", a2, options=["head", "head+full"], format_func=PHASE_LABELS.get)
+    panel.widget(P, "epochs", a3)
+    panel.widget(P, "lr", a4)
+remove, dense = int(ss[panel.key(P, "remove_blocks")]), bool(ss[panel.key(P, "dense_1024")])
 
 try:
-    counts = param_counts(backbone, remove, dense, len(info.classes), s["image_size"])
+    counts = param_counts(spec.name, remove, dense, len(info.classes), s["image_size"])
 except SceneLabError as exc:
     st.error(str(exc))
     st.stop()
-m1, m2, m3, m4 = st.columns(4)
-m1.metric("Backbone parameters", f"{counts['backbone_params']:,}")
-m2.metric("Head parameters", f"{counts['head_params']:,}")
-m3.metric("Total parameters", f"{counts['params_total']:,}")
-m4.metric("Cut after layer", counts["cut_layer"])
-study_params, study_acc = ref.TRUNCATION[remove]
-st.caption(
-    f"The study's DenseNet121 {ref.TRUNCATION_LABELS[remove]}: {study_params / 1e6:.2g}M backbone parameters, "
-    f"{study_acc:.3f} accuracy. {spec.label} here: feature map at the cut "
-    f"{' x '.join(map(str, counts['feature_shape']))} at {s['image_size']} px."
-)
-
-with st.form(f"{P}_form"):
-    f1, f2, f3, f4 = st.columns(4)
-    panel.widget(P, "phase", f1, options=["head", "head+full"], help=None,
-                 format_func={"head": "Head only (seconds)", "head+full": "Head, then the whole cut network"}.get)
-    panel.widget(P, "epochs", f2, help=None)
-    panel.widget(P, "lr", f3, help=None)
-    submitted = f4.form_submit_button("Train this cut", type="primary", key=f"{P}_train", icon=":material/play_arrow:")
-    all_cuts = f4.form_submit_button("Train all four cuts", key=f"{P}_train_all")
 
 cfg = handover.page_config(P, {}, panel.values(P, FIELDS))
 if cfg is None:
     st.stop()
-run_id, record = lookup(cfg, s["data_root"])
-if submitted and run_id:
-    submit_runs(P, [cfg], s["data_root"])
-elif all_cuts and run_id:
-    submit_runs(P, [cfg.replace(remove_blocks=k) for k in range(spec.blocks)], s["data_root"])
-track_jobs(P, watch=[run_id])
+cuts = [cfg.replace(remove_blocks=k) for k in range(spec.blocks)]
+looked_up = [lookup(c, s["data_root"]) for c in cuts]
+run_id, record = looked_up[remove]
+handover.check_opened(run_id, cfg)
+train_panel(P, Plan([cfg], [run_id], [record]), s["data_root"])
+write_link(P, FIELDS, DEFAULTS)
+live_progress(P, watch=[i for i, _ in looked_up])
+
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Backbone parameters", f"{counts['backbone_params']:,}")
+m2.metric("Head parameters", f"{counts['head_params']:,}")
+m3.metric("Total parameters", f"{counts['params_total']:,}")
+kept = spec.blocks - remove
+m4.metric("Blocks kept", f"{kept} of {spec.blocks}",
+          help=f"The network ends after its {spec.block_word} {kept} (layer `{counts['cut_layer']}`); feature map "
+          f"there: {' x '.join(map(str, counts['feature_shape']))} at {s['image_size']} px.")  # fmt: skip
+study_params, study_acc = (ref.TRUNCATION_DENSE if dense and remove else ref.TRUNCATION)[remove]
+st.caption(f"The study's DenseNet121, {ref.TRUNCATION_LABELS[remove]}{' with Dense(1024)' if dense else ''}: "
+           f"{study_params / 1e6:.2g}M parameters, {study_acc:.3f} ({ref.SELECTION_NOTE}).")  # fmt: skip
+missing = [c for c, (i, r) in zip(cuts, looked_up, strict=True) if i is not None and r is None]
+if st.button(f"Train every cut ({len(missing)} not trained yet)", key=f"{P}_train_all", disabled=not missing,
+             help="Queues the cuts not trained yet with these settings; each shows here as it finishes."):
+    submit_runs(P, missing, s["data_root"])
+    st.rerun()
 
 if record is not None:
-    m = record.metrics
-    result_caption(record)
-    r1, r2, r3, r4 = st.columns(4)
-    r1.metric("Test accuracy", fmt_acc(m.get("test_accuracy")))
-    r2.metric("Validation accuracy", fmt_acc(m.get("val_accuracy")))
-    r3.metric("Train accuracy", fmt_acc(m.get("train_accuracy")))
-    r4.metric("Training time", fmt_seconds(m.get("seconds")))
+    result_strip(record)
 else:
-    st.info("This cut is not trained yet with these settings: press **Train this cut** (or all four).")
+    st.info("This cut is not trained yet with these settings: press **Train** in the sidebar (or train every cut).")
 
-# -- parameters against accuracy over every stored truncation run like this one ---------------------
+# -- the trade-off: one point per cut, these training settings, beside the study's ---------------------
 st.subheader("Parameters against test accuracy")
 rows = []
-for r in runs_like(info, cfg):
-    run = r.config["run"]
-    rows.append(
-        {
-            "who": f"ours: {r.config['dataset']['name']}, {backbone}, {cfg.image_size} px",
-            "blocks removed": run.get("remove_blocks", 0),
-            "parameters": r.metrics.get("backbone_params"),
-            "test accuracy": r.metrics.get("test_accuracy"),
-            "run": r.run_id,
-            "settings": summarise_config(run),
-            "current": r.run_id == run_id,
-        }
-    )
-for k, (params, acc) in ref.TRUNCATION.items():
-    rows.append(
-        {"who": "the study (DenseNet121, 256 px)", "blocks removed": k, "parameters": params, "test accuracy": acc,
-         "run": "study", "settings": ref.TRUNCATION_LABELS[k], "current": False}
-    )
+whole = looked_up[0][1]
+for k, (rid, r) in enumerate(looked_up):
+    if r is None:
+        continue
+    acc = r.metrics.get("test_accuracy")
+    base = whole.metrics.get("test_accuracy") if whole is not None else None
+    rows.append({"who": f"ours ({spec.label}, {s['image_size']} px)", "blocks removed": k,
+                 "parameters": r.metrics.get("backbone_params"), "test accuracy": acc, "run": rid,
+                 "change": None if base is None or acc is None else acc - base})  # fmt: skip
+study = ref.TRUNCATION_DENSE if dense else ref.TRUNCATION
+for k, (params, acc) in study.items():
+    rows.append({"who": "the study (DenseNet121, 256 px)", "blocks removed": k, "parameters": params,
+                 "test accuracy": acc, "run": "study", "change": acc - ref.TRUNCATION[0][1]})  # fmt: skip
 df = pd.DataFrame(rows)
-if df.empty or not (df["run"] != "study").any():
-    st.caption("No truncation run is stored yet for this dataset, backbone and image size.")
-if not df.empty:
-    base = alt.Chart(df).encode(
-        x=alt.X("parameters:Q", scale=alt.Scale(type="log"), title="backbone parameters (log scale)"),
-        y=alt.Y("test accuracy:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("who:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=400)),
-    )
-    points = base.mark_point(filled=True, size=90).encode(
-        shape=alt.Shape("current:N", legend=None),
-        tooltip=["who", "blocks removed", alt.Tooltip("parameters:Q", format=","), alt.Tooltip("test accuracy:Q", format=".3f"), "settings", "run"],
-    )
-    labels = base.mark_text(dy=-10, fontSize=11).encode(text="blocks removed:N")
-    st.altair_chart((points + labels).properties(height=320), key=f"{P}_chart")
-    st.caption("Numbers above the points: blocks removed. Our points cover every stored run on this dataset, "
-               "backbone and image size; hover for their settings.")
+st.altair_chart(truncation_chart(df), key=f"{P}_chart", width="stretch")
+table = df.assign(cut=df["blocks removed"].map(ref.TRUNCATION_LABELS))[["who", "cut", "parameters", "test accuracy", "change"]]
+st.dataframe(
+    table, key=f"{P}_table", hide_index=True, width="stretch",
+    column_config={
+        "who": st.column_config.TextColumn("network"),
+        "parameters": st.column_config.NumberColumn("backbone parameters", format="%,d"),
+        "test accuracy": st.column_config.NumberColumn(format="%.3f"),
+        "change": st.column_config.NumberColumn("change against the whole network", format="%+.3f"),
+    },
+)
+st.caption("Ours: the runs with the settings above, one per cut; the study's as published "
+              f"({ref.SELECTION_NOTE}). Best of ours: {fmt_acc(df[df['run'] != 'study']['test accuracy'].max()) if (df['run'] != 'study').any() else '–'}.")  # fmt: skip

@@ -72,22 +72,22 @@ def test_sidebar_reports_the_dataset(tiny_dataset, tmp_path):
     at = open_page(None, tiny_dataset, tmp_path / "artifacts")
     sidebar = "\n".join(c.value for c in at.sidebar.caption)
     assert "3 classes · 24 train · 9 test images" in sidebar
-    assert at.sidebar.selectbox(key="backbone").value == "densenet121"
-    assert at.sidebar.radio(key="weights").value == "none"
+    assert at.sidebar.selectbox(key="_w_backbone").value == "densenet121"
+    assert at.sidebar.radio(key="_w_weights").value == "none"
 
 
 def test_finetune_trains_in_the_background_then_shows_results(tiny_dataset, tmp_path):
-    at = open_page(None, tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
+    at = open_page("pages/finetune.py", tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
     assert "Not trained yet" in texts(at)
-    at.radio(key="finetune_phase").set_value("head")
-    at.number_input(key="finetune_epochs").set_value(2)
+    at.radio(key="_w_finetune_phase").set_value("head")
+    at.number_input(key="_w_finetune_epochs").set_value(2)
     at.button(key="finetune_train").click()
     at.run()
     assert not at.exception
     at = wait_for(at, lambda a: "Test accuracy" in metrics(a))
     m = metrics(at)
     assert float(m["Test accuracy"]) >= 0.0 and m["Epochs"] == "2"
-    assert "dataset **" + tiny_dataset.name in texts(at)  # the numbers name their dataset and run
+    assert "dataset " + tiny_dataset.name in texts(at)  # the numbers name their dataset and run
     record = Store(tmp_path / "artifacts").list_runs()[0]
     assert f"run `{record.run_id}`" in texts(at)
     assert record.config["run"]["remove_blocks"] == 3 and record.config["run"]["phase"] == "head"
@@ -95,7 +95,7 @@ def test_finetune_trains_in_the_background_then_shows_results(tiny_dataset, tmp_
 
 def test_finetune_opens_on_cached_run_and_lists_mistakes(tiny_dataset, trained):
     artifacts, record = trained
-    at = open_page(None, tiny_dataset, artifacts, finetune_extra=TINY_EXTRAS, finetune_phase="head", finetune_epochs=2, finetune_batch_size=8)
+    at = open_page("pages/finetune.py", tiny_dataset, artifacts, finetune_extra=TINY_EXTRAS, finetune_phase="head", finetune_epochs=2, finetune_batch_size=8)
     m = metrics(at)
     assert m["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
     assert f"run `{record.run_id}`" in texts(at)
@@ -126,11 +126,11 @@ def test_truncate_counts_parameters_before_training(tiny_dataset, trained):
     artifacts, record = trained
     at = open_page("pages/truncate.py", tiny_dataset, artifacts, truncate_extra={"val_fraction": 0.25, "batch_size": 8}, truncate_epochs=2)
     assert metrics(at)["Backbone parameters"] == "7,037,504"
-    at.slider(key="truncate_remove_blocks").set_value(2).run()
+    at.slider(key="_w_truncate_remove_blocks").set_value(2).run()
     assert metrics(at)["Backbone parameters"] == "1,444,928"
-    assert "1.4M backbone parameters, 0.825 accuracy" in texts(at)  # the study's figure beside ours
+    assert "−2 blocks: 1.5M parameters, 0.825" in texts(at)  # the study's figure beside ours
     assert "Test accuracy" not in metrics(at)  # not trained at this cut
-    at.slider(key="truncate_remove_blocks").set_value(3).run()
+    at.slider(key="_w_truncate_remove_blocks").set_value(3).run()
     assert metrics(at)["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
     assert at.get("vega_lite_chart"), "the parameters-against-accuracy chart is missing"
 
@@ -138,55 +138,63 @@ def test_truncate_counts_parameters_before_training(tiny_dataset, trained):
 def test_small_data_shows_small_and_full_side_by_side(tiny_dataset, tmp_path):
     artifacts = tmp_path / "artifacts"
     at = open_page("pages/small_data.py", tiny_dataset, artifacts, small_data_extra=TINY_EXTRAS)
-    assert [s.value for s in at.subheader] == ["50 images per class", "The full training set"]
-    at.slider(key="small_data_train_per_class").set_value(10)
-    at.number_input(key="small_data_epochs").set_value(2)
+    assert [s.value for s in at.subheader][:2] == ["50 images per class", "the full training set"]
+    at.slider(key="_w_small_data_train_per_class").set_value(5)
+    at.number_input(key="_w_small_data_epochs").set_value(2)
+    at.run()
     at.button(key="small_data_train").click().run()
     at = wait_for(at, lambda a: [m.label for m in a.metric].count("Test accuracy") == 2)
-    assert [s.value for s in at.subheader] == ["10 images per class", "The full training set"]
+    assert [s.value for s in at.subheader][:3] == ["5 images per class", "the full training set", "Learning curves, both runs"]
     runs = {r.config["run"]["train_per_class"]: r for r in Store(artifacts).list_runs()}
-    assert set(runs) == {10, None}
-    assert [m.value for m in at.metric if m.label == "Training images"] == [
-        str(runs[10].metrics["n_train"]),
-        str(runs[None].metrics["n_train"]),
-    ]
+    assert set(runs) == {5, None}
+    split = next(c.value for c in at.caption if c.value.startswith("Of the 24 images of the training folder"))
+    assert f"held out for validation; the full set trains on the other {runs[None].metrics['n_train']}" in split
+    assert "overfits" in texts(at)  # one verdict comparing both gaps, not a label on each run
+    assert len(at.get("vega_lite_chart")) >= 3  # loss and accuracy (both runs on each), and the sweep
 
 
 def test_augmentation_preview_follows_the_controls(tiny_dataset, tmp_path):
     at = open_page("pages/augmentation.py", tiny_dataset, tmp_path / "artifacts")
-    first = at.image[0].value
-    assert first and "8 training images at 32 px" in at.image[0].captions[0]
-    at.toggle(key="augmentation_hflip").set_value(True)
-    at.slider(key="augmentation_rotation").set_value(90.0).run()
-    flipped = at.image[0].value
-    assert flipped != first
-    assert "**Augmented** (rotation 90 + h-flip)" in texts(at)
+    original, first = at.image[0].value, at.image[1].value
+    assert "unchanged" in at.image[0].captions[0] and "augmented: none" in at.image[1].captions[0]
+    at.toggle(key="_w_augmentation_hflip").set_value(True)
+    at.slider(key="_w_augmentation_rotation").set_value(90.0).run()
+    flipped = at.image[1].value
+    assert flipped != first and at.image[0].value == original  # the originals stay beside
+    assert "augmented: rotation 90 + horizontal flip" in at.image[1].captions[0]
     at.button(key="augmentation_reshuffle").click().run()
-    assert at.image[0].value != flipped  # another draw of the same transformations
-    assert "preview seed 1" in texts(at)
+    assert at.image[1].value != flipped  # another draw of the same transformations
 
 
-def test_augmentation_table_lists_stored_runs(tiny_dataset, trained):
+def test_augmentation_grid_lists_its_runs_against_the_baseline(tiny_dataset, trained):
     artifacts, record = trained
-    at = open_page(
-        "pages/augmentation.py", tiny_dataset, artifacts, augmentation_extra=TINY_EXTRAS, augmentation_epochs=2
-    )
+    small = TINY.replace(train_per_class=4)
+    base = train(small, tiny_dataset, Store(artifacts)).record
+    from core.config import AugmentConfig
+
+    flip = train(small.replace(augment=AugmentConfig(hflip=True)), tiny_dataset, Store(artifacts)).record
+    extras = {**TINY_EXTRAS, "train_per_class": 4}
+    at = open_page("pages/augmentation.py", tiny_dataset, artifacts, augmentation_extra=extras, augmentation_epochs=2,
+                   augmentation_train_per_class=4)  # fmt: skip
     table = at.dataframe[0].value
-    assert list(table["run_id"]) == [record.run_id] and list(table["augmentation"]) == ["none"]
+    assert set(table["run"]) == {base.run_id, flip.run_id}
+    row = table[table["run"] == flip.run_id].iloc[0]
+    assert row["augmentation"] == "horizontal flip"
+    assert row["change"] == pytest.approx(flip.metrics["test_accuracy"] - base.metrics["test_accuracy"])
 
 
 def test_regularisation_overlays_the_previous_setting(tiny_dataset, trained):
     artifacts, record = trained
-    at = open_page("pages/regularisation.py", tiny_dataset, artifacts, regularisation_extra=TINY_EXTRAS, regularisation_epochs=2)
+    at = open_page("pages/regularisation.py", tiny_dataset, artifacts, regularisation_extra=TINY_EXTRAS,
+                   regularisation_epochs=2, regularisation_train_per_class=None, regularisation_best_aug=False)  # fmt: skip
     assert metrics(at)["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
-    at.slider(key="regularisation_dropout").set_value(0.5)
+    at.slider(key="_w_regularisation_dropout").set_value(0.5).run()
     at.button(key="regularisation_train").click().run()
-    at = wait_for(at, lambda a: "Previous:" in texts(a))
-    assert f"run `{record.run_id}`" in texts(at)  # the previous run, named
+    at = wait_for(at, lambda a: any(m.label == "Test accuracy" and m.delta for m in a.metric))
     test_metric = next(m for m in at.metric if m.label == "Test accuracy")
     assert test_metric.delta.endswith("vs previous")
     table = at.dataframe[0].value
-    assert sorted(table["dropout"]) == [0.0, 0.5]
+    assert any("dropout 0.5" in name for name in table["run"]) and len(table) == 2
 
 
 def test_loaded_config_prefills_a_page_and_is_consumed(tiny_dataset, trained):
@@ -194,39 +202,41 @@ def test_loaded_config_prefills_a_page_and_is_consumed(tiny_dataset, trained):
     loaded = TINY.replace(dropout=0.25, image_size=64, seed=3, tta=True).to_dict()
     at = open_page("pages/regularisation.py", tiny_dataset, artifacts, loaded_config=loaded)
     assert "loaded_config" not in at.session_state
-    assert at.slider(key="regularisation_dropout").value == 0.25
-    assert at.number_input(key="regularisation_epochs").value == 2
+    assert at.slider(key="_w_regularisation_dropout").value == 0.25
+    assert at.number_input(key="_w_regularisation_epochs").value == 2
     assert at.session_state["image_size"] == 64 and at.session_state["seed"] == 3
-    assert at.sidebar.checkbox(key="tta").value is True  # the sidebar's test-time flip follows the run
+    assert at.sidebar.checkbox(key="_w_tta").value is True  # the sidebar's test-time flip follows the run
     assert "Also kept from the loaded run: remove_blocks=3, val_fraction=0.25, batch_size=8." in texts(at)
 
 
 def test_runs_page_lists_every_stored_run(tiny_dataset, trained):
     artifacts, record = trained
     at = open_page("pages/runs.py", tiny_dataset, artifacts)
-    table = at.dataframe[0].value
+    table = at.get("arrow_data_frame")[0].value if at.get("arrow_data_frame") else at.dataframe[0].value
     stored = {r.run_id for r in Store(artifacts).list_runs()}
     assert set(table["run_id"]) == stored and record.run_id in stored
     row = table[table["run_id"] == record.run_id].iloc[0]
     assert row["dataset"] == tiny_dataset.name and row["test_accuracy"] == record.metrics["test_accuracy"]
+    assert row["name"] == "1 · head only, blocks removed 3, epochs 2, batch size 8"  # its page, and what differs
     assert at.selectbox(key="runs_dataset").options == ["All datasets", tiny_dataset.name]
 
 
 def test_finetune_frozen_blocks_name_their_run_or_one_sentence(tiny_dataset, tmp_path):
-    at = open_page(None, tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
-    at.radio(key="finetune_phase").set_value("full")
-    at.number_input(key="finetune_freeze_blocks").set_value(1)
-    at.button(key="finetune_train").click()  # the form's values apply on submit
-    at.run()
+    at = open_page("pages/finetune.py", tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
+    at.radio(key="_w_finetune_phase").set_value("full")
+    at.number_input(key="_w_finetune_freeze_blocks").set_value(1)
+    at.run()  # settings apply at once: no form to submit
     assert not at.exception
+    assert at.button(key="finetune_train").disabled  # nothing to train with settings that cannot be
     # TINY keeps one dense block (3 removed): it must train, so nothing can stay frozen
     assert any("(--freeze-blocks) must be 0 to 0" in e.value for e in at.error), [e.value for e in at.error]
     assert not Store(tmp_path / "artifacts").list_runs()
-    at.radio(key="finetune_phase").set_value("head")  # head only: the frozen-blocks setting does not apply
-    at.number_input(key="finetune_epochs").set_value(1)
+    at.radio(key="_w_finetune_phase").set_value("head")  # head only: the frozen-blocks setting does not apply
+    at.number_input(key="_w_finetune_epochs").set_value(1)
+    at.run()
+    assert not at.error and at.number_input(key="_w_finetune_freeze_blocks").disabled
     at.button(key="finetune_train").click()
     at.run()
-    assert not at.error
     at = wait_for(at, lambda a: "Test accuracy" in metrics(a))
     (record,) = Store(tmp_path / "artifacts").list_runs()
     assert record.config["run"]["phase"] == "head" and record.config["run"]["freeze_blocks"] == 0

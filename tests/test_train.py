@@ -88,7 +88,7 @@ def test_saved_head_reloads_to_same_predictions(tiny_dataset, store):
 def test_augmented_head_and_full_phases(tiny_dataset, store):
     aug = TINY.replace(augment=AugmentConfig(rotation=20, zoom=0.2, hflip=True), epochs=1)
     r = train(aug, tiny_dataset, store)
-    assert r.record.metrics["feature_cache_hit"] is None and r.record.metrics["epochs_run"] == 1
+    assert r.record.metrics["feature_cache_hit"] is False and r.record.metrics["epochs_run"] == 1
     both = train(TINY.replace(phase="head+full", epochs=1, full_epochs=1, dense_1024=True, batch_norm=True), tiny_dataset, store)
     hist = both.record.history
     assert [row["phase"] for row in hist] == [0.0, 1.0]
@@ -241,3 +241,21 @@ def test_late_settings_at_default_keep_earlier_run_ids():
     expected = stable_hash({"config": payload, "dataset": "x", "weights": weights.identity, "v": store_mod.CACHE_FORMAT_VERSION})
     assert identity.run_id_for(cfg, "x", weights) == expected
     assert identity.run_id_for(cfg.replace(tta=True), "x", weights) != expected
+
+
+def test_augmented_heads_share_their_epochs_of_augmented_features(tiny_dataset, store):
+    """A head with augmentation trains on each epoch's augmented images' features, computed once: a second run
+    with the same augmentation and another head (the regularisation variants) computes none again."""
+    from core import augbank
+
+    augbank._banks.clear()
+    aug = TINY.replace(augment=AugmentConfig(zoom=0.2, hflip=True), epochs=3)
+    first = train(aug, tiny_dataset, store)
+    banks = dict(augbank._banks)
+    assert len(banks) == 3  # one per epoch
+    second = train(aug.replace(dropout=0.5, batch_norm=True), tiny_dataset, store)
+    assert dict(augbank._banks).keys() == banks.keys() and all(augbank._banks[k] is banks[k] for k in banks)
+    assert first.run_id != second.run_id
+    # each epoch is another augmentation of the same images
+    epochs = list(banks.values())
+    assert not np.allclose(epochs[0], epochs[1])

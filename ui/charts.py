@@ -32,30 +32,50 @@ def curves_frame(histories: Mapping[str, list[dict[str, float]]]) -> pd.DataFram
     return pd.DataFrame(rows, columns=["run", "epoch", "metric", "split", "value", "phase", "lr"])
 
 
-def curves_chart(histories: Mapping[str, list[dict[str, float]]], width: int = 330, height: int = 230) -> alt.HConcatChart:
-    """Train and validation loss (left) and accuracy (right) per epoch; several runs overlaid."""
+SPLIT_DASH = alt.Scale(domain=["train", "validation"], range=[[1, 0], [6, 4]])
+SPLIT_COLOUR = alt.Scale(domain=["train", "validation"], range=["#1f77b4", "#ff7f0e"])
+RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+
+def metric_chart(histories: Mapping[str, list[dict[str, float]]], metric: str, height: int = 240) -> alt.LayerChart:
+    """One metric per epoch, every run on it (one y-axis): train solid, validation dashed.
+
+    With one run colour shows the split; with several, colour shows the run (clearly different colours) and
+    the dash the split; legends draw lines with their dash, not dots."""
     df = curves_frame(histories)
+    part = df[df["metric"] == metric]
     several = df["run"].nunique() > 1
-    panels = []
-    for metric in ("loss", "accuracy"):
-        part = df[df["metric"] == metric]
-        enc: dict[str, Any] = {
-            "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1)),
-            "y": alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
-            "strokeDash": alt.StrokeDash("split:N", title="split", sort=["train", "validation"]),
-            "tooltip": ["run", "split", "epoch", alt.Tooltip("value:Q", format=".4f"), "phase", alt.Tooltip("lr:Q", format=".2g")],
-        }
-        enc["color"] = alt.Color("run:N", title="run") if several else alt.Color("split:N", title="split", sort=["train", "validation"])
-        lines = alt.Chart(part).mark_line(point=alt.OverlayMarkDef(size=25)).encode(**enc)
-        layers = [lines]
-        boundary = part[part["phase"] == "whole network"].groupby("run")["epoch"].min().reset_index()
-        if len(boundary):
-            boundary["start"] = boundary["epoch"] - 0.5
-            layers.append(
-                alt.Chart(boundary).mark_rule(strokeDash=[2, 2], color="gray").encode(x="start:Q", tooltip=[alt.Tooltip("run"), alt.Tooltip("epoch", title="whole network from epoch")])
+    stroke = alt.Legend(symbolType="stroke", symbolStrokeWidth=2, orient="bottom", direction="vertical", labelLimit=260)
+    enc: dict[str, Any] = {
+        "x": alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        "y": alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
+        "strokeDash": alt.StrokeDash("split:N", title="split", scale=SPLIT_DASH, legend=stroke if several else None),
+        "tooltip": ["run", "split", "epoch", alt.Tooltip("value:Q", format=".3f"), "phase", alt.Tooltip("lr:Q", format=".2g")],
+        "detail": "run:N",
+    }
+    if several:
+        enc["color"] = alt.Color("run:N", title="run", scale=alt.Scale(range=RUN_COLOURS), legend=stroke)
+    else:
+        enc["color"] = alt.Color("split:N", title="split", scale=SPLIT_COLOUR, legend=stroke)
+    layers = [alt.Chart(part).mark_line(strokeWidth=2).encode(**enc)]
+    boundary = part[part["phase"] == "whole network"].groupby("run")["epoch"].min().reset_index()
+    if len(boundary):
+        boundary["start"] = boundary["epoch"] - 0.5
+        layers.append(
+            alt.Chart(boundary).mark_rule(strokeDash=[2, 2], color="gray").encode(
+                x="start:Q", tooltip=[alt.Tooltip("run"), alt.Tooltip("epoch", title="whole network from epoch")]
             )
-        panels.append(alt.layer(*layers).properties(width=width, height=height, title=f"{metric} per epoch"))
-    return alt.hconcat(*panels)
+        )
+    return alt.layer(*layers).properties(height=height, title=f"{metric} per epoch")
+
+
+def draw_curves(histories: Mapping[str, list[dict[str, float]]], key: str, height: int = 240) -> None:
+    """Loss and accuracy side by side, each as wide as its column (never wider than the page)."""
+    import streamlit as st
+
+    left, right = st.columns(2)
+    left.altair_chart(metric_chart(histories, "loss", height), key=f"{key}_loss", width="stretch")
+    right.altair_chart(metric_chart(histories, "accuracy", height), key=f"{key}_accuracy", width="stretch")
 
 
 def confusion_chart(classes: list[str], confusion: list[list[int]], selection: Any | None = None) -> alt.LayerChart:
@@ -85,3 +105,72 @@ def confusion_chart(classes: list[str], confusion: list[list[int]], selection: A
     )
     size = max(260, 42 * len(classes))
     return alt.layer(rect, text).properties(width=size, height=size)
+
+
+def truncation_chart(df: pd.DataFrame, height: int = 300) -> alt.LayerChart:
+    """Backbone parameters (log) against test accuracy, the y-axis zoomed to the points; each point labelled
+    with its blocks removed; ours and the study's as two labelled series."""
+    lo = float(df["test accuracy"].min()) if len(df) else 0.0
+    hi = float(df["test accuracy"].max()) if len(df) else 1.0
+    pad = max(0.02, (hi - lo) * 0.15)
+    base = alt.Chart(df).encode(
+        x=alt.X("parameters:Q", scale=alt.Scale(type="log"), title="backbone parameters (log scale)"),
+        y=alt.Y("test accuracy:Q", scale=alt.Scale(domain=[max(0.0, lo - pad), min(1.0, hi + pad)]),
+                title="test accuracy"),
+        color=alt.Color("who:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=400)),
+    )
+    lines = base.mark_line(opacity=0.5).encode(detail="who:N", order="blocks removed:Q")
+    points = base.mark_point(filled=True, size=90).encode(
+        shape=alt.Shape("who:N", legend=None),
+        tooltip=["who", "blocks removed", alt.Tooltip("parameters:Q", format=","),
+                 alt.Tooltip("test accuracy:Q", format=".3f"), "run"],
+    )
+    labels = base.mark_text(dy=-12, fontSize=11).encode(text=alt.Text("blocks removed:N"))
+    return alt.layer(lines, points, labels).properties(height=height, title="numbers: blocks removed")
+
+
+def sweep_chart(df: pd.DataFrame, study: dict, height: int = 260) -> alt.LayerChart:
+    """Test accuracy against training images per class ("all" last), with the study's point as a star."""
+    order = [str(v) for v in df["images per class"]]
+    df = df.assign(**{"images per class": [str(v) for v in df["images per class"]]})
+    x = alt.X("images per class:N", sort=order, title="training images per class", axis=alt.Axis(labelAngle=0))
+    y = alt.Y("test accuracy:Q", scale=alt.Scale(zero=False), title="test accuracy")
+    ours = alt.Chart(df).mark_line(point=True).encode(x=x, y=y, tooltip=["images per class", alt.Tooltip("test accuracy:Q", format=".3f"), "n_train"])
+    star = pd.DataFrame([{"images per class": str(study["per_class"]), "test accuracy": study["accuracy"]}])
+    mark = alt.Chart(star).mark_point(shape="diamond", size=160, color="#d62728", filled=True).encode(
+        x=x, y=y, tooltip=[alt.Tooltip("test accuracy:Q", title="the study", format=".3f")]
+    )
+    return alt.layer(ours, mark).properties(height=height)
+
+
+def effects_chart(effects: list, height: int = 220) -> alt.LayerChart:
+    """Each augmentation factor's main effect on test accuracy, with its 95% interval."""
+    from core.config import AUGMENT_SETTINGS
+
+    df = pd.DataFrame([{"factor": AUGMENT_SETTINGS[e.factor].label, "effect": e.effect, "lo": e.effect - e.spread,
+                        "hi": e.effect + e.spread, "runs": f"{e.n_on} on / {e.n_off} off"} for e in effects])  # fmt: skip
+    y = alt.Y("factor:N", sort=list(df["factor"]), title=None)
+    bars = alt.Chart(df).mark_bar().encode(
+        x=alt.X("effect:Q", title="change in test accuracy when on"), y=y,
+        color=alt.condition("datum.effect > 0", alt.value("#2ca02c"), alt.value("#d62728")),
+        tooltip=["factor", alt.Tooltip("effect:Q", format="+.3f"), "runs"],
+    )
+    rules = alt.Chart(df).mark_rule(color="black").encode(x="lo:Q", x2="hi:Q", y=y)
+    return alt.layer(bars, rules).properties(height=height, title="main effects")
+
+
+def chain_chart(df: pd.DataFrame, steps: list[str], height: int = 220) -> alt.Chart:
+    """Test accuracy step by step (ours beside the study's), y-axis zoomed to the bars."""
+    lo = float(df["test accuracy"].min()) if len(df) else 0.0
+    return (
+        alt.Chart(df)
+        .mark_bar(clip=True)
+        .encode(
+            x=alt.X("step:N", sort=steps, title=None, axis=alt.Axis(labelAngle=0, labelLimit=200)),
+            xOffset=alt.XOffset("who:N"),
+            y=alt.Y("test accuracy:Q", scale=alt.Scale(domain=[max(0.0, lo - 0.1), 1.0]), title="test accuracy"),
+            color=alt.Color("who:N", title=None, scale=alt.Scale(domain=["ours", "the study"], range=["#1f77b4", "#bbbbbb"])),
+            tooltip=["step", "who", alt.Tooltip("test accuracy:Q", format=".3f")],
+        )
+        .properties(height=height)
+    )

@@ -7,6 +7,8 @@ shows its progress and switches to them when they are ready.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -15,9 +17,11 @@ import streamlit as st
 from core.bundled import is_bundled
 from core.data import DatasetInfo
 from core.download import default_original_dest, download_original
-from ui.format import fmt_eta
+from core.errors import SceneLabError
+from ui.format import fmt_eta, shown_path
+from ui.panel import bind
 from ui.resources import dataset_report, get_task, start_task
-from ui.settings import BUNDLED_ERROR, settings
+from ui.settings import BUNDLED_ERROR, is_admin, settings
 
 DOWNLOAD_TASK = "download-originals"
 
@@ -59,42 +63,101 @@ def require_dataset() -> DatasetInfo:
     return info
 
 
-def dataset_section() -> None:
-    """Dataset path and its report; for the bundled copy, what it is and the download of the originals."""
+def known_datasets() -> dict[str, str]:
+    """Datasets a user can pick without typing a server path: path -> a name to show."""
+    from core.archive import default_upload_root
+    from core.bundled import bundled_folder
+
+    found: dict[str, str] = {}
+    bundled = bundled_folder(settings()["artifacts"])
+    if is_bundled(bundled):
+        found[str(bundled)] = "MIT 8-scene, 64 px (bundled)"
+    env = os.environ.get("SCENELAB_DATA", "").strip()
+    if env:
+        found.setdefault(str(Path(env).expanduser()), f"{Path(env).name} (this installation's)")
+    original = default_original_dest()
+    if (original / "train").is_dir():
+        found[str(original)] = "MIT 8-scene, 256 px (downloaded)"
+    uploads = default_upload_root()
+    with contextlib.suppress(OSError):
+        for folder in sorted(p for p in uploads.iterdir() if (p / "train").is_dir() and not p.name.startswith(".")):
+            found[str(folder)] = f"{folder.name} (uploaded)"
+    current = str(st.session_state.get("data_root") or "")
+    if current and current not in found:
+        found[current] = shown_path(current)
+    return found
+
+
+def dataset_section() -> DatasetInfo | None:
+    """The dataset: picked by name (or typed as a path by the app's owner), its report, a zip upload, and
+    for the bundled copy what it is and the download of the originals."""
     ss = st.session_state
     if SWITCH in ss:
         ss["data_root"] = ss.pop(SWITCH)
-    st.text_input(
-        "Dataset folder",
-        key="data_root",
-        help="A folder with train/<class>/ and test/<class>/ image folders.",
-    )
+    if is_admin():
+        bind("data_root", st.text_input, "Dataset folder",
+             help="A folder with train/<class>/ and test/<class>/ image folders (only the app's owner types paths).")
+    else:
+        options = known_datasets()
+        bind("data_root", st.selectbox, "Dataset", list(options), format_func=lambda p: options.get(p, shown_path(p)))
     info = dataset_report(ss["data_root"], show_error=False)
     if info is None:
         st.error("No usable dataset here; see the main page for what to put where.")
     else:
-        counts = info.counts()
-        n_train, n_test = sum(counts["train"].values()), sum(counts["test"].values())
-        st.caption(f"**{info.root.name}**: {len(info.classes)} classes · {n_train} train · {n_test} test images")
-        with st.expander("Images per class"):
-            st.dataframe(
-                pd.DataFrame(counts).rename_axis("class"),
-                key="sidebar_counts",
-                width="stretch",
-            )
-        if info.skipped:
-            with st.expander(f"Skipped files ({len(info.skipped)})"):
-                st.dataframe(
-                    pd.DataFrame([{"file": s.path, "reason": s.reason} for s in info.skipped]),
-                    key="sidebar_skipped",
-                    hide_index=True,
-                )
+        _report(info)
     if info is not None and is_bundled(info.root):
         st.caption(
             "The bundled copy: MIT 8-scene in the study's MIT_split at **64 px** (Oliva & Torralba 2001); "
             "the study used the 256 px originals."
         )
     _download_control(info is not None and is_bundled(info.root))
+    upload_control()
+    return info
+
+
+def _report(info: DatasetInfo) -> None:
+    counts = info.counts()
+    n_train, n_test = sum(counts["train"].values()), sum(counts["test"].values())
+    st.caption(f"**{info.root.name}**: {len(info.classes)} classes · {n_train} train · {n_test} test images")
+    with st.expander("Images per class"):
+        st.dataframe(pd.DataFrame(counts).rename_axis("class"), key="sidebar_counts", width="stretch")
+    if info.skipped:
+        with st.expander(f"Skipped files ({len(info.skipped)})"):
+            rows = [{"file": s.path, "reason": s.reason} for s in info.skipped]
+            st.dataframe(pd.DataFrame(rows), key="sidebar_skipped", hide_index=True)
+
+
+def upload_control() -> None:
+    """A zip of ``train/<class>/`` and ``test/<class>/`` (or of class folders, then split) becomes the dataset."""
+    from core.archive import Limits, default_upload_root, import_zip
+
+    limits = Limits()
+    with st.expander("Add a dataset (.zip)"):
+        upload = st.file_uploader(
+            "Zip of train/<class>/ and test/<class>/ folders, or of class folders only", type=["zip"],
+            key="data_upload", help=f"Unpacked safely (at most {limits.max_total_bytes >> 20} MB and "
+            f"{limits.max_files:,} files); class folders only are split 70/30 per class with the seed.",
+        )
+        if upload is None or st.session_state.get("_data_uploaded") == upload.file_id:
+            return
+        name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(upload.name).stem)[:60] or "dataset"
+        dest = default_upload_root() / name
+        suffix = 1
+        while dest.exists():
+            suffix += 1
+            dest = default_upload_root() / f"{name}-{suffix}"
+        try:
+            with st.spinner(f"Unpacking {upload.name}…"):
+                result = import_zip(upload, dest, seed=int(settings()["seed"]))
+        except SceneLabError as exc:
+            st.error(str(exc))
+            return
+        st.session_state["_data_uploaded"] = upload.file_id
+        split = f", split {1 - result.test_share:.0%}/{result.test_share:.0%}" if result.was_split else ""
+        st.success(f"{upload.name}: {sum(result.counts['train'].values())} train and "
+                   f"{sum(result.counts['test'].values())} test images{split}; now the dataset.")
+        _switch_to(result.dest)
+        st.rerun()
 
 
 SWITCH = "_switch_data_root"  # a dataset to switch to on the next run, before the path widget is drawn

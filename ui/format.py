@@ -1,7 +1,12 @@
-"""Words and numbers for the pages: formatted figures and seconds, a run's context line, its settings in short."""
+"""Words and numbers for the pages: one format for every figure, and a readable name for every run.
+
+Accuracies have 3 decimals everywhere; a setting is called by its label (``core.config``'s metadata) on
+every page; a run is named after its page and what differs from the defaults ("4 · dropout 0.5, 50/class").
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,35 +14,20 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.config import RunConfig
+from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, RunConfig
 from core.runs import summary_row
 from core.store import RunRecord
+from ui.catalog import page_of_run
 from ui.settings import CONFIG_SHARED_KEYS
 
-
-def runs_table(records: list[RunRecord]) -> pd.DataFrame:
-    return pd.DataFrame([summary_row(r) for r in records])
-
-
-def result_line(record: RunRecord) -> str:
-    cfg = record.config.get("run", {})
-    ds = record.config.get("dataset", {}).get("name", "?")
-    weights = cfg.get("weights", "?")
-    return (
-        f"dataset **{ds}** · {cfg.get('backbone', '?')} ({weights} weights) · "
-        f"{cfg.get('image_size', '?')} px{' · test-time flip' if cfg.get('tta') else ''} · run `{record.run_id}`"
-    )
-
-
-def result_caption(record: RunRecord) -> None:
-    """One line naming the dataset, backbone, image size and run id of the numbers next to it."""
-    m = record.metrics
-    extra = []
-    if m.get("seconds") is not None:
-        extra.append(f"trained in {fmt_seconds(m['seconds'])}")
-    if record.config.get("created"):
-        extra.append(str(record.config["created"])[:16].replace("T", " "))
-    st.caption(result_line(record) + ("".join(f" · {e}" for e in extra)))
+_DEFAULTS = RunConfig().to_dict()
+PHASE_LABELS = {
+    "head+full": "Head, then the whole network (the study)",
+    "head": "Head only (backbone frozen)",
+    "full": "Whole network from the start",
+}
+# settings whose default every run shows anyway, or that a name leaves to the context line
+_UNNAMED = set(CONFIG_SHARED_KEYS) | {"val_fraction", "freeze_blocks"}
 
 
 def fmt_seconds(seconds: float | None) -> str:
@@ -64,41 +54,111 @@ def fmt_acc(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
-def summarise_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
-    """The settings of a run that differ from ``defaults`` (RunConfig's), as short text."""
-    base = defaults if defaults is not None else RunConfig().to_dict()
-    parts = []
-    for k, v in cfg.items():
-        if k in CONFIG_SHARED_KEYS:
-            continue
-        if k == "augment":
-            aug = augment_label(v or {})
-            if aug != "none":
-                parts.append(f"augment: {aug}")
-        elif base.get(k) != v:
-            parts.append(f"{k}={v}")
-    return ", ".join(parts) or "defaults"
-
-
-def job_label(cfg: RunConfig) -> str:
-    """Phase and epochs, then whatever else differs from the defaults."""
-    epochs = f"{cfg.epochs}+{cfg.resolved_full_epochs} epochs" if cfg.phase == "head+full" else f"{cfg.epochs} epochs"
-    rest = summarise_config({k: v for k, v in cfg.to_dict().items() if k not in ("phase", "epochs", "full_epochs")})
-    return f"{cfg.phase}, {epochs}" + ("" if rest == "defaults" else f", {rest}")
+def fmt_value(name: str, value: Any) -> str:
+    """A setting's value as a person writes it (learning rates in scientific notation)."""
+    info = RUN_SETTINGS.get(name) or AUGMENT_SETTINGS.get(name)
+    if value is None:
+        return info.none_label if info is not None else "–"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:.1e}" if info is not None and info.log and value < 0.01 else f"{value:.3g}"
+    return str(value)
 
 
 def augment_label(aug: Mapping[str, Any]) -> str:
-    names = {
-        "hflip": "h-flip",
-        "vflip": "v-flip",
-        "grid_mask": "GridMask",
-        "channel_shuffle": "channel shuffle",
-    }
+    """The augmentations that are on, e.g. ``horizontal flip + zoom 0.2``; ``none``."""
     parts = []
-    for k in ("rotation", "width_shift", "height_shift", "shear", "zoom"):
-        if aug.get(k):
-            parts.append(f"{k.replace('_', ' ')} {aug[k]:g}")
-    for k, label in names.items():
-        if aug.get(k):
-            parts.append(label)
+    for name, info in AUGMENT_SETTINGS.items():
+        value = aug.get(name)
+        if value:
+            parts.append(info.label.lower() if isinstance(value, bool) else f"{info.label.lower()} {value:g}")
     return " + ".join(parts) or "none"
+
+
+def setting_phrases(run: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """What differs from ``defaults`` (RunConfig's), each as a short phrase in the settings' own words."""
+    base = defaults if defaults is not None else _DEFAULTS
+    parts = []
+    order = ["phase", *(n for n in RUN_SETTINGS if n != "phase"), "augment"]
+    for name in order:
+        if name not in run:
+            continue
+        value = run[name]
+        if name in _UNNAMED or (base.get(name) == value and name != "phase"):
+            continue
+        if name == "augment":
+            parts.append(augment_label(value or {}))
+        elif name == "train_per_class":
+            parts.append(f"{value}/class")
+        elif name == "phase":
+            parts.append({"head": "head only", "full": "whole network", "head+full": "head, then whole network"}[value])
+        elif name in RUN_SETTINGS:
+            info = RUN_SETTINGS[name]
+            parts.append(info.label.lower() if value is True else f"{info.label.lower()} {fmt_value(name, value)}")
+    return parts
+
+
+def run_name(run: Mapping[str, Any], search: bool = False) -> str:
+    """``<page number> · <what differs from the defaults>``, e.g. ``4 · dropout 0.5, 50/class``; a search
+    trial's run (``search``) is numbered 5."""
+    page = page_of_run(run)
+    phrases = setting_phrases(run)
+    prefix = "5" if search else (page.number or page.title)
+    return f"{prefix} · {', '.join(phrases) or 'defaults'}"
+
+
+def summarise_config(run: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
+    """The settings of a run that differ from ``defaults``, as short text ("defaults" when none)."""
+    return ", ".join(setting_phrases(run, defaults)) or "defaults"
+
+
+def job_label(cfg: RunConfig) -> str:
+    return run_name(cfg.to_dict())
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A server path as students may see it: the folder's name only, unless this is the owner's app."""
+    from ui.settings import is_admin
+
+    return str(path) if is_admin() else os.path.basename(os.path.normpath(str(path)))
+
+
+def context_line(record: RunRecord) -> str:
+    """Dataset, backbone, weights, image size, test-time flip, run name and id: what a figure belongs to."""
+    run = record.config.get("run", {})
+    ds = record.config.get("dataset", {}).get("name", "?")
+    flip = " · test-time flip" if run.get("tta") else ""
+    return (
+        f"**{run_name(run)}** · dataset {ds} · {run.get('backbone', '?')} ({run.get('weights', '?')} weights) · "
+        f"{run.get('image_size', '?')} px{flip} · run `{record.run_id}`"
+    )
+
+
+def result_line(record: RunRecord) -> str:
+    return context_line(record)
+
+
+def result_caption(record: RunRecord) -> None:
+    """One line naming the run, dataset, backbone, image size and run id of the numbers next to it."""
+    m = record.metrics
+    extra = []
+    if m.get("seconds") is not None:
+        extra.append(f"trained in {fmt_seconds(m['seconds'])}")
+    if record.config.get("trained_by"):
+        extra.append(f"by {record.config['trained_by']}")
+    if record.config.get("created"):
+        extra.append(str(record.config["created"])[:16].replace("T", " "))
+    st.caption(context_line(record) + "".join(f" · {e}" for e in extra))
+
+
+def runs_table(records: list[RunRecord]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        row = summary_row(r)
+        run = r.config.get("run", {})
+        row["name"] = run_name(run, search=bool(r.config.get("search_study")))
+        row["page"] = "5 Hyperparameter search" if r.config.get("search_study") else page_of_run(run).label
+        row["trained_by"] = r.config.get("trained_by")
+        rows.append(row)
+    return pd.DataFrame(rows)

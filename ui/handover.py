@@ -8,6 +8,7 @@ with the rest and keeps what it has no widget for as *loaded extras*, so it repr
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -15,41 +16,35 @@ import streamlit as st
 from core.backbones import BACKBONES
 from core.config import RunConfig
 from core.errors import SceneLabError
+from ui.catalog import PAGES as CATALOG
+from ui.catalog import page_of_run
 from ui.format import augment_label
 from ui.settings import CONFIG_SHARED_KEYS, WEIGHT_CHOICES, base_config
 
 LOADED = "loaded_config"
 _LOADED_SHARED = "_loaded_config_shared_applied"
 
-# pages that take a loaded config, and the page a config belongs to (see page_for_config)
-PAGES = {
-    "finetune": "pages/finetune.py",
-    "truncate": "pages/truncate.py",
-    "small_data": "pages/small_data.py",
-    "augmentation": "pages/augmentation.py",
-    "regularisation": "pages/regularisation.py",
-}
 
 
-def page_for_config(run: Mapping[str, Any]) -> str:
-    """The page that best shows a run's settings (pages/....py)."""
-    d = RunConfig().to_dict()
-    if any((run.get("augment") or {}).get(k) for k in d["augment"]):
-        return PAGES["augmentation"]
-    if run.get("train_per_class") is not None:
-        return PAGES["small_data"]
-    if run.get("remove_blocks") or run.get("dense_1024"):
-        return PAGES["truncate"]
-    if run.get("phase") != "head":
-        return PAGES["finetune"]
-    return PAGES["regularisation"]
+PAGES = {p.key: p.file for p in CATALOG if p.takes_runs}  # the pages that take a run's settings
+OPENED = "_opened_run"  # the run id a page was opened for ("Open in its page")
 
 
-def load_config(run: Mapping[str, Any], page: str | None = None) -> None:
-    """Hand a run's settings to a page (0-4) and go there."""
+def load_config(run: Mapping[str, Any], page: str | None = None, run_id: str | None = None) -> None:
+    """Hand a run's settings to a page (0-4) and go there; with ``run_id`` the page checks it shows that run."""
     st.session_state[LOADED] = dict(run)
     st.session_state.pop(_LOADED_SHARED, None)
-    st.switch_page(page or page_for_config(run))
+    if run_id:
+        st.session_state[OPENED] = run_id
+    st.switch_page(page or page_of_run(run).file)
+
+
+def check_opened(page_run_id: str | None, cfg: RunConfig) -> None:
+    """After "Open in its page": say so, once, when the page shows another run than the one opened."""
+    opened = st.session_state.pop(OPENED, None)
+    if opened and page_run_id and opened != page_run_id:
+        st.warning(f"The run opened ({opened}) has a setting this page does not offer, so it shows the nearest run "
+                   f"({page_run_id}); the opened run's figures are on the Runs page.")
 
 
 def apply_loaded_shared(consumer: bool = True) -> None:
@@ -69,10 +64,12 @@ def apply_loaded_shared(consumer: bool = True) -> None:
         return
     if loaded.get("backbone") in BACKBONES:
         ss["backbone"] = loaded["backbone"]
-    if loaded.get("weights") in WEIGHT_CHOICES:
-        ss["weights"] = loaded["weights"]
+    weights = loaded.get("weights")
+    if weights in WEIGHT_CHOICES or (isinstance(weights, str) and Path(weights).is_file()):
+        ss["weights"] = weights  # a weights file: the sidebar shows it as a third choice
     if isinstance(loaded.get("image_size"), int):
         ss["image_size"] = loaded["image_size"]
+        ss["_image_size_chosen"] = True  # the run's size, not the dataset's
     if isinstance(loaded.get("seed"), int):
         ss["seed"] = loaded["seed"]
     if isinstance(loaded.get("tta"), bool):

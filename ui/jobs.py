@@ -1,122 +1,173 @@
-"""Training jobs on a page: submit runs to the app's worker, follow their progress live, cancel them."""
+"""The train panel every task page shares: Train/Retrain/Cancel in the sidebar, live progress on the page.
+
+A page hands :func:`train_panel` the runs its settings mean (one, or a few: "both", "all four cuts") and
+what is stored for them. The sidebar, under the shared settings, says whether they are trained, training
+(with progress) or not yet, and holds the buttons; so a user who changes the image size or the seed there
+retrains right there. While a run trains, :func:`live_progress` draws its progress at the top of the page,
+where the user looks, and redraws the page once when it ends.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import streamlit as st
 
 from core.config import RunConfig
+from core.store import RunRecord
 from core.worker import Job
-from ui.charts import curves_chart
-from ui.format import fmt_eta, fmt_seconds, job_label
+from ui.charts import draw_curves
+from ui.format import fmt_acc, fmt_eta, fmt_seconds, run_name
 from ui.resources import get_worker
+from ui.settings import user_name
 
 
-def show_job(job: Job, key_prefix: str = "job") -> None:
-    """Progress of a worker job: status, epoch x/y, batch bar, current metrics, time left, Cancel."""
-    v = job.view()
-    label = job_label(v.cfg)
-    if v.status == "queued":
-        pos = get_worker().queue_position(v.id)
-        ahead = f"; {pos} run(s) ahead of it" if pos else ""
-        with st.container(border=True):
-            st.markdown(f"**Queued** run `{v.id}` ({label}){ahead}.")
-            st.button("Cancel", key=f"{key_prefix}_cancel_{v.id}", on_click=get_worker().cancel, args=(v.id,))
-        return
-    if v.status == "failed":
-        st.error(v.error or "Training failed.")
-        return
-    if v.status == "cancelled":
-        st.warning(f"Run `{v.id}` was cancelled; nothing was saved.")
-        return
-    if v.status == "done":
-        st.success(f"Run `{v.id}` finished" + (" (it was already stored)." if v.cached else "."))
-        return
-    # running
-    p = v.progress
-    kind = p.get("event")
-    with st.container(border=True):
-        elapsed = time.time() - (v.started or time.time())
-        st.markdown(f"**Training** run `{v.id}` ({label}) — {v.message or 'starting'} · running for {fmt_seconds(elapsed)}")
-        if kind in ("batch", "epoch"):
-            epochs = int(p.get("epochs") or 1)
-            epoch = int(p.get("epoch") or 1)
-            if kind == "batch":  # the bar: this phase's batches done, over all its epochs
-                batches = int(p.get("batches") or 1)
-                frac = min(1.0, ((epoch - 1) * batches + int(p.get("batch") or 0)) / (epochs * batches))
-                text = f"{p.get('phase')} phase · epoch {epoch}/{epochs} · batch {p.get('batch')}/{batches}"
-            else:
-                frac = min(1.0, epoch / epochs)
-                text = f"{p.get('phase')} phase · epoch {epoch}/{epochs} done"
-            st.progress(frac, text=text)
-        elif kind == "features":
-            total = int(p.get("total") or 1)
-            st.progress(min(1.0, int(p.get("done") or 0) / total), text=f"backbone features · {p.get('done')}/{total} images")
-        else:
-            st.progress(0.0, text=v.message or "starting")
-        logs = p.get("logs") or {}
-        latest = v.history[-1] if v.history else {}
-        cols = st.columns(5)
-        cols[0].metric("loss", f"{logs.get('loss', latest.get('loss', float('nan'))):.4f}" if (logs or latest) else "–")
-        cols[1].metric("accuracy", f"{logs.get('accuracy', latest.get('accuracy', float('nan'))):.3f}" if (logs or latest) else "–")
-        cols[2].metric("val loss", f"{latest['val_loss']:.4f}" if latest else "–")
-        cols[3].metric("val accuracy", f"{latest['val_accuracy']:.3f}" if latest else "–")
-        eta = p.get("eta_s")
-        phase_note = " (this phase)" if v.cfg.phase == "head+full" and p.get("phase") == "head" else ""
-        cols[4].metric("time left" + phase_note, f"~{fmt_eta(eta)}" if eta is not None else "–",
-                       help="Estimated from the speed measured so far.")
-        st.button("Cancel", key=f"{key_prefix}_cancel_{v.id}", on_click=get_worker().cancel, args=(v.id,))
-        if v.history:
-            st.altair_chart(curves_chart({v.id: v.history}), key=f"{key_prefix}_live_{v.id}")
+@dataclass
+class Plan:
+    """Runs a page's settings mean: ``configs`` with their run ids (None when unusable) and stored records."""
+
+    configs: Sequence[RunConfig]
+    run_ids: Sequence[str | None]
+    records: Sequence[RunRecord | None]
+    label: str = "Train"
+
+    @property
+    def trained(self) -> bool:
+        return all(r is not None for r in self.records)
 
 
-def jobs_key(prefix: str) -> str:
-    return f"{prefix}_jobs"
+def jobs_key(page: str) -> str:
+    return f"{page}_jobs"
 
 
-def submit_runs(prefix: str, cfgs: Iterable[RunConfig], data_root: str) -> list[Job]:
+def submit_runs(page: str, cfgs: Sequence[RunConfig], data_root: str, *, force: bool = False) -> list[Job]:
     """Ask the worker for ``cfgs`` and remember them as this page's jobs (with its earlier ones still running)."""
     worker = get_worker()
-    jobs = [worker.submit(cfg, data_root) for cfg in cfgs]
+    meta = {"trained_by": user_name()} if user_name() else None
+    jobs = [worker.submit(cfg, data_root, force=force, meta=meta) for cfg in cfgs]
     ids = [j.id for j in jobs]
-    for old in st.session_state.get(jobs_key(prefix), []):
+    for old in st.session_state.get(jobs_key(page), []):
         job = worker.get(old)
         if job is not None and job.active and old not in ids:
             ids.append(old)
-    st.session_state[jobs_key(prefix)] = ids
+    st.session_state[jobs_key(page)] = ids
     return jobs
 
 
-def track_jobs(prefix: str, watch: Iterable[str | None] = ()) -> bool:
-    """Show this page's jobs, polling once a second while one is active; True while one is.
-
-    ``watch`` lists run ids the page shows: one already in flight (another tab asked for it) is
-    followed too."""
+def page_jobs(page: str, watch: Sequence[str | None] = ()) -> list[Job]:
+    """This page's jobs, plus any job in flight for a run id it shows (another tab may have asked for it)."""
     worker = get_worker()
-    ids: list[str] = list(st.session_state.get(jobs_key(prefix), []))
+    ids: list[str] = list(st.session_state.get(jobs_key(page), []))
     for run_id in watch:
         job = worker.get(run_id) if run_id else None
         if job is not None and job.active and run_id not in ids:
             ids.append(run_id)
-    st.session_state[jobs_key(prefix)] = ids
-    jobs = [j for j in (worker.get(i) for i in ids) if j is not None]
+    st.session_state[jobs_key(page)] = ids
+    return [j for j in (worker.get(i) for i in ids) if j is not None]
+
+
+def _status_line(plan: Plan, jobs: list[Job]) -> str:
+    active = [j for j in jobs if j.active]
+    if active:
+        running = next((j for j in active if j.status == "running"), None)
+        if running is None:
+            return f"Queued: {len(active)} run(s)."
+        return f"Training {run_name(running.cfg.to_dict())}: {running.view().message or 'starting'}."
+    if plan.trained and plan.records:
+        accs = ", ".join(fmt_acc(r.metrics.get("test_accuracy")) for r in plan.records if r is not None)
+        return f"Trained: test accuracy {accs}."
+    done = sum(r is not None for r in plan.records)
+    return "Not trained yet with these settings." if not done else f"{done} of {len(plan.records)} trained."
+
+
+def train_panel(page: str, plan: Plan, data_root: str) -> bool:
+    """The sidebar's section for this page's runs; True while one of them trains."""
+    jobs = page_jobs(page, plan.run_ids)
+    running = any(j.active for j in jobs)
+    usable = [c for c, i in zip(plan.configs, plan.run_ids, strict=True) if i is not None]
+    with st.sidebar:
+        st.divider()
+        st.markdown("**This page's run**")
+        st.caption(_status_line(plan, jobs))
+        c1, c2 = st.columns(2)
+        label = ("Retrain" if plan.trained else plan.label) if len(usable) <= 1 else plan.label
+        if c1.button(label, key=f"{page}_train", type="primary", icon=":material/play_arrow:", disabled=not usable,
+                     help="Trains in the background: keep exploring meanwhile. Retrain replaces the stored run."):
+            submit_runs(page, usable, data_root, force=plan.trained and len(usable) <= 1)
+            running = True
+        if running:
+            c2.button("Cancel", key=f"{page}_cancel", on_click=_cancel_all, args=(page,))
+    return running
+
+
+def _cancel_all(page: str) -> None:
+    worker = get_worker()
+    for job_id in st.session_state.get(jobs_key(page), []):
+        worker.cancel(job_id)
+
+
+def live_progress(page: str, watch: Sequence[str | None] = ()) -> None:
+    """At the top of the page: the progress of this page's runs while one is active; their failures after."""
+    jobs = page_jobs(page, watch)
     if any(j.active for j in jobs):
-        _poll(prefix)
-        return True
+        _poll(page)
+        return
     for job in jobs:
-        if job.status in ("failed", "cancelled"):
-            show_job(job, prefix)
-    return False
+        if job.status == "failed":
+            st.error(job.error or "Training failed.")
+        elif job.status == "cancelled" and job.cfg is not None:
+            st.warning(f"{run_name(job.cfg.to_dict())} was cancelled; nothing was saved.")
 
 
 @st.fragment(run_every=1.0)
-def _poll(prefix: str) -> None:
-    worker = get_worker()
-    jobs = [j for j in (worker.get(i) for i in st.session_state.get(jobs_key(prefix), [])) if j is not None]
-    for job in jobs:
-        if job.status != "done":
-            show_job(job, prefix)
-    if not any(j.active for j in jobs):
+def _poll(page: str) -> None:
+    jobs = [j for j in (get_worker().get(i) for i in st.session_state.get(jobs_key(page), [])) if j is not None]
+    active = [j for j in jobs if j.active]
+    if not active:
         st.rerun()  # the whole page, to draw the new results
+        return
+    finished = sum(j.status == "done" for j in jobs)
+    if len(jobs) > 1:
+        st.caption(f"Run {min(finished + 1, len(jobs))} of {len(jobs)} of this page's plan.")
+    for job in active:
+        _show_job(job, page)
+
+
+def _show_job(job: Job, page: str) -> None:
+    v = job.view()
+    with st.container(border=True):
+        if v.status == "queued":
+            pos = get_worker().queue_position(v.id)
+            st.markdown(f"**Queued**: {run_name(v.cfg.to_dict())}" + (f" ({pos} run(s) ahead)" if pos else ""))
+            return
+        elapsed = time.time() - (v.started or time.time())
+        st.markdown(f"**Training** {run_name(v.cfg.to_dict())}: {v.message or 'starting'} · {fmt_seconds(elapsed)}")
+        frac, text = _fraction(v.progress, v.message)
+        st.progress(frac, text=text)
+        latest = v.history[-1] if v.history else {}
+        cols = st.columns(4)
+        cols[0].metric("Train accuracy", fmt_acc(latest.get("accuracy")) if latest else "–")
+        cols[1].metric("Validation accuracy", fmt_acc(latest.get("val_accuracy")) if latest else "–")
+        eta = v.progress.get("eta_s")
+        cols[2].metric("Time left (this phase)", f"~{fmt_eta(eta)}" if eta is not None else "–",
+                       help="Estimated from the speed measured so far.")
+        cols[3].metric("Epoch", f"{v.progress.get('epoch', '–')} / {v.progress.get('epochs', '–')}")
+        if v.history:
+            draw_curves({run_name(v.cfg.to_dict()): v.history}, key=f"{page}_live_{v.id}")
+
+
+def _fraction(p: dict, message: str) -> tuple[float, str]:
+    kind = p.get("event")
+    if kind in ("batch", "epoch"):
+        epochs, epoch = int(p.get("epochs") or 1), int(p.get("epoch") or 1)
+        if kind == "batch":
+            batches = int(p.get("batches") or 1)
+            done = ((epoch - 1) * batches + int(p.get("batch") or 0)) / (epochs * batches)
+            return min(1.0, done), f"{p.get('phase')} phase · epoch {epoch} of {epochs} · batch {p.get('batch')} of {batches}"
+        return min(1.0, epoch / epochs), f"{p.get('phase')} phase · epoch {epoch} of {epochs} done"
+    if kind in ("features", "prefix"):
+        total = int(p.get("total") or 1)
+        return min(1.0, int(p.get("done") or 0) / total), f"backbone features · {p.get('done')} of {total} images"
+    return 0.0, message or "starting"

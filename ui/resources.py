@@ -90,7 +90,7 @@ def all_runs() -> list[RunRecord]:
 
 def runs_like(info: DatasetInfo, cfg: RunConfig) -> list[RunRecord]:
     """Stored runs on this dataset with ``cfg``'s backbone, weights and image size."""
-    return _runs_like(all_runs(), info.fingerprint, cfg)
+    return _runs_like(all_runs(), {info.fingerprint, info.legacy_fingerprint}, cfg)
 
 
 @st.cache_data(max_entries=512, show_spinner=False)

@@ -70,3 +70,43 @@ def base_config(**overrides: Any) -> RunConfig:
     values: dict[str, Any] = {k: s[k] for k in CONFIG_SHARED_KEYS}
     values.update(overrides)
     return RunConfig.from_dict(values)
+
+
+# -- who is using the app ----------------------------------------------------------------------------
+ADMIN_ENV = "SCENELAB_ADMIN"  # set on a shared server: the owner's key; unset on a laptop (its user owns it)
+USER = "user_name"
+ADMIN_OK = "_admin_ok"
+
+
+def user_name() -> str:
+    """The name this session trains under (empty when not given)."""
+    return str(st.session_state.get(USER) or "").strip()[:40]
+
+
+def is_admin() -> bool:
+    """True for the app's owner: always on a laptop (``SCENELAB_ADMIN`` unset), else after giving its key."""
+    key = os.environ.get(ADMIN_ENV, "")
+    return not key or bool(st.session_state.get(ADMIN_OK))
+
+
+def user_section() -> None:
+    from ui.panel import bind
+
+    if USER not in st.session_state:
+        st.session_state[USER] = ""
+    bind(USER, st.text_input, "Your name", max_chars=40, placeholder="optional",
+         help="Stored with the runs you train, so the Runs page can show yours (useful when a class shares one app).")
+
+
+def admin_section() -> None:
+    """On a shared server: the owner's key (server paths, reset); nothing on a laptop."""
+    key = os.environ.get(ADMIN_ENV, "")
+    if not key or st.session_state.get(ADMIN_OK):
+        return
+    with st.expander("Owner"):
+        given = st.text_input("Owner key", type="password", key="_admin_key")
+        if given and given == key:
+            st.session_state[ADMIN_OK] = True
+            st.rerun()
+        elif given:
+            st.caption("That is not the owner key.")

@@ -1,56 +1,91 @@
-"""The sidebar every page shares: the dataset, the backbone and its weights, image size, test-time flip, seed."""
+"""The sidebar every page shares: the dataset, the backbone and its weights, image size, test-time flip, seed.
+
+Every shared setting is kept under its own session key and drawn with :func:`ui.panel.bind`, so a run
+interrupted before the sidebar was drawn (a Train pressed while the page loads) never loses it. The task
+pages add their train panel (``ui.jobs``) below.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
 from core.backbones import BACKBONES, default_backbone, weights_status
 from core.config import RUN_SETTINGS, SEED_MAX
+from core.data import DatasetInfo
+from core.scan import image_size_of
 from ui.datasource import dataset_section
+from ui.panel import bind
 from ui.resources import get_worker
-from ui.settings import IMAGE_SIZES, WEIGHT_CHOICES
+from ui.settings import IMAGE_SIZES, WEIGHT_CHOICES, admin_section, user_section
+
+SIZE_TOUCHED = "_image_size_chosen"  # the user moved the image size: datasets no longer set it
+
+
+def _weights_label(choice: str) -> str:
+    return {"imagenet": "ImageNet", "none": "random"}.get(choice, f"file: {Path(choice).name}")
 
 
 def draw_sidebar() -> None:
-    """Dataset path and its report, backbone and weights with their status, image size, seed."""
+    """Dataset path and its report, backbone and weights with their status, image size, seed, the user."""
     ss = st.session_state
     with st.sidebar:
-        dataset_section()
-        backbones = sorted(BACKBONES)
-        if ss.get("backbone") not in backbones:
+        info = dataset_section()
+        if ss.get("backbone") not in BACKBONES:
             ss["backbone"] = default_backbone()
-        st.selectbox(
-            "Backbone",
-            backbones,
-            key="backbone",
-            format_func=lambda b: BACKBONES[b].label,
-        )
-        if ss.get("weights") not in WEIGHT_CHOICES:
-            ss["weights"] = "imagenet"
-        st.radio(
-            "Weights",
-            WEIGHT_CHOICES,
-            key="weights",
-            horizontal=True,
-            format_func=lambda w: {"imagenet": "ImageNet", "none": "random"}[w],
-        )
-        status = weights_status(ss["backbone"])
-        if ss["weights"] == "imagenet":
-            if "offline" in status or "cached" in status:
-                st.caption(f"{status} ({BACKBONES[ss['backbone']].weights_source}).")
+        bind("backbone", st.selectbox, "Backbone", sorted(BACKBONES), format_func=lambda b: BACKBONES[b].label,
+             help=RUN_SETTINGS["backbone"].help)  # fmt: skip
+        choices = list(WEIGHT_CHOICES)
+        if ss.get("weights") not in choices:  # a run trained from a weights file was opened: show that file
+            if ss.get("weights") and Path(str(ss["weights"])).is_file():
+                choices.append(str(ss["weights"]))
             else:
-                st.warning(f"{status}: training will try to download them (needs internet), or pick another backbone.")
-        else:
-            st.caption("Random initial weights: nothing pretrained, expect low accuracy.")
-        sizes = sorted(set(IMAGE_SIZES) | {int(ss.get("image_size", 128))})
-        st.select_slider("Image size (px)", sizes, key="image_size", help="Images are resized to this square size.")
-        st.checkbox(
-            "Test-time flip",
-            key="tta",
-            help="Validation and test predictions average each image with its mirror image (a run of its own).",
-        )
-        st.number_input("Seed", min_value=0, max_value=SEED_MAX, step=1, key="seed", help=RUN_SETTINGS["seed"].help)
+                ss["weights"] = "imagenet"
+        bind("weights", st.radio, "Weights", choices, horizontal=True, format_func=_weights_label,
+             help="ImageNet: the pretrained weights (the study's); random: nothing pretrained.")  # fmt: skip
+        _weights_status(ss["backbone"], ss["weights"])
+        _image_size(info)
+        bind("tta", st.checkbox, RUN_SETTINGS["tta"].label, help=RUN_SETTINGS["tta"].help)
+        bind("seed", st.number_input, "Seed", min_value=0, max_value=SEED_MAX, step=1, help=RUN_SETTINGS["seed"].help)
+        user_section()
+        admin_section()
         _sidebar_queue()
+
+
+def _weights_status(backbone: str, weights: str) -> None:
+    if weights == "imagenet":
+        status = weights_status(backbone)
+        if "offline" in status or "cached" in status:
+            st.caption(f"{status} ({BACKBONES[backbone].weights_source}).")
+        else:
+            st.warning(f"{status}: training will try to download them (needs internet), or pick another backbone.")
+    elif weights == "none":
+        st.caption("Random initial weights: nothing pretrained, expect low accuracy.")
+    else:
+        st.caption("Weights from a file (a run trained with them was opened); its digest is checked when loaded.")
+
+
+def _image_size(info: DatasetInfo | None) -> None:
+    """The image-size slider; until the user moves it, a dataset of smaller images sets it to their size."""
+    ss = st.session_state
+    native = image_size_of(info) if info is not None else None
+    if native and not ss.get(SIZE_TOUCHED):
+        fitting = [s for s in IMAGE_SIZES if s >= native]
+        default = fitting[0] if fitting else IMAGE_SIZES[-1]
+        if default < 128 and ss.get("image_size") != default:
+            ss["image_size"] = default
+    sizes = sorted(set(IMAGE_SIZES) | {int(ss.get("image_size", 128))})
+
+    def chosen(value: int) -> int:
+        ss[SIZE_TOUCHED] = True
+        return int(value)
+
+    bind("image_size", st.select_slider, "Image size (px)", sizes, to_value=chosen,
+         help="Images are resized to this square size (the study: 256 px originals).")  # fmt: skip
+    if native:
+        st.caption(f"This dataset's images are about {native} px" +
+                   (" (the slider starts there)." if not ss.get(SIZE_TOUCHED) and native < 128 else "."))
 
 
 def _sidebar_queue() -> None:
@@ -58,5 +93,4 @@ def _sidebar_queue() -> None:
     active = [j for j in worker.jobs() if j.active]
     if active:
         running = [j for j in active if j.status == "running"]
-        text = f"Worker: {len(running)} training, {len(active) - len(running)} queued"
-        st.caption(text)
+        st.caption(f"Worker: {len(running)} training, {len(active) - len(running)} queued")

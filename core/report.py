@@ -1,0 +1,94 @@
+"""A self-contained report of a reproduction: Markdown with its charts as SVG and PNG, no browser, no network.
+
+``write_report(folder, rows, context)`` writes ``report.md`` (the table: the study's figure beside ours,
+every run id, dataset, backbone and image size), ``accuracy.svg`` and ``accuracy.png`` (rendered by
+vl-convert from a Vega-Lite chart), and ``rows.json``. Written to a temporary folder and renamed, so a
+report is complete or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from core import reference as ref
+from core.errors import StoreError, os_error_phrase
+
+
+def _chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    import altair as alt
+    import pandas as pd
+
+    data = []
+    for r in rows:
+        label = f"{r['task']} · {r['setting']}"[:60]
+        if r.get("ours") is not None:
+            data.append({"row": label, "who": "ours (test)", "accuracy": r["ours"]})
+        if r.get("study") is not None:
+            data.append({"row": label, "who": "the study", "accuracy": r["study"]})
+    chart = (
+        alt.Chart(pd.DataFrame(data or [{"row": "-", "who": "ours (test)", "accuracy": 0.0}]))
+        .mark_bar()
+        .encode(
+            y=alt.Y("row:N", sort=None, title=None, axis=alt.Axis(labelLimit=420)),
+            yOffset="who:N",
+            x=alt.X("accuracy:Q", scale=alt.Scale(domain=[0, 1]), title="accuracy"),
+            color=alt.Color("who:N", title=None, scale=alt.Scale(domain=["ours (test)", "the study"], range=["#1f77b4", "#bbbbbb"])),
+        )
+        .properties(width=520, title="The study's figures beside ours")
+    )
+    return json.loads(chart.to_json())
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float | None) -> str:
+    lines = [
+        "# The study, reproduced with SceneLab",
+        "",
+        f"Dataset **{context['dataset']}** · backbone **{context['backbone']}** ({context['weights']} weights) · "
+        f"**{context['image_size']} px** · seed {context['seed']}{' · test-time flip' if context.get('tta') else ''}. "
+        f"The study: {ref.STUDY_MODEL}; its figures were selected on its test folder, ours on a validation split "
+        "carved from the training folder (test accuracy is reported).",
+        "",
+        "![accuracy](accuracy.svg)",
+        "",
+        "| task | setting | the study | ours (test) | ours (validation) | run | seconds | stored |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['setting']} | {_fmt(r.get('study'))} | {_fmt(r.get('ours'))} | "
+                     f"{_fmt(r.get('val'))} | `{r.get('run_id') or '–'}` | {_fmt(r.get('seconds'))} | "
+                     f"{'yes' if r.get('cached') else 'no'} |")  # fmt: skip
+    lines += ["", f"Written {time.strftime('%Y-%m-%d %H:%M')}" + (f"; the reproduction took {seconds:.0f} s." if seconds else ".")]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: str | os.PathLike[str], rows: list[dict[str, Any]], context: dict[str, Any],
+                 seconds: float | None = None) -> Path:  # fmt: skip
+    """Write the report into ``folder`` (replacing an earlier one); its path."""
+    import vl_convert as vlc
+
+    dest = Path(folder).expanduser().resolve()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        spec = _chart(rows)
+        (tmp / "accuracy.svg").write_text(vlc.vegalite_to_svg(spec))
+        (tmp / "accuracy.png").write_bytes(vlc.vegalite_to_png(spec, scale=2))
+        (tmp / "report.md").write_text(markdown(rows, context, seconds))
+        (tmp / "rows.json").write_text(json.dumps({"context": context, "rows": rows, "seconds": seconds}, indent=2))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        raise StoreError(f"The report could not be written to {dest} because {os_error_phrase(exc)}; choose another "
+                         "folder with --report.") from exc  # fmt: skip
+    return dest
