@@ -78,16 +78,19 @@ def map_many(fn: FeatureFn, x: np.ndarray, batch_size: int = 64, on_batch: Calla
 
 # -- keys -----------------------------------------------------------------------------------------------
 def features_key(cfg: RunConfig, fingerprint: str, weights: ResolvedWeights) -> str:
-    return stable_hash(
-        {
-            "backbone": cfg.backbone,
-            "weights": weights.identity,
-            "remove_blocks": cfg.remove_blocks,
-            "image_size": cfg.image_size,
-            "dataset": fingerprint,
-            "v": CACHE_FORMAT_VERSION,
-        }
-    )
+    """What decides a backbone's features: backbone, weights, cut, size, dataset (and, for random weights,
+    the seed that drew them)."""
+    payload = {
+        "backbone": cfg.backbone,
+        "weights": weights.identity,
+        "remove_blocks": cfg.remove_blocks,
+        "image_size": cfg.image_size,
+        "dataset": fingerprint,
+        "v": CACHE_FORMAT_VERSION,
+    }
+    if weights.path is None:
+        payload["seed"] = cfg.seed
+    return stable_hash(payload)
 
 
 def prefix_key(features: str, layer: str) -> str:
@@ -154,12 +157,13 @@ def compute_features(
 
 
 def compute_cut_features(
-    fn: FeatureFn, cuts: list[int], keys: dict[int, str], ds: DecodedDataset, store: Store,
+    get_fn: Callable[[], FeatureFn], cuts: list[int], keys: dict[int, str], ds: DecodedDataset, store: Store,
     progress: ProgressFn | None = None, *, mirror: bool = False, batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray, bool, float]:
     """Pooled features of the cut ``cuts[0]``, computed (when not cached) in one pass that also caches the
-    features of every later cut in ``cuts`` (``fn`` outputs them in that order; ``keys`` names their caches):
-    cutting more blocks off needs no pass of its own. Returns what :func:`compute_features` returns."""
+    features of every later cut in ``cuts`` (``get_fn()`` outputs them in that order, and is called only when a
+    pass is needed: a cached run builds no backbone; ``keys`` names their caches): cutting more blocks off needs
+    no pass of its own. Returns what :func:`compute_features` returns."""
     suffix = "-hflip" if mirror else ""
     paths = {k: store.features_dir / f"{keys[k]}{suffix}.npz" for k in cuts}
     arrays = (ds.x_train[:, :, ::-1], ds.x_test[:, :, ::-1]) if mirror else (ds.x_train, ds.x_test)
@@ -175,6 +179,7 @@ def compute_cut_features(
         if progress is not None:
             progress({"event": "features", "done": done, "total": total, "elapsed": time.monotonic() - t0})
 
+    fn = get_fn()
     per_split = [map_many(fn, a, batch_size, on_batch) for a in arrays]
     seconds = time.monotonic() - t0
     for i, k in enumerate(cuts):

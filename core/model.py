@@ -13,6 +13,7 @@ cached activations (:func:`build_suffix_classifier`, :func:`prefix_images_model`
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,34 @@ class Classifier:
         return int(self.base.count_params())
 
 
+@dataclass
+class HeadOnly:
+    """A head trained alone on cached features: its backbone is built only when something needs it
+    (``core.warm.extractor``). ``model`` is the head, so a warm entry snapshots just its variables."""
+
+    head: Any
+
+    @property
+    def model(self) -> Any:
+        return self.head
+
+
+@functools.lru_cache(maxsize=16)
+def backbone_shape(backbone: str, remove_blocks: int, image_size: int) -> tuple[int, str, int]:
+    """(backbone parameters, cut layer, pooled feature width) of a cut backbone, built once per process with
+    random weights (counts do not depend on them)."""
+    spec = get_backbone(backbone)
+    base = cut_base(build_base(backbone, image_size, ResolvedWeights("none", None, f"{backbone}:none")), backbone,
+                    remove_blocks)  # fmt: skip
+    return int(base.count_params()), spec.cut_layer(remove_blocks), int(base.output.shape[-1])
+
+
+def head_for(cfg: RunConfig, classes: int, in_features: int) -> Any:
+    """The head of a run of ``cfg`` on ``in_features`` pooled features (its initial weights follow the seed set
+    just before: ``core.warm`` seeds, then builds)."""
+    return build_head(in_features, classes, dropout=cfg.dropout, batch_norm=cfg.batch_norm, dense_1024=cfg.dense_1024)
+
+
 def build_classifier(
     backbone: str,
     image_size: int,
@@ -71,8 +100,10 @@ def build_classifier(
     dropout: float = 0.0,
     batch_norm: bool = False,
     dense_1024: bool = False,
+    head_seed: int | None = None,
 ) -> Classifier:
-    """Build the truncated backbone with its weights, and a fresh head for ``classes`` classes."""
+    """Build the truncated backbone with its weights, and a fresh head for ``classes`` classes (``head_seed``:
+    seeded just before the head is built, so it starts as :func:`head_for` after the same seed)."""
     import keras
 
     spec = get_backbone(backbone)
@@ -81,6 +112,10 @@ def build_classifier(
     x = spec.preprocess()(inputs)  # type: ignore[operator]
     x = base(x, training=False)
     pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if head_seed is not None:
+        from core.runtime import seed_all
+
+        seed_all(head_seed)
     head = build_head(
         int(pooled.shape[-1]), classes, dropout=dropout, batch_norm=batch_norm, dense_1024=dense_1024
     )
@@ -101,6 +136,7 @@ def classifier_for(cfg: RunConfig, classes: int, weights: ResolvedWeights) -> Cl
         dropout=cfg.dropout,
         batch_norm=cfg.batch_norm,
         dense_1024=cfg.dense_1024,
+        head_seed=cfg.seed,
     )
 
 

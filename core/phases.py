@@ -23,6 +23,7 @@ import numpy as np
 
 from core.augbank import EpochFeatures, augmented_epochs
 from core.augment import build_augmenter
+from core.backbones import get_backbone
 from core.config import RunConfig
 from core.data import DecodedDataset, Splits, make_tf_dataset
 from core.errors import SceneLabError
@@ -37,6 +38,7 @@ from core.features import (
 )
 from core.fit import HEAD_STEPS_PER_EXECUTION, ProgressFn, StopFn, compiled_stage, fit
 from core.model import (
+    HeadOnly,
     build_suffix_classifier,
     deeper_cuts_features,
     freeze_prefix,
@@ -68,6 +70,7 @@ class Phases:
     progress: ProgressFn | None
     should_stop: StopFn | None
     weights: Any = None  # the run's ResolvedWeights (names the feature caches of the other cuts)
+    extract: Callable[[], Any] | None = None  # a head trained alone: the classifier whose backbone computes features
     history: list[dict[str, float]] = field(default_factory=list)
     feature_seconds: float = 0.0
     feature_hit: bool | None = None
@@ -75,6 +78,14 @@ class Phases:
 
     @property
     def clf(self) -> Any:
+        return self.entry.clf
+
+    def backbone(self) -> Any:
+        """The classifier whose backbone computes features: the run's own, or for a head trained alone (a
+        :class:`core.model.HeadOnly`), a warm extractor built only now that a feature is missing."""
+        if isinstance(self.entry.clf, HeadOnly):
+            assert self.extract is not None
+            return self.extract()
         return self.entry.clf
 
     @property
@@ -97,11 +108,12 @@ class Phases:
         if cancelled:
             raise TrainingCancelled("Training was cancelled; nothing was saved.")
 
-    def fn(self, name: str, make: Callable[[], Any]) -> FeatureFn:
-        """A graph-mode pass kept with the warm model (traced once per architecture)."""
-        if name not in self.entry.extras:
-            self.entry.extras[name] = FeatureFn(make())
-        return self.entry.extras[name]
+    def fn(self, name: str, make: Callable[[], Any], owner: Any) -> FeatureFn:
+        """A graph-mode pass of a model of ``owner`` (a classifier), traced once and kept with it."""
+        cache = owner.__dict__.setdefault("_feature_fns", {})
+        if name not in cache:
+            cache[name] = FeatureFn(make())
+        return cache[name]
 
     # -- images ---------------------------------------------------------------------------------------
     def xy(self, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +138,8 @@ def train_phases(run: Phases) -> None:
     cfg = run.cfg
     augmenter = build_augmenter(cfg.augment, cfg.seed)
     if cfg.phase in ("head", "head+full"):
-        set_base_trainable(run.clf, False)
+        if not isinstance(run.clf, HeadOnly):
+            set_base_trainable(run.clf, False)
         if cfg.uses_feature_cache:
             head_on_features(run)
         else:
@@ -181,12 +194,14 @@ def cut_features(run: Phases, *, mirror: bool) -> tuple[Any, Any, Any, Any]:
     """Features of the run's cut (and of its mirror images when ``mirror``), cached; a pass computes the
     deeper cuts' features too (``core.model.deeper_cuts_features``)."""
     cfg = run.cfg
-    cuts, model = run.entry.extras.get("cuts_model") or (None, None)
-    if model is None:
-        cuts, model = deeper_cuts_features(run.clf, cfg.backbone, cfg.remove_blocks)
-        run.entry.extras["cuts_model"] = (cuts, model)
-    fn = run.fn("cuts_fn", lambda: model)
+    spec = get_backbone(cfg.backbone)
+    cuts = list(range(cfg.remove_blocks, spec.blocks))
     keys = {k: features_key(cfg.replace(remove_blocks=k), run.ds.fingerprint, run.weights) for k in cuts}
+
+    def fn() -> FeatureFn:  # only when a cache is missing: a cached run builds no backbone
+        owner = run.backbone()
+        return run.fn("cuts_fn", lambda: deeper_cuts_features(owner, cfg.backbone, cfg.remove_blocks)[1], owner)
+
     f_train, f_test, hit, seconds = compute_cut_features(fn, cuts, keys, run.ds, run.store, run.progress)
     run.cached_pass(hit, seconds)
     m_train = m_test = None
@@ -218,7 +233,8 @@ def head_on_augmented_features(run: Phases) -> None:
     cfg, clf, ds, sp = run.cfg, run.clf, run.ds, run.splits
     f_train, f_test, m_train, m_test = cut_features(run, mirror=cfg.tta)
     run.status("augmenting the training images")
-    fn = run.fn("features_fn", lambda: clf.features)
+    owner = run.backbone()
+    fn = run.fn("features_fn", lambda: owner.features, owner)
     banks = augmented_epochs(fn, ds.x_train[sp.train], cfg.augment, cfg.seed, cfg.epochs, run.features_key, run.progress)
     y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
     head = compiled_stage(run.entry, "head", lambda: clf.head, cfg, cfg.lr, HEAD_STEPS_PER_EXECUTION)
@@ -238,7 +254,7 @@ def suffix_on_prefix(run: Phases) -> None:
     """Partial fine-tuning: the blocks after the frozen prefix, trained on its cached activations."""
     cfg, clf, ds, sp = run.cfg, run.clf, run.ds, run.splits
     prefix, suffix = run.entry.extras["split"]
-    fn = run.fn("prefix_fn", lambda: prefix_images_model(clf, prefix))
+    fn = run.fn("prefix_fn", lambda: prefix_images_model(clf, prefix), clf)
     key = prefix_key(run.features_key, run.prefix_layer or "")
     a_train, a_test, hit, seconds = compute_prefix_activations(fn, ds, key, run.store, run.progress)
     run.cached_pass(hit, seconds)

@@ -55,9 +55,10 @@ def search_request(base: RunConfig, data_root: str, artifacts: str, trials: int 
     """Task 5: a search named after the backbone, weights, image size and seed, with tune's defaults."""
     cfg = base.replace(phase="head", epochs=TUNE_DEFAULTS["epochs"], tta=True,
                        augment=base.augment.__class__(hflip=True))  # fmt: skip
-    name = f"study-{cfg.backbone}-{cfg.image_size}px-{stable_hash({'b': cfg.to_dict(), 'd': str(data_root)}, 8)}"
+    data = str(Path(data_root).expanduser().resolve())
+    name = f"study-{cfg.backbone}-{cfg.image_size}px-{stable_hash({'b': cfg.to_dict(), 'd': data}, 8)}"
     explicit = {"backbone": cfg.backbone, "weights": cfg.weights, "image_size": cfg.image_size, "seed": cfg.seed}
-    return StudyRequest(study=name, cfg=cfg, explicit=explicit, data=str(data_root), trials=trials, artifacts=artifacts)
+    return StudyRequest(study=name, cfg=cfg, explicit=explicit, data=data, trials=trials, artifacts=artifacts)
 
 
 def plan(base: RunConfig, grid_sample: int = DEFAULT_GRID_SAMPLE) -> list[Row]:

@@ -29,12 +29,12 @@ from core.features import features_key
 from core.fit import ProgressFn, StopFn
 from core.identity import Prepared, prepare
 from core.metrics import run_metrics
-from core.model import count_trainable
+from core.model import HeadOnly, backbone_shape, classifier_for, count_trainable
 from core.phases import Phases, TrainingCancelled, train_phases
 from core.runs import save_run
 from core.runtime import seed_all
 from core.store import RunRecord, Store
-from core.warm import WARM, key_for, ready_model
+from core.warm import WARM, extractor, head_key, key_for, ready_head, ready_model
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +118,21 @@ def _train_uncached(
     splits = make_splits(ds.y_train, cfg.val_fraction, cfg.seed, cfg.train_per_class)
     if progress is not None:
         progress({"event": "status", "message": "building model"})
-    key = key_for(cfg, prep.weights, len(ds.classes), prep.freeze_blocks)
-    entry, reused = ready_model(cfg, prep.weights, len(ds.classes), key)
+    classes = len(ds.classes)
+    extract = None
+    if cfg.phase == "head":  # a head alone: its backbone is built only if a feature cache is missing
+        _, _, width = backbone_shape(cfg.backbone, cfg.remove_blocks, cfg.image_size)
+        key = head_key(cfg, classes, width)
+        entry, reused = ready_head(cfg, classes, width, key)
+
+        def extract() -> Any:
+            return extractor(cfg, prep.weights, classes)
+    else:
+        key = key_for(cfg, prep.weights, classes, prep.freeze_blocks)
+        entry, reused = ready_model(cfg, prep.weights, classes, key)
     run = Phases(
         cfg, entry, ds, splits, store, features_key(cfg, ds.fingerprint, prep.weights), prep.prefix_layer,
-        progress, should_stop, weights=prep.weights,
+        progress, should_stop, weights=prep.weights, extract=extract,
     )
     try:
         seed_all(cfg.seed)  # the same random streams whether the model is new or warm
@@ -151,18 +161,34 @@ def _evaluate_and_save(
     p_val, p_test = run.predict()
     base_trained = cfg.phase in ("full", "head+full")
     metrics = run_metrics(cfg, run.ds, run.splits, run.history, p_val, p_test)
+    if isinstance(clf, HeadOnly):
+        backbone_params, cut_layer, _ = backbone_shape(cfg.backbone, cfg.remove_blocks, cfg.image_size)
+        total = backbone_params + int(clf.head.count_params())
+        if prep.weights.path is None:  # random weights: the saved model must hold them, so build it now
+            clf = _with_trained_head(cfg, prep, len(run.ds.classes), clf.head)
+    else:
+        backbone_params, cut_layer, total = clf.backbone_params, clf.cut_layer, int(clf.model.count_params())
     metrics.update(
         {
             "seconds": round(time.monotonic() - t_start, 3),
             "feature_seconds": round(run.feature_seconds, 3),
             "feature_cache_hit": run.feature_hit,
-            "backbone_params": clf.backbone_params,
-            "params_total": int(clf.model.count_params()),
+            "backbone_params": backbone_params,
+            "params_total": total,
             "params_trainable": count_trainable(clf.model) if base_trained else count_trainable(clf.head),
-            "cut_layer": clf.cut_layer,
+            "cut_layer": cut_layer,
             "warm_model": reused,
         }
     )
     if prep.freeze_blocks:
         metrics["freeze_blocks"] = prep.freeze_blocks
     return save_run(prep, store, clf, run.ds, run.history, metrics, p_test, base_trained, replace=replace, meta=meta)
+
+
+def _with_trained_head(cfg: RunConfig, prep: Prepared, classes: int, head: Any) -> Any:
+    """The whole classifier of a head trained alone on random-weight features: the same seeded backbone
+    (as the features were computed with), the trained head's weights."""
+    seed_all(cfg.seed)
+    clf = classifier_for(cfg, classes, prep.weights)
+    clf.head.set_weights(head.get_weights())
+    return clf

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.backbones import ResolvedWeights
 from core.config import RunConfig
-from core.model import Classifier, classifier_for
+from core.model import Classifier, HeadOnly, classifier_for, head_for
 from core.runtime import seed_all
 
 logger = logging.getLogger(__name__)
@@ -233,3 +233,60 @@ def ready_model(
         entry.restore_initial(values)
         entry.initial_seed, entry.initial = cfg.seed, values
     return entry, True
+
+
+def head_key(cfg: RunConfig, classes: int, in_features: int) -> tuple[Any, ...]:
+    """Everything that shapes a head trained alone (its input width, layers and compiled optimizer)."""
+    import keras
+
+    return ("head", in_features, classes, float(cfg.dropout), bool(cfg.batch_norm), bool(cfg.dense_1024),
+            cfg.optimizer, float(cfg.weight_decay), float(cfg.momentum), keras.mixed_precision.global_policy().name)  # fmt: skip
+
+
+def ready_head(cfg: RunConfig, classes: int, in_features: int, key: tuple[Any, ...]) -> tuple[WarmEntry, bool]:
+    """A head alone in the state a fresh build after ``seed_all(cfg.seed)`` has (warm when this process holds
+    one for ``key``); (entry checked out, reused)."""
+    entry = WARM.checkout(key) if WARM.enabled else None
+    if entry is None:
+        seed_all(cfg.seed)
+        entry = WarmEntry(HeadOnly(head_for(cfg, classes, in_features)))
+        entry.lock.acquire()
+        if WARM.enabled:
+            entry.snapshot_initial(cfg.seed)
+        return entry, False
+    if entry.initial_seed == cfg.seed:
+        entry.restore_initial()
+    else:
+        seed_all(cfg.seed)
+        fresh = head_for(cfg, classes, in_features)
+        values = [np.array(v.numpy(), copy=True) for v in fresh.variables]
+        entry.restore_initial(values)
+        entry.initial_seed, entry.initial = cfg.seed, values
+    return entry, True
+
+
+_EXTRACTORS: OrderedDict[Hashable, Classifier] = OrderedDict()
+_EXTRACTORS_LOCK = threading.Lock()
+MAX_EXTRACTORS = 2
+
+
+def extractor(cfg: RunConfig, weights: ResolvedWeights, classes: int) -> Classifier:
+    """A full classifier of ``cfg``'s backbone and cut, for computing features (its head is unused, but its
+    layers are those a run's saved model is made of); kept for the next runs of the same backbone."""
+    import keras
+
+    random = weights.path is None  # random weights: the backbone follows the seed
+    key = (cfg.backbone, weights.identity, cfg.remove_blocks, cfg.image_size, classes, cfg.seed if random else None,
+           keras.mixed_precision.global_policy().name)  # fmt: skip
+    with _EXTRACTORS_LOCK:
+        clf = _EXTRACTORS.get(key)
+        if clf is not None:
+            _EXTRACTORS.move_to_end(key)
+            return clf
+    seed_all(cfg.seed)
+    clf = classifier_for(cfg.replace(dropout=0.0, batch_norm=False, dense_1024=False), classes, weights)
+    with _EXTRACTORS_LOCK:
+        _EXTRACTORS[key] = clf
+        while len(_EXTRACTORS) > MAX_EXTRACTORS:
+            _EXTRACTORS.popitem(last=False)
+    return clf
