@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import keras
 import numpy as np
 
 from core.augment import build_augmenter
@@ -81,29 +80,3 @@ def augmented_epochs(
             _remember(key, bank)
         out.append(bank)
     return out
-
-
-class EpochFeatures(keras.utils.PyDataset):
-    """Batches of precomputed per-epoch features: epoch ``e`` reads ``epochs[e]`` in an order drawn from
-    ``(seed, e)`` (like :class:`core.features.MirroredFeatures`), so a run repeats exactly."""
-
-    def __init__(self, epochs: list[np.ndarray], y: np.ndarray, batch_size: int, seed: int) -> None:
-        super().__init__()
-        self.epochs, self.y, self.batch_size, self.seed = epochs, y, batch_size, seed
-        self.epoch = 0
-        self._draw()
-
-    def _draw(self) -> None:
-        self.order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.y))
-        self.x = self.epochs[min(self.epoch, len(self.epochs) - 1)]
-
-    def __len__(self) -> int:
-        return int(np.ceil(len(self.y) / self.batch_size))
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        return self.x[idx], self.y[idx]
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._draw()

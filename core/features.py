@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 
 from core.atomic import atomic_write_npz, load_npz
@@ -201,36 +200,12 @@ def compute_prefix_activations(
 
 
 # -- datasets over cached arrays --------------------------------------------------------------------------
-class MirroredFeatures(keras.utils.PyDataset):
-    """Batches of cached features for training a head with random horizontal flips.
-
-    Each epoch every image is drawn once, as itself or (probability 1/2) as its mirror image, in a new
-    order; both come from the feature caches, so the epoch costs what a head epoch costs. The draws
-    depend on ``seed`` and the epoch alone: a run repeats exactly."""
-
-    def __init__(self, f: np.ndarray, f_mirror: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> None:
-        super().__init__()
-        self.f, self.f_mirror, self.y = f, f_mirror, y
-        self.batch_size, self.seed = batch_size, seed
-        self.epoch = 0
-        self._draw()
-
-    def _draw(self) -> None:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.order = rng.permutation(len(self.y))
-        self.flip = rng.random(len(self.y)) < 0.5
-
-    def __len__(self) -> int:
-        return int(np.ceil(len(self.y) / self.batch_size))
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = np.where(self.flip[idx, None], self.f_mirror[idx], self.f[idx])
-        return x, self.y[idx]
-
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._draw()
+def mirrored_epoch(f: np.ndarray, f_mirror: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """Epoch ``epoch``'s inputs of a head trained with random horizontal flips on cached features: each image
+    as itself or (probability 1/2) as its mirror image, drawn from ``(seed, epoch)``: a run repeats exactly,
+    and each epoch costs what a head epoch costs."""
+    flip = np.random.default_rng([seed, epoch, 1]).random(len(f)) < 0.5
+    return np.where(flip[:, None], f_mirror, f)
 
 
 def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.augbank import EpochFeatures, augmented_epochs
+from core.augbank import augmented_epochs
 from core.augment import build_augmenter
 from core.backbones import get_backbone
 from core.config import RunConfig
@@ -29,14 +29,15 @@ from core.data import DecodedDataset, Splits, make_tf_dataset
 from core.errors import SceneLabError
 from core.features import (
     FeatureFn,
-    MirroredFeatures,
     array_dataset,
     compute_cut_features,
     compute_prefix_activations,
     features_key,
+    mirrored_epoch,
     prefix_key,
 )
 from core.fit import HEAD_STEPS_PER_EXECUTION, ProgressFn, StopFn, compiled_stage, fit
+from core.headfit import fit_head
 from core.model import (
     HeadOnly,
     build_suffix_classifier,
@@ -159,18 +160,27 @@ def train_phases(run: Phases) -> None:
 
 def head_on_features(run: Phases) -> None:
     """The head alone on cached pooled features (and mirror features for flips or test-time flip)."""
-    cfg, clf, ds, sp = run.cfg, run.clf, run.ds, run.splits
+    cfg, ds, sp = run.cfg, run.ds, run.splits
     run.status("computing backbone features")
     f_train, f_test, m_train, m_test = cut_features(run, mirror=bool(cfg.augment.hflip or cfg.tta))
-    head = compiled_stage(run.entry, "head", lambda: clf.head, cfg, cfg.lr, HEAD_STEPS_PER_EXECUTION)
     y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
     if cfg.augment.hflip:
-        x: Any = MirroredFeatures(f_train[sp.train], m_train[sp.train], y_tr, cfg.batch_size, cfg.seed)
-        y = None
-    else:  # NumPy inputs: Keras' own per-epoch shuffle, as every head run before
-        x, y = f_train[sp.train], y_tr
-    run.run_fit(head, x, y, (f_train[sp.val], y_val), epochs=cfg.epochs, phase="head")
+        f, m = f_train[sp.train], m_train[sp.train]
+        inputs = lambda e: mirrored_epoch(f, m, cfg.seed, e)  # noqa: E731
+    else:
+        inputs = lambda e: f_train[sp.train]  # noqa: E731
+    _train_head(run, inputs, y_tr, (f_train[sp.val], y_val))
     run.predict = _head_predict(run, f_train, f_test, m_train, m_test)
+
+
+def _train_head(run: Phases, inputs: Any, y: np.ndarray, val: tuple[np.ndarray, np.ndarray]) -> None:
+    """The head alone on features (``core.headfit``), with a fresh optimizer from its warm, compiled stage."""
+    cfg = run.cfg
+    head = compiled_stage(run.entry, "head", lambda: run.clf.head, cfg, cfg.lr, HEAD_STEPS_PER_EXECUTION)
+    cancelled = fit_head(head, inputs, y, val, cfg, epochs=cfg.epochs, history=run.history, progress=run.progress,
+                         should_stop=run.should_stop)  # fmt: skip
+    if cancelled:
+        raise TrainingCancelled("Training was cancelled; nothing was saved.")
 
 
 def _head_predict(run: Phases, f_train: Any, f_test: Any, m_train: Any, m_test: Any) -> Predict:
@@ -230,16 +240,14 @@ def head_on_augmented_features(run: Phases) -> None:
     """The head on the features of freshly augmented images, every epoch (``core.augbank``: one traced pass
     per epoch through the frozen backbone, shared by runs with the same augmentation); validated and
     evaluated on the cached features of the images themselves."""
-    cfg, clf, ds, sp = run.cfg, run.clf, run.ds, run.splits
+    cfg, ds, sp = run.cfg, run.ds, run.splits
     f_train, f_test, m_train, m_test = cut_features(run, mirror=cfg.tta)
     run.status("augmenting the training images")
     owner = run.backbone()
     fn = run.fn("features_fn", lambda: owner.features, owner)
     banks = augmented_epochs(fn, ds.x_train[sp.train], cfg.augment, cfg.seed, cfg.epochs, run.features_key, run.progress)
     y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
-    head = compiled_stage(run.entry, "head", lambda: clf.head, cfg, cfg.lr, HEAD_STEPS_PER_EXECUTION)
-    data = EpochFeatures(banks, y_tr, cfg.batch_size, cfg.seed)
-    run.run_fit(head, data, None, (f_train[sp.val], y_val), epochs=cfg.epochs, phase="head")
+    _train_head(run, lambda e: banks[min(e, len(banks) - 1)], y_tr, (f_train[sp.val], y_val))
     run.predict = _head_predict(run, f_train, f_test, m_train, m_test)
 
 

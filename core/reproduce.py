@@ -168,7 +168,10 @@ def reproduce(
             break
         if progress is not None:
             progress({"event": "run", "done": i, "total": len(todo), "config": prep.cfg.to_dict()})
-        train(prep.cfg, data_root, store, should_stop=should_stop)
+        t_run = time.monotonic()
+        result = train(prep.cfg, data_root, store, should_stop=should_stop)
+        logger.info("run %d of %d: %s in %.1f s (test %.3f)", i + 1, len(todo), result.run_id, time.monotonic() - t_run,
+                    result.record.metrics.get("test_accuracy") or 0.0)  # fmt: skip
     if trials and not (should_stop is not None and should_stop()):
         if progress is not None:
             progress({"event": "search", "done": len(todo), "total": len(todo)})

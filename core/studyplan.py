@@ -22,7 +22,7 @@ from core.config import AugmentConfig, RunConfig
 SMALL = ref.SMALL_DATA["per_class"]
 GRID_FACTORS = tuple(ref.AUGMENTATION_GRID)  # rotation, width/height shift, shear, zoom, hflip, vflip
 STUDY_BEST_AUG = AugmentConfig(hflip=True, zoom=ref.AUGMENTATION_BEST["zoom"])
-DEFAULT_GRID_SAMPLE = 12
+DEFAULT_GRID_SAMPLE = 8
 #: the study's task 0: the head on the frozen backbone, then the whole network at a tenth of the rate
 FINETUNE = {"phase": "head+full", "full_epochs": 2}
 
