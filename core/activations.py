@@ -85,6 +85,7 @@ class Inspection:
     probs: np.ndarray  # (classes,)
     heatmap: np.ndarray  # (h, w) Grad-CAM in [0, 1]
     class_index: int  # the class Grad-CAM explains
+    grads: np.ndarray | None = None  # (h, w, channels) the class score's gradient at the layer (core.explain)
 
 
 class Inspector:
@@ -212,6 +213,8 @@ class Inspector:
             return lambda images: sub(self._prep(images), training=False)
         if kind == "predict":
             return lambda images: sub(images, training=False)[0]
+        if kind == "scores":  # preprocessed (masked, occluded) images -> class probabilities
+            return lambda x: self._logits_probs(self._avg_pool(self.backbone(x, training=False)))[1]
 
         def cam(images: Any, class_index: Any) -> Any:
             x = self._prep(images)
@@ -225,14 +228,15 @@ class Inspector:
             heat = tf.nn.relu(tf.reduce_sum(maps[0] * weights, axis=-1))
             top = tf.reduce_max(heat)
             heat = tf.where(top > 0, heat / tf.maximum(top, 1e-12), heat)
-            return maps[0], probs[0], heat, chosen
+            return maps[0], probs[0], heat, chosen, grads[0]
 
         return cam
 
     def _args(self, key: tuple[str, str]) -> list[Any]:
         import tensorflow as tf
 
-        spec = [tf.TensorSpec((1, self.image_size, self.image_size, 3), tf.float32)]
+        batch = None if key[0] == "scores" else 1
+        spec = [tf.TensorSpec((batch, self.image_size, self.image_size, 3), tf.float32)]
         return spec + [tf.TensorSpec((), tf.int32)] if key[0] == "cam" else spec
 
     def _call(self, kind: str, layer: str, *args: Any) -> Any:
@@ -294,14 +298,48 @@ class Inspector:
         self._require_head()
         layer = self.check_layer(layer)
         cls = self._class_arg(class_index)
-        maps, probs, heat, chosen = self._call("cam", layer, self._batch(image), cls)
+        maps, probs, heat, chosen, grads = self._call("cam", layer, self._batch(image), cls)
         return Inspection(
             layer=layer,
             maps=np.asarray(maps),
             probs=np.asarray(probs),
             heatmap=np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0),
             class_index=int(chosen),
+            grads=np.asarray(grads),
         )
+
+    # -- what explanation methods need (core.explain) --------------------------------------------------
+    @property
+    def default_layer(self) -> str:
+        """The block explanations open on: the registry's middle block when offered (conv4_block5 for
+        DenseNet121, 8x8 at 128 px), else the deepest block at least 8 cells wide, else the last."""
+        spec = spec_of_model(self.backbone)
+        if spec is not None and spec.explain_layer in self.layers:
+            return str(spec.explain_layer)
+        wide = [name for name in self.layers if self.layer_shape(name)[0] >= min(8, self.layer_shape(self.layers[0])[0])]
+        return wide[-1] if wide else self.last_layer
+
+    def layer_shape(self, layer: str) -> tuple[int, int, int]:
+        """(height, width, channels) of ``layer``'s output at this model's image size."""
+        shape = self.backbone.get_layer(self.check_layer(layer)).output.shape
+        return int(shape[1]), int(shape[2]), int(shape[3])
+
+    def block_name(self, layer: str) -> str:
+        """Plain words for ``layer`` ("Block 4, unit 5"), from the registry; the name itself otherwise."""
+        spec = spec_of_model(self.backbone)
+        return spec.block_name(layer) if spec is not None and spec.block_name is not None else layer
+
+    def prepared(self, image: np.ndarray) -> np.ndarray:
+        """One image as the backbone sees it (after the model's own preprocessing): (1, size, size, 3)."""
+        x = self._batch(image)
+        with self._compiler.keras_lock:
+            return np.asarray(self._prep(x), dtype=np.float32)
+
+    def scores(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities of preprocessed images ``x`` (n, size, size, 3), ``batch_size`` at a time."""
+        self._require_head()
+        out = [np.asarray(self._call("scores", "", x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
 
 # -- ImageNet backbone alone ----------------------------------------------------------------------------
