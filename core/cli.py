@@ -1,4 +1,4 @@
-"""``python -m core describe|train|tune|download-data``: the contract the app, benchmarks and search use.
+"""``python -m core describe|train|tune|download-data|explain|project``: the contract the app, benchmarks and search use.
 
 With ``--json`` the last line printed on stdout is one JSON object. A bad argument, dataset or weights
 request exits with code 2 and one sentence on stderr. Every argparse line of SceneLab is in this module;
@@ -153,11 +153,44 @@ def _add_tune(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_explain(sub: Any) -> None:
+    from core.explain import METHODS
+
+    p = sub.add_parser("explain", help="where a model looks in one image: a heatmap overlay and its predictions")
+    p.add_argument("--run", default=None, help="a stored run's id (else --backbone with its ImageNet top)")
+    p.add_argument("--backbone", default=None, help="the ImageNet backbone, not fine-tuned (efficientnet_lite0)")
+    p.add_argument("--weights", default="imagenet", help="with --backbone: imagenet (a model with its ImageNet top)")
+    p.add_argument("--image-size", type=int, default=None, help="with --backbone: image size in pixels (default 128)")
+    p.add_argument("--image", required=True, help="the image file (JPEG, PNG, BMP, GIF, WEBP or TIFF)")
+    p.add_argument("--block", default=None, help="the block to explain (default: a middle block, e.g. block5c_add)")
+    p.add_argument("--method", choices=list(METHODS), default="gradcam")
+    p.add_argument("--class", dest="class_name", default=None, help="the class to explain (default: the predicted one)")
+    p.add_argument("--out", required=True, help="where to write the overlay (PNG)")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_project(sub: Any) -> None:
+    from core.projection import METHODS
+
+    p = sub.add_parser("project", help="every image's features as a 2-D map (one CSV row per image)")
+    p.add_argument("--data", required=True, help="dataset folder <root>/{train,test}/<class>/")
+    p.add_argument("--backbone", default=None, help="default: the run's, else the registry's default")
+    p.add_argument("--weights", default=None, help="imagenet (default), none or a weights file; default: the run's")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the run's, else 128)")
+    p.add_argument("--run", default=None, help="a stored run's id: project what it learned, mark its test mistakes")
+    p.add_argument("--method", choices=list(METHODS), default="pca")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="where to write the CSV (x, y, class, split, predicted, path)")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m core", description="SceneLab core: describe, train, tune, download data.")
+    parser = _Parser(prog="python -m core", description="SceneLab core: describe, train, tune, download data, explain, project.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_describe, _add_train, _add_download, _add_tune):
+    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_explain, _add_project):
         add(sub)
     return parser
 
@@ -238,7 +271,43 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     return run_study(tune_request(args))
 
 
-COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune}
+def _stored_run(store: Any, run_id: str) -> Any:
+    from core.errors import StoreError
+
+    record = store.load_run(run_id)
+    if record is None:
+        raise StoreError(f"Run {run_id} was not found in {store.runs_dir}; give the id of a stored run (--artifacts).")
+    return record
+
+
+def _explain(args: argparse.Namespace) -> dict[str, Any]:
+    from core.explain import explain_image
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    record = _stored_run(store, args.run) if args.run else None
+    return explain_image(args.image, args.out, run=record, backbone=args.backbone, weights=args.weights,
+                         image_size=args.image_size, block=args.block, method=args.method, class_name=args.class_name)
+
+
+def _project(args: argparse.Namespace) -> dict[str, Any]:
+    from core.backbones import default_backbone
+    from core.projection import project, write_csv
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    record = _stored_run(store, args.run) if args.run else None
+    run_cfg = RunConfig.from_dict(record.config["run"]) if record is not None else None
+    backbone = args.backbone or (run_cfg.backbone if run_cfg else default_backbone())
+    weights = args.weights or (run_cfg.weights if run_cfg else "imagenet")
+    size = args.image_size or (run_cfg.image_size if run_cfg else 128)
+    proj = project(args.data, backbone=backbone, weights=weights, image_size=size, store=store, run=record,
+                   method=args.method, seed=args.seed)
+    return {"out": str(write_csv(proj, args.out).resolve()), **proj.summary()}
+
+
+COMMANDS = {"describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "explain": _explain,
+            "project": _project}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,16 +22,28 @@ run, at the same block with the same method, and their difference.
 
 from __future__ import annotations
 
+import io
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from core.activations import Inspector
+from core import render
+from core.activations import Inspector, imagenet_inspector
+from core.atomic import atomic_write_bytes
+from core.backbones import get_backbone
+from core.decode import ImageDecodeError, decode_image
 from core.errors import ConfigError
+from core.runs import load_classifier
+from core.store import RunRecord
 
-__all__ = ["METHODS", "Comparison", "Explanation", "class_index_of", "compare", "difference", "explain"]
+__all__ = ["METHODS", "Comparison", "Explanation", "class_index_of", "compare", "difference", "explain", "explain_image",
+           "inspector_for"]
 
 METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion"}
 MAX_CHANNELS = 64  # Score-CAM: channels used (one forward pass each)
@@ -169,8 +181,6 @@ def energy(maps: np.ndarray) -> np.ndarray:
 def _resized(heat: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if heat.shape == shape:
         return heat
-    from PIL import Image
-
     return np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize(shape[::-1], Image.Resampling.BILINEAR))
 
 
@@ -216,3 +226,60 @@ def class_index_of(classes: Sequence[str], name: str | None) -> int | None:
         return lowered.index(name.lower())
     shown = ", ".join(names[:8]) + (f" … ({len(names)} in all)" if len(names) > 8 else "")
     raise ConfigError(f"Unknown class {name!r} for this model; expected one of {shown}.")
+
+
+# -- one image from the command line ---------------------------------------------------------------------
+def inspector_for(
+    run: RunRecord | None = None, *, backbone: str | None = None, weights: str = "imagenet", image_size: int | None = None,
+) -> Inspector:
+    """The Inspector of a stored run, or of a backbone with its ImageNet top (not fine-tuned)."""
+    if run is not None:
+        return Inspector(load_classifier(run), classes=run.config["dataset"]["classes"], background_compile=False)
+    if backbone is None:
+        raise ConfigError("Give a run (--run) or a backbone (--backbone) to explain with.")
+    spec = get_backbone(backbone)
+    if weights != "imagenet" or spec.imagenet_top is None:
+        raise ConfigError(
+            f"{spec.label} with {weights} weights has no classification head, so there is no class to explain; "
+            "give a trained run (--run) or a backbone with its ImageNet top (efficientnet_lite0, weights imagenet)."
+        )
+    inspector = imagenet_inspector(backbone, image_size or 128)
+    inspector.background_compile = False
+    return inspector
+
+
+def explain_image(
+    image_path: str | os.PathLike[str], out: str | os.PathLike[str], *, run: RunRecord | None = None,
+    backbone: str | None = None, weights: str = "imagenet", image_size: int | None = None, block: str | None = None,
+    method: str = "gradcam", class_name: str | None = None, top: int = 5,
+) -> dict[str, Any]:
+    """Explain one image file and write its overlay as a PNG: what ``python -m core explain`` prints."""
+    check_method(method)
+    inspector = inspector_for(run, backbone=backbone, weights=weights, image_size=image_size)
+    try:
+        image = decode_image(image_path, inspector.image_size)
+    except ImageDecodeError as exc:
+        raise ImageDecodeError(f"The image {image_path} could not be used ({exc}); give a JPEG, PNG, BMP, GIF, "
+                               "WEBP or TIFF file.") from None  # fmt: skip
+    if block is not None and block not in inspector.layers:
+        raise ConfigError(
+            f"Unknown block {block!r}; expected one of {', '.join(inspector.layers)} (default {inspector.default_layer})."
+        )
+    classes = inspector.classes or []
+    e = explain(inspector, image, method=method, layer=block, class_index=class_index_of(classes, class_name))
+    shown = max(256, inspector.image_size)
+    big = np.asarray(Image.fromarray(image).resize((shown, shown), Image.Resampling.BILINEAR))
+    path = Path(out)
+    buf = io.BytesIO()
+    Image.fromarray(render.overlay(big, e.heatmap)).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    h, w = e.heatmap.shape
+    return {
+        "top": [{"class": c, "probability": round(p, 4)} for c, p in render.top_k(e.probs, classes, top)],
+        "class": classes[e.class_index], "class_index": e.class_index, "block": e.layer,
+        "block_name": inspector.block_name(e.layer), "block_size": list(inspector.layer_shape(e.layer)[:2]),
+        "map_size": [h, w], "method": method, "method_name": METHODS[method],
+        "model": f"run {run.run_id}" if run is not None else f"{backbone} (ImageNet, not fine-tuned)",
+        "image": str(image_path), "image_size": inspector.image_size, "out": str(path.resolve()),
+        "seconds": round(e.seconds, 3),
+    }  # fmt: skip
