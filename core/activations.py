@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Inspection", "Inspector", "conv_layers", "imagenet_inspector"]
 
+MIN_DEFAULT_CELLS = 8  # the default block's map is at least this many cells wide where the image allows
+
 
 # -- taking a classifier apart ------------------------------------------------------------------------
 def _backbone_of(classifier: Any) -> Any:
@@ -311,13 +313,16 @@ class Inspector:
     # -- what explanation methods need (core.explain) --------------------------------------------------
     @property
     def default_layer(self) -> str:
-        """The block explanations open on: the registry's middle block when offered (conv4_block5 for
-        DenseNet121, 8x8 at 128 px), else the deepest block at least 8 cells wide, else the last."""
+        """The block explanations open on: the registry's middle block (conv4_block5 for DenseNet121: 8x8 at
+        128 px) when its map is at least 8 cells wide at this size, else the deepest block that is (at 64 px
+        a 4x4 map says little), else the last one."""
         spec = spec_of_model(self.backbone)
-        if spec is not None and spec.explain_layer in self.layers:
-            return str(spec.explain_layer)
-        wide = [name for name in self.layers if self.layer_shape(name)[0] >= min(8, self.layer_shape(self.layers[0])[0])]
-        return wide[-1] if wide else self.last_layer
+        wide = min(MIN_DEFAULT_CELLS, self.layer_shape(self.layers[0])[0])
+        preferred = spec.explain_layer if spec is not None else None
+        if preferred in self.layers and self.layer_shape(str(preferred))[0] >= wide:
+            return str(preferred)
+        fine = [name for name in self.layers if self.layer_shape(name)[0] >= wide]
+        return fine[-1] if fine else self.last_layer
 
     def layer_shape(self, layer: str) -> tuple[int, int, int]:
         """(height, width, channels) of ``layer``'s output at this model's image size."""
