@@ -33,6 +33,7 @@ pages = [
     st.Page("pages/regularisation.py", title="4 Regularisation", icon=":material/shield:"),
     st.Page("pages/search.py", title="5 Hyperparameter search", icon=":material/search:"),
     st.Page("pages/activations.py", title="6 Activations", icon=":material/visibility:"),
+    st.Page("pages/dataset_map.py", title="Dataset map", icon=":material/scatter_plot:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_view:"),
 ]
 pg = st.navigation(pages)

@@ -15,8 +15,9 @@ from ui import reference as ref
 from ui.charts import confusion_chart, curves_chart
 from ui.compat import ensure_router
 from ui.format import fmt_acc, result_caption
+from ui.gallery import mistakes_gallery
 from ui.jobs import submit_runs, track_jobs
-from ui.resources import lookup, thumbnail
+from ui.resources import lookup
 from ui.settings import settings
 from ui.sidebar import require_dataset
 
@@ -173,16 +174,4 @@ if not root.is_dir():
 shown = idx[:18]
 if len(shown) == 0:
     st.info(f"No test image of class {classes[t]} was predicted as {classes[p]}.")
-cols = st.columns(6)
-for n, k in enumerate(shown):
-    rel = str(preds["paths"][k])
-    img = thumbnail(str(root / rel), 128)
-    top = np.argsort(-probs[k])[:3]
-    caption = " · ".join(f"{classes[c]} {probs[k, c]:.0%}" for c in top)
-    with cols[n % 6]:
-        if img is None:
-            st.caption(f"{rel} (cannot be read any more)")
-        else:
-            st.image(img, caption=f"{caption} — {Path(rel).name}", width="stretch")
-if len(idx) > len(shown):
-    st.caption(f"…and {len(idx) - len(shown)} more.")
+mistakes_gallery(record, idx, root, key=P)

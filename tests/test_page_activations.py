@@ -217,3 +217,53 @@ def test_decode_upload_refuses_non_images_corrupt_and_huge_files():
     with pytest.raises(ImageDecodeError, match="megapixel") as info:
         decode_upload(buf.getvalue(), 32, name="The file big.png")
     assert str(info.value).startswith("The file big.png could not be used as an image")
+
+
+def _gallery_script() -> None:
+    from pathlib import Path
+
+    import numpy as np
+    import streamlit as st
+
+    from core.store import Store
+    from ui.gallery import mistakes_gallery
+
+    record = Store(st.session_state["artifacts"]).load_run(st.session_state["run_id"])
+    mistakes_gallery(record, np.arange(4), Path(st.session_state["data_root"]), key="t")
+
+
+def test_gallery_overlays_the_predicted_class_heatmap(trained, tiny_dataset):
+    artifacts, run_id = trained
+    at = AppTest.from_function(_gallery_script, default_timeout=120)
+    at.session_state["artifacts"], at.session_state["run_id"] = str(artifacts), run_id
+    at.session_state["data_root"] = str(tiny_dataset)
+    at.run()
+    assert not at.exception, at.exception
+    plain = [img.value[0] for img in at.image]
+    assert len(plain) == 4 and not any("evidence for" in c for img in at.image for c in img.captions)
+    at.toggle(key="t_gallery_maps").set_value(True).run()
+    assert not at.exception, at.exception
+    captions = [c for img in at.image for c in img.captions]
+    assert len(captions) == 4 and all("— evidence for " in c for c in captions), captions
+    assert [img.value[0] for img in at.image] != plain  # the overlays are other pictures
+
+
+def test_dataset_map_shows_both_maps_and_a_picked_image(trained, tiny_dataset):
+    artifacts, run_id = trained
+    at = AppTest.from_file(str(PAGE.parent / "dataset_map.py"), default_timeout=120)
+    for k, v in {"artifacts": str(artifacts), "data_root": str(tiny_dataset), "backbone": "densenet121",
+                 "weights": "none", "image_size": 32, "seed": 0, "tta": False}.items():  # fmt: skip
+        at.session_state[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="map_run").value == run_id
+    assert len(at.get("vega_lite_chart")) == 2
+    text = _text(at)
+    assert "PCA of the pooled features (none weights, not fine-tuned) of 33 images" in text
+    assert "class scores of the trained head" in text and "test mistakes" in text
+    at.radio(key="map_method").set_value("tsne").run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 2
+    at.session_state["map_selected"] = "test/forest/forest_1.jpg"  # what a click on a point sets
+    at.run()
+    assert any("**forest_1.jpg** · test image · true class **forest**" in str(m.value) for m in at.markdown)

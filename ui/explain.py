@@ -126,7 +126,7 @@ def _test_images(root: str) -> dict[str, list[str]]:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _decode_path(path: str, size: int, mtime_ns: int) -> np.ndarray:
+def decode_path(path: str, size: int, mtime_ns: int) -> np.ndarray:
     return decode_image(path, size)
 
 
@@ -164,7 +164,7 @@ def pick_image(key: str, root: str, size: int) -> tuple[np.ndarray | None, str, 
     cls = cols[0].selectbox("Class", list(per_class), key=f"{key}_class")
     path = cols[1].selectbox("Test image", per_class[cls], format_func=lambda p: Path(p).name, key=f"{key}_image")
     try:
-        return _decode_path(path, size, Path(path).stat().st_mtime_ns), f"test/{cls}/{Path(path).name}", cls, False
+        return decode_path(path, size, Path(path).stat().st_mtime_ns), f"test/{cls}/{Path(path).name}", cls, False
     except (SceneLabError, OSError) as exc:
         st.error(f"The test image {path} cannot be read ({exc}); pick another one.")
         return None, "", None, True
@@ -203,3 +203,34 @@ def legends(with_difference: bool) -> None:
             st.image(colorbar(DIVERGING, 256, 10), width="stretch")
             st.caption("Difference (after − before): red = the fine-tuned run looks there more than the ImageNet "
                        "backbone, blue = less, white = the same.")  # fmt: skip
+
+
+# -- the dataset map ---------------------------------------------------------------------------------------
+KINDS = ("train image", "test image", "test image the run got wrong")
+
+
+def map_chart(df: pd.DataFrame, title: str, selected: str | None) -> alt.LayerChart:
+    """A 2-D map of the dataset: colour = true class, shape = train / test / test mistake; a click selects
+    an image (selection ``pick`` over ``path``), the selected one ringed."""
+    pick = alt.selection_point(name="pick", fields=["path"], on="click", clear=False)
+    enc = {"x": alt.X("x:Q", axis=None), "y": alt.Y("y:Q", axis=None)}
+    points = alt.Chart(df).mark_point(filled=True, opacity=0.75).encode(
+        **enc,
+        color=alt.Color("class:N", legend=alt.Legend(title="True class", orient="bottom", columns=4, symbolLimit=0)),
+        shape=alt.Shape("kind:N", scale=alt.Scale(domain=list(KINDS), range=["circle", "square", "cross"]),
+                        legend=alt.Legend(title="Point", orient="bottom", columns=1)),
+        size=alt.Size("kind:N", scale=alt.Scale(domain=list(KINDS), range=[12, 28, 110]), legend=None),
+        tooltip=[alt.Tooltip("class:N", title="true class"), "split:N", "predicted:N", "path:N"],
+    ).add_params(pick)  # fmt: skip
+    layers: list[alt.Chart] = [points]
+    if selected is not None and (df["path"] == selected).any():
+        ring = alt.Chart(df[df["path"] == selected]).mark_point(size=420, strokeWidth=3, color="black", filled=False)
+        layers.append(ring.encode(**enc))
+    return alt.layer(*layers).properties(title=title, height=420)
+
+
+def map_frame(rows: list[dict[str, Any]], mistakes: set[str]) -> pd.DataFrame:
+    """A projection's rows with each point's kind (train, test, test mistake of the run)."""
+    df = pd.DataFrame(rows)
+    df["kind"] = np.where(df["split"] == "train", KINDS[0], np.where(df["path"].isin(mistakes), KINDS[2], KINDS[1]))
+    return df
