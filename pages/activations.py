@@ -96,7 +96,7 @@ if image is None:
 
 # block, method, class, opacity
 layers = inspector.layers
-pick_layer, pick_method, pick_class, pick_alpha = st.columns([2, 3, 2, 1])
+pick_layer, pick_method, pick_class, pick_alpha = st.columns([2, 4.4, 2, 1.2])
 layer = pick_layer.selectbox(
     "Block", layers, index=layers.index(inspector.default_layer), format_func=lambda n: ux.block_label(inspector, n),
     key="act_layer", help="From the input (top) to the last conv layer (bottom), with the size of each block's map at "
@@ -143,7 +143,7 @@ def verdict(best: str) -> str:
 
 def show_map(heat: np.ndarray, caption: str, *, signed: bool = False) -> None:
     lut = {"lut": DIVERGING, "signed": True} if signed else {}
-    st.image(overlay(big, heat, alpha=alpha if not signed else max(alpha, 0.6), **lut), caption=caption, width="stretch")
+    st.image(overlay(big, heat, alpha=alpha if not signed else max(alpha, 0.7), **lut), caption=caption, width="stretch")
 
 
 st.subheader("Before and after fine-tuning" if comparison is not None else "Where the model looks")

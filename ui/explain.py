@@ -206,7 +206,7 @@ def legends(with_difference: bool) -> None:
 
 
 # -- the dataset map ---------------------------------------------------------------------------------------
-KINDS = ("train image", "test image", "test image the run got wrong")
+KINDS = ("train image", "test image", "test mistake")
 
 
 def map_chart(df: pd.DataFrame, title: str, selected: str | None) -> alt.LayerChart:
@@ -214,12 +214,19 @@ def map_chart(df: pd.DataFrame, title: str, selected: str | None) -> alt.LayerCh
     an image (selection ``pick`` over ``path``), the selected one ringed."""
     pick = alt.selection_point(name="pick", fields=["path"], on="click", clear=False)
     enc = {"x": alt.X("x:Q", axis=None), "y": alt.Y("y:Q", axis=None)}
-    points = alt.Chart(df).mark_point(filled=True, opacity=0.75).encode(
+    legend = {"orient": "bottom", "direction": "horizontal"}
+    wrong = f"datum.kind == '{KINDS[2]}'"
+    points = alt.Chart(df).mark_point(filled=True, opacity=0.8).encode(
         **enc,
-        color=alt.Color("class:N", legend=alt.Legend(title="True class", orient="bottom", columns=4, symbolLimit=0)),
+        color=alt.Color("class:N", scale=alt.Scale(scheme="tableau10"),
+                        legend=alt.Legend(title="True class", columns=4, symbolLimit=0, **legend)),
         shape=alt.Shape("kind:N", scale=alt.Scale(domain=list(KINDS), range=["circle", "square", "cross"]),
-                        legend=alt.Legend(title="Point", orient="bottom", columns=1)),
-        size=alt.Size("kind:N", scale=alt.Scale(domain=list(KINDS), range=[12, 28, 110]), legend=None),
+                        legend=alt.Legend(title="Point", columns=1, **legend)),
+        size=alt.Size("kind:N", scale=alt.Scale(domain=list(KINDS), range=[12, 30, 140]),
+                      legend=alt.Legend(title="Point", columns=1, **legend)),
+        stroke=alt.condition(wrong, alt.value("black"), alt.value(None)),
+        strokeWidth=alt.condition(wrong, alt.value(1.2), alt.value(0)),
+        order=alt.Order("rank:Q"),  # mistakes drawn last, on top
         tooltip=[alt.Tooltip("class:N", title="true class"), "split:N", "predicted:N", "path:N"],
     ).add_params(pick)  # fmt: skip
     layers: list[alt.Chart] = [points]
@@ -233,4 +240,5 @@ def map_frame(rows: list[dict[str, Any]], mistakes: set[str]) -> pd.DataFrame:
     """A projection's rows with each point's kind (train, test, test mistake of the run)."""
     df = pd.DataFrame(rows)
     df["kind"] = np.where(df["split"] == "train", KINDS[0], np.where(df["path"].isin(mistakes), KINDS[2], KINDS[1]))
+    df["rank"] = df["kind"].map({k: i for i, k in enumerate(KINDS)})
     return df
