@@ -348,7 +348,7 @@ class Inspector:
 
 
 # -- ImageNet backbone alone ----------------------------------------------------------------------------
-def imagenet_inspector(backbone: str, image_size: int) -> Inspector:
+def imagenet_inspector(backbone: str, image_size: int, *, background_compile: bool = True) -> Inspector:
     """An Inspector for a backbone with its ImageNet weights and no fine-tuning.
 
     A backbone with an ImageNet top in the registry (EfficientNet-Lite0) predicts ImageNet classes and
@@ -369,8 +369,8 @@ def imagenet_inspector(backbone: str, image_size: int) -> Inspector:
         pred.set_weights(top_weights)
         pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base(x, training=False))
         model = keras.Model(inputs, head(pooled), name=f"{backbone}_imagenet")
-        return Inspector(model, classes=imagenet_class_names())
+        return Inspector(model, classes=imagenet_class_names(), background_compile=background_compile)
     base = build_base(backbone, image_size, resolve_weights(backbone, "imagenet"))
     pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base(x, training=False))
     model = keras.Model(inputs, pooled, name=f"{backbone}_imagenet_backbone")
-    return Inspector(model)
+    return Inspector(model, background_compile=background_compile)

@@ -243,9 +243,7 @@ def inspector_for(
             f"{spec.label} with {weights} weights has no classification head, so there is no class to explain; "
             "give a trained run (--run) or a backbone with its ImageNet top (efficientnet_lite0, weights imagenet)."
         )
-    inspector = imagenet_inspector(backbone, image_size or 128)
-    inspector.background_compile = False
-    return inspector
+    return imagenet_inspector(backbone, image_size or 128, background_compile=False)
 
 
 def explain_image(
