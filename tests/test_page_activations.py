@@ -164,6 +164,10 @@ def test_page_upload_good_and_bad(trained, tiny_dataset):
     assert any(str(m.value).startswith("Predicted: **") for m in at.markdown)
     assert len(at.image) == 4  # the photo, its heatmap, the legend's colour strip, the channel grid
 
+    at.radio(key="act_source").set_value("Camera").run()  # the third source: a photo from the camera
+    assert not at.exception, at.exception
+    assert any("take one with the camera" in i.value for i in at.info)
+
 
 def test_page_without_runs_offers_imagenet_and_says_why_not(tmp_path, tiny_dataset, monkeypatch):
     from core.errors import WeightsError
