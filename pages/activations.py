@@ -152,7 +152,7 @@ if comparison is not None:
     b = comparison.before
     with cols[0]:
         st.markdown("**The image**")
-        st.image(big, caption=f"{image_name}, as the models see it ({size}×{size} px)", width="stretch")
+        st.image(big, caption=f"{image_name}, as the model sees it ({size}×{size} px)", width="stretch")
     with cols[1]:
         st.markdown("**Before: ImageNet backbone**", help="Not fine-tuned: its 1000 ImageNet classes.")
         if b is not None:

@@ -79,7 +79,7 @@ def test_page_6_before_and_after_and_the_dataset_map(tab):
     tab.get_by_text("What changed").first.wait_for(timeout=120_000)
     settle(tab, timeout_s=120)
     text = main_text(tab)
-    for words in ("Before: ImageNet backbone", "After: your fine-tuned run", "coast.jpg, as the models see it",
+    for words in ("Before: ImageNet backbone", "After: your fine-tuned run", "coast.jpg, as the model sees it",
                   "Grad-CAM of its top class", "After − before"):  # fmt: skip
         assert words in text, words
     assert tab.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').count() == 2  # both predictions
