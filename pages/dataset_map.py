@@ -100,7 +100,7 @@ if right:
         right_df = ux.map_frame(right, mistakes)
         st.altair_chart(ux.map_chart(right_df, f"After: {right_info['model']}", selected), key=f"{P}_right",
                         on_select=lambda: on_pick(f"{P}_right"), selection_mode="pick")  # fmt: skip
-        st.caption(f"{METHODS[method]} of the {right_info['space']}; ✕ marks its {right_info['test_mistakes']} test "
+        st.caption(f"{METHODS[method]} of the {right_info['space']}; crosses mark its {right_info['test_mistakes']} test "
                    f"mistakes (also on the left).")  # fmt: skip
 else:
     st.info("Train a run on this dataset (pages 0-5) to see its map beside this one, with its test mistakes marked.")
