@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Inspection", "Inspector", "conv_layers", "imagenet_inspector"]
 
+MIN_DEFAULT_CELLS = 8  # the default block's map is at least this many cells wide where the image allows
+
 
 # -- taking a classifier apart ------------------------------------------------------------------------
 def _backbone_of(classifier: Any) -> Any:
@@ -85,6 +87,7 @@ class Inspection:
     probs: np.ndarray  # (classes,)
     heatmap: np.ndarray  # (h, w) Grad-CAM in [0, 1]
     class_index: int  # the class Grad-CAM explains
+    grads: np.ndarray | None = None  # (h, w, channels) the class score's gradient at the layer (core.explain)
 
 
 class Inspector:
@@ -212,6 +215,8 @@ class Inspector:
             return lambda images: sub(self._prep(images), training=False)
         if kind == "predict":
             return lambda images: sub(images, training=False)[0]
+        if kind == "scores":  # preprocessed (masked, occluded) images -> class probabilities
+            return lambda x: self._logits_probs(self._avg_pool(self.backbone(x, training=False)))[1]
 
         def cam(images: Any, class_index: Any) -> Any:
             x = self._prep(images)
@@ -225,14 +230,15 @@ class Inspector:
             heat = tf.nn.relu(tf.reduce_sum(maps[0] * weights, axis=-1))
             top = tf.reduce_max(heat)
             heat = tf.where(top > 0, heat / tf.maximum(top, 1e-12), heat)
-            return maps[0], probs[0], heat, chosen
+            return maps[0], probs[0], heat, chosen, grads[0]
 
         return cam
 
     def _args(self, key: tuple[str, str]) -> list[Any]:
         import tensorflow as tf
 
-        spec = [tf.TensorSpec((1, self.image_size, self.image_size, 3), tf.float32)]
+        batch = None if key[0] == "scores" else 1
+        spec = [tf.TensorSpec((batch, self.image_size, self.image_size, 3), tf.float32)]
         return spec + [tf.TensorSpec((), tf.int32)] if key[0] == "cam" else spec
 
     def _call(self, kind: str, layer: str, *args: Any) -> Any:
@@ -294,18 +300,55 @@ class Inspector:
         self._require_head()
         layer = self.check_layer(layer)
         cls = self._class_arg(class_index)
-        maps, probs, heat, chosen = self._call("cam", layer, self._batch(image), cls)
+        maps, probs, heat, chosen, grads = self._call("cam", layer, self._batch(image), cls)
         return Inspection(
             layer=layer,
             maps=np.asarray(maps),
             probs=np.asarray(probs),
             heatmap=np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0),
             class_index=int(chosen),
+            grads=np.asarray(grads),
         )
+
+    # -- what explanation methods need (core.explain) --------------------------------------------------
+    @property
+    def default_layer(self) -> str:
+        """The block explanations open on: the registry's middle block (conv4_block5 for DenseNet121: 8x8 at
+        128 px) when its map is at least 8 cells wide at this size, else the deepest block that is (at 64 px
+        a 4x4 map says little), else the last one."""
+        spec = spec_of_model(self.backbone)
+        wide = min(MIN_DEFAULT_CELLS, self.layer_shape(self.layers[0])[0])
+        preferred = spec.explain_layer if spec is not None else None
+        if preferred in self.layers and self.layer_shape(str(preferred))[0] >= wide:
+            return str(preferred)
+        fine = [name for name in self.layers if self.layer_shape(name)[0] >= wide]
+        return fine[-1] if fine else self.last_layer
+
+    def layer_shape(self, layer: str) -> tuple[int, int, int]:
+        """(height, width, channels) of ``layer``'s output at this model's image size."""
+        shape = self.backbone.get_layer(self.check_layer(layer)).output.shape
+        return int(shape[1]), int(shape[2]), int(shape[3])
+
+    def block_name(self, layer: str) -> str:
+        """Plain words for ``layer`` ("Block 4, unit 5"), from the registry; the name itself otherwise."""
+        spec = spec_of_model(self.backbone)
+        return spec.block_name(layer) if spec is not None and spec.block_name is not None else layer
+
+    def prepared(self, image: np.ndarray) -> np.ndarray:
+        """One image as the backbone sees it (after the model's own preprocessing): (1, size, size, 3)."""
+        x = self._batch(image)
+        with self._compiler.keras_lock:
+            return np.asarray(self._prep(x), dtype=np.float32)
+
+    def scores(self, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities of preprocessed images ``x`` (n, size, size, 3), ``batch_size`` at a time."""
+        self._require_head()
+        out = [np.asarray(self._call("scores", "", x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
 
 # -- ImageNet backbone alone ----------------------------------------------------------------------------
-def imagenet_inspector(backbone: str, image_size: int) -> Inspector:
+def imagenet_inspector(backbone: str, image_size: int, *, background_compile: bool = True) -> Inspector:
     """An Inspector for a backbone with its ImageNet weights and no fine-tuning.
 
     A backbone with an ImageNet top in the registry (EfficientNet-Lite0) predicts ImageNet classes and
@@ -326,8 +369,8 @@ def imagenet_inspector(backbone: str, image_size: int) -> Inspector:
         pred.set_weights(top_weights)
         pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base(x, training=False))
         model = keras.Model(inputs, head(pooled), name=f"{backbone}_imagenet")
-        return Inspector(model, classes=imagenet_class_names())
+        return Inspector(model, classes=imagenet_class_names(), background_compile=background_compile)
     base = build_base(backbone, image_size, resolve_weights(backbone, "imagenet"))
     pooled = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base(x, training=False))
     model = keras.Model(inputs, pooled, name=f"{backbone}_imagenet_backbone")
-    return Inspector(model)
+    return Inspector(model, background_compile=background_compile)

@@ -1,4 +1,4 @@
-"""``python -m core describe|train|tune|download-data``: the contract the app, benchmarks and search use.
+"""``python -m core <command>``: the contract the app, benchmarks and search use (options; ``core.commands`` runs them).
 
 With ``--json`` the last line printed on stdout is one JSON object. A bad argument, dataset or weights
 request exits with code 2 and one sentence on stderr. Every argparse line of SceneLab is in this module;
@@ -14,16 +14,15 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
+from core.commands import tune_request
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, AugmentConfig, RunConfig
-from core.errors import ConfigError, SceneLabError, os_error_phrase
+from core.errors import SceneLabError, os_error_phrase
 from core.fields import Setting, flag_of
-from core.paths import default_artifacts
 from core.search.objective import AUTO_REPEATS_CHEAP
 from core.search.samplers import PRUNERS, SAMPLERS
-from core.search.study import DEFAULT_TRIALS, TUNE_DEFAULTS, StudyRequest
+from core.search.study import DEFAULT_TRIALS, StudyRequest
 
 logger = logging.getLogger("core")
 DATA_HELP = (
@@ -84,18 +83,6 @@ def add_run_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> No
         _add_setting(p, name, info, argparse.SUPPRESS if suppress else aug_defaults[name], prefix="aug-")
 
 
-def config_from_values(values: dict[str, Any]) -> RunConfig:
-    """A RunConfig from option values keyed by field (``aug_<field>`` for augmentation); validated."""
-    run = {k: v for k, v in values.items() if k in RUN_SETTINGS}
-    aug = {k[4:]: v for k, v in values.items() if k.startswith("aug_") and k[4:] in AUGMENT_SETTINGS}
-    return RunConfig(augment=AugmentConfig(**aug), **run).validate()
-
-
-def _run_values(args: argparse.Namespace) -> dict[str, Any]:
-    keys = set(RUN_SETTINGS) | {f"aug_{k}" for k in AUGMENT_SETTINGS}
-    return {k: v for k, v in vars(args).items() if k in keys}
-
-
 # -- the parser ---------------------------------------------------------------------------------------------
 def _add_describe(sub: Any) -> None:
     p = sub.add_parser("describe", help="parameter counts of a (truncated) backbone + head")
@@ -137,8 +124,17 @@ def _add_tune(sub: Any) -> None:
     )
     p.add_argument("--data", default=None, help="dataset folder (default: the one the study was created with)")
     p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--trials", type=int, default=None, help=f"finished trials the study should hold (default {DEFAULT_TRIALS}, or the study's)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL or file (.db SQLite, .log journal); default <artifacts>/studies/studies.db")
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help=f"finished trials the study should hold (default {DEFAULT_TRIALS}, or the study's)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="Optuna storage URL or file (.db SQLite, .log journal); default <artifacts>/studies/studies.db",
+    )
     p.add_argument("--timeout", type=float, default=None, help="stop asking for new trials after S seconds")
     p.add_argument("--sampler", choices=SAMPLERS, default=None, help="tpe (default) or random")
     p.add_argument("--pruner", choices=PRUNERS, default=None, help="median (default) or none")
@@ -167,7 +163,9 @@ def _add_export(sub: Any) -> None:
         ),
     )
     p.add_argument("run_id", metavar="RUN_ID", help="the run's id (artifacts/runs/<RUN_ID>)")
-    p.add_argument("--to", required=True, metavar="FILE", help="the file to write; its suffix picks the format: .keras or .tflite")
+    p.add_argument(
+        "--to", required=True, metavar="FILE", help="the file to write; its suffix picks the format: .keras or .tflite"
+    )
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
     p.add_argument("--json", action="store_true")
 
@@ -183,8 +181,12 @@ def _add_import(sub: Any) -> None:
         ),
     )
     p.add_argument("zip", metavar="ZIP", help="the dataset zip")
-    p.add_argument("--to", default=None, metavar="DIR",
-                   help="new or empty destination folder (default: <upload root>/<zip name>; see SCENELAB_DATA_ROOTS)")
+    p.add_argument(
+        "--to",
+        default=None,
+        metavar="DIR",
+        help="new or empty destination folder (default: <upload root>/<zip name>; see SCENELAB_DATA_ROOTS)",
+    )
     p.add_argument("--test-fraction", type=float, default=0.3, help="test share when the zip holds class folders only")
     p.add_argument("--seed", type=int, default=0, help="seed of that split")
     p.add_argument("--json", action="store_true")
@@ -205,24 +207,58 @@ def _add_reproduce(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def _add_explain(sub: Any) -> None:
+    from core.explain import METHODS
+
+    p = sub.add_parser("explain", help="where a model looks in one image: a heatmap overlay and its predictions")
+    p.add_argument("--run", default=None, help="a stored run's id (else --backbone with its ImageNet top)")
+    p.add_argument("--backbone", default=None, help="the ImageNet backbone, not fine-tuned (efficientnet_lite0)")
+    p.add_argument("--weights", default="imagenet", help="with --backbone: imagenet (a model with its ImageNet top)")
+    p.add_argument("--image-size", type=int, default=None, help="with --backbone: image size in pixels (default 128)")
+    p.add_argument("--image", required=True, help="the image file (JPEG, PNG, BMP, GIF, WEBP or TIFF)")
+    p.add_argument("--block", default=None, help="the block to explain (default: a middle block, e.g. block5c_add)")
+    p.add_argument("--method", choices=list(METHODS), default="gradcam")
+    p.add_argument("--class", dest="class_name", default=None, help="the class to explain (default: the predicted one)")
+    p.add_argument("--out", required=True, help="where to write the overlay (PNG)")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_project(sub: Any) -> None:
+    from core.projection import METHODS
+
+    p = sub.add_parser("project", help="every image's features as a 2-D map (one CSV row per image)")
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    p.add_argument("--backbone", default=None, help="default: the run's, else the registry's default")
+    p.add_argument("--weights", default=None, help="imagenet (default), none or a weights file; default: the run's")
+    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the run's, else 128)")
+    p.add_argument("--run", default=None, help="a stored run's id: project what it learned, mark its test mistakes")
+    p.add_argument("--method", choices=list(METHODS), default="pca")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="where to write the CSV (x, y, class, split, predicted, path)")
+    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m core", description="SceneLab core: describe, train, tune, download data.")
+    parser = _Parser(
+        prog="python -m core", description="SceneLab core: describe, train, tune, reproduce the study, export, explain."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_describe, _add_train, _add_download, _add_tune, _add_export, _add_import, _add_reproduce):
+    for add in (
+        _add_describe,
+        _add_train,
+        _add_download,
+        _add_tune,
+        _add_export,
+        _add_import,
+        _add_reproduce,
+        _add_explain,
+        _add_project,
+    ):
         add(sub)
     return parser
-
-
-def tune_request(args: argparse.Namespace) -> StudyRequest:
-    """The study a parsed ``tune`` command asks for (its explicit train options fix parameters)."""
-    explicit = _run_values(args)
-    cfg = config_from_values({**TUNE_DEFAULTS, **explicit})
-    return StudyRequest(
-        study=args.study, cfg=cfg, explicit=explicit, data=args.data, trials=args.trials, storage=args.storage,
-        timeout=args.timeout, sampler=args.sampler, pruner=args.pruner, space_file=args.space,
-        repeats=args.repeats, artifacts=args.artifacts,
-    )
 
 
 def parse_tune(argv: Sequence[str]) -> StudyRequest:
@@ -231,139 +267,12 @@ def parse_tune(argv: Sequence[str]) -> StudyRequest:
 
 
 # -- running a command ------------------------------------------------------------------------------------
-def _progress_printer(event: dict[str, Any]) -> None:
-    kind = event.get("event")
-    if kind == "status":
-        logger.info("%s", event["message"])
-    elif kind == "epoch":
-        row = event["row"]
-        logger.info(
-            "%s epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2g",
-            event["phase"], event["epoch"], event["epochs"], row["loss"], row["accuracy"],
-            row["val_loss"], row["val_accuracy"], row["lr"],
-        )
-    elif kind == "features" and (event["done"] == event["total"] or event["done"] % 640 < 64):
-        logger.info("features %d/%d (%.1f s)", event["done"], event["total"], event["elapsed"])
-
-
 def _emit(payload: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(payload, default=str))
     else:
         for k, v in payload.items():
             print(f"{k}: {v}")
-
-
-def _describe(args: argparse.Namespace) -> dict[str, Any]:
-    if args.classes < 2:
-        raise ConfigError(f"Classes (--classes) must be at least 2 for a classifier; received {args.classes}.")
-    RunConfig(backbone=args.backbone, remove_blocks=args.remove_blocks, image_size=args.image_size).validate()
-    from core.backbones import get_backbone
-    from core.model import describe
-
-    get_backbone(args.backbone).cut_layer(args.remove_blocks)
-    return describe(args.backbone, args.remove_blocks, classes=args.classes, dense_1024=args.dense_1024,
-                    batch_norm=args.batch_norm, image_size=args.image_size)
-
-
-def _train(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = config_from_values(_run_values(args))  # bad settings: one sentence before TensorFlow loads
-    from core.bundled import default_dataset
-    from core.store import Store
-    from core.train import train
-
-    artifacts = args.artifacts or default_artifacts()
-    data = args.data or default_dataset(artifacts)
-    return train(cfg, data, Store(artifacts), progress=_progress_printer, force=args.force).summary()
-
-
-def _download(args: argparse.Namespace) -> dict[str, Any]:
-    from core.download import download_data
-
-    counts = download_data(args.to, args.zip, seed=args.seed)
-    return {"to": str(Path(args.to).resolve()), "counts": counts}
-
-
-def _tune(args: argparse.Namespace) -> dict[str, Any]:
-    import optuna
-
-    from core.search.study import run_study
-
-    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tf.function retracing notes, one per trial
-    return run_study(tune_request(args))
-
-
-def _export(args: argparse.Namespace) -> dict[str, Any]:
-    import re
-
-    from core.errors import ConfigError, StoreError
-    from core.export import check_destination
-    from core.runs import export_model
-    from core.store import Store
-
-    store = Store(args.artifacts or default_artifacts())
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.run_id):  # a name inside runs/, never a path
-        raise ConfigError(f"{args.run_id!r} is not a run id; give the folder name of a run in {store.runs_dir}.")
-    check_destination(args.to)
-    record = store.load_run(args.run_id)
-    if record is None:
-        raise StoreError(
-            f"No finished run {args.run_id} in {store.runs_dir}; check the id (and --artifacts), or train the run first."
-        )
-    result = export_model(record, args.to)
-    return {"run_id": record.run_id, **result.summary()}
-
-
-def _import_data(args: argparse.Namespace) -> dict[str, Any]:
-    from core.archive import default_upload_root, import_zip
-    from core.errors import ConfigError
-
-    if not 0 <= args.seed < 2**32:
-        raise ConfigError(f"--seed must be 0 to {2**32 - 1}; received {args.seed}.")
-    dest = Path(args.to) if args.to else default_upload_root() / Path(args.zip).stem
-    result = import_zip(args.zip, dest, test_fraction=args.test_fraction, seed=args.seed)
-    return {
-        "to": str(result.dest),
-        "counts": result.counts,
-        "images": sum(sum(per.values()) for per in result.counts.values()),
-        "was_split": result.was_split,
-        "test_fraction": args.test_fraction if result.was_split else None,
-        "seed": args.seed if result.was_split else None,
-        "test_share": result.test_share,
-        "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped],
-    }
-
-
-def _reproduce(args: argparse.Namespace) -> dict[str, Any]:
-    if args.trials < 0 or not 2 <= args.grid_sample <= 128:
-        raise ConfigError(f"--trials must be 0 or more and --grid-sample 2 to 128; received {args.trials} and "
-                          f"{args.grid_sample}.")  # fmt: skip
-    base = config_from_values(_run_values(args))
-    from core import reproduce
-    from core.bundled import default_dataset
-    from core.report import write_report
-    from core.store import Store
-
-    store = Store(args.artifacts or default_artifacts())
-    data = str(args.data or default_dataset(store.root))
-    if args.estimate:
-        seconds = reproduce.estimate(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
-        missing = reproduce.missing_runs(base, data, store, args.grid_sample)
-        return {"estimated_seconds": round(seconds), "runs_missing": len(missing)}
-    done = reproduce.reproduce(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
-    rows = reproduce.table(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
-    out: dict[str, Any] = {"rows": reproduce.json_rows(rows), "seconds": done["seconds"], "trained": done["trained"]}
-    if args.report:
-        context = reproduce.report_context(base, data)
-        out["report"] = str(write_report(args.report, [r.as_dict() for r in rows], context, done["seconds"]))
-    return out
-
-
-COMMANDS = {
-    "describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export,
-    "import-data": _import_data, "reproduce": _reproduce,
-}  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -375,6 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        from core.commands import COMMANDS
+
         _emit(COMMANDS[args.command](args), args.json)
         return 0
     except SceneLabError as exc:

@@ -44,6 +44,16 @@ def _register_exit_hook() -> None:
             _exit_hook_registered = True
 
 
+def _warmup_value(spec: Any) -> Any:
+    """A value matching ``spec`` for the first (tracing) call: zeros, a batch of one where the batch is
+    free (``None``), -1 for an int32 scalar (a class index: "the predicted class")."""
+    import tensorflow as tf
+
+    if spec.dtype == tf.int32 and spec.shape.rank == 0:
+        return tf.constant(-1, tf.int32)
+    return tf.zeros([1 if d is None else d for d in spec.shape], spec.dtype)
+
+
 class Compiler:
     """``body(key)`` (a Python function over tensors) traced as a ``tf.function`` with ``signature(key)``.
 
@@ -81,7 +91,7 @@ class Compiler:
             spec = self._signature(key)
             fn = tf.function(functools.partial(self._body(key)), input_signature=spec, reduce_retracing=True,
                              autograph=False)
-            fn(*[tf.zeros(a.shape, a.dtype) if a.dtype != tf.int32 else tf.constant(-1, tf.int32) for a in spec])
+            fn(*[_warmup_value(a) for a in spec])
             with self._lock:
                 self._compiled[key] = fn
             logger.debug("compiled %s in %.1f s", key, time.perf_counter() - t0)

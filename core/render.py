@@ -1,7 +1,7 @@
 """Pictures from arrays, without matplotlib: colour maps, heatmap overlays, channel grids, top-k lists.
 
-The colour maps (a jet-like map for heatmaps, a viridis-like one for feature maps) are small numpy
-look-up tables.
+The colour maps (a jet-like map for heatmaps, a viridis-like one for feature maps, a blue-white-red one
+for signed differences) are small numpy look-up tables; :func:`colorbar` draws one as a legend strip.
 """
 
 from __future__ import annotations
@@ -46,14 +46,27 @@ VIRIDIS = _lut(
 )
 
 
+# blue-white-red (diverging): negative blue, zero white, positive red
+DIVERGING = _lut([(0.0, (33, 102, 172)), (0.25, (146, 197, 222)), (0.5, (247, 247, 247)), (0.75, (244, 165, 130)),
+                  (1.0, (178, 24, 43))])  # fmt: skip
+
+
+def colorbar(lut: np.ndarray = JET, width: int = 256, height: int = 12) -> np.ndarray:
+    """A horizontal strip of ``lut`` from its low end (left) to its high end (right): a legend."""
+    return np.repeat(colorize(np.linspace(0.0, 1.0, width), lut)[None], height, axis=0)
+
+
 def colorize(values: np.ndarray, lut: np.ndarray = JET) -> np.ndarray:
     """Values in [0, 1] -> RGB uint8 through a 256-entry look-up table."""
     idx = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64)) * 255.0, 0, 255).round().astype(np.intp)
     return lut[idx]
 
 
-def overlay(image_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The heatmap (values in [0, 1]) upsampled to the image, coloured and blended over it."""
+def overlay(
+    image_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, *, lut: np.ndarray = JET, signed: bool = False
+) -> np.ndarray:
+    """The heatmap (values in [0, 1], or in [-1, 1] when ``signed``) upsampled to the image, coloured
+    through ``lut`` and blended over it."""
     image = np.asarray(image_uint8)
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"Expected an RGB image of shape (H, W, 3). Received: shape={image.shape}")
@@ -64,7 +77,9 @@ def overlay(image_uint8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -
     if heat.ndim != 2:
         raise ValueError(f"Expected a 2-D heatmap. Received: shape={heat.shape}")
     up = np.asarray(Image.fromarray(heat, mode="F").resize((w, h), Image.Resampling.BILINEAR))
-    colour = colorize(np.clip(up, 0.0, 1.0), JET).astype(np.float32)
+    if signed:
+        up = (up + 1.0) / 2.0
+    colour = colorize(np.clip(up, 0.0, 1.0), lut).astype(np.float32)
     out = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
     return np.clip(out.round(), 0, 255).astype(np.uint8)
 

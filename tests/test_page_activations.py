@@ -14,6 +14,7 @@ from core.config import RunConfig
 from core.data import ImageDecodeError
 from core.decode import decode_upload
 from core.errors import SceneLabError
+from core.explain import METHODS
 from core.store import Store
 from core.train import train
 
@@ -27,6 +28,15 @@ TINY = RunConfig(
     batch_size=8,
     val_fraction=0.25,
 )
+
+
+@pytest.fixture(scope="module")
+def lite_run(tiny_dataset, tmp_path_factory):
+    """(artifacts folder, run id) of a tiny EfficientNet-Lite0 head run from ImageNet weights."""
+    store = Store(tmp_path_factory.mktemp("act-lite") / "artifacts")
+    cfg = RunConfig(backbone="efficientnet_lite0", weights="imagenet", phase="head", image_size=32, epochs=1,
+                    batch_size=8, val_fraction=0.25)  # fmt: skip
+    return store.root, train(cfg, tiny_dataset, store).run_id
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +68,11 @@ def _text(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
-def test_page_shows_prediction_channels_and_grad_cam(trained, tiny_dataset):
+def _images(at: AppTest) -> str:
+    return " | ".join(c for img in at.image for c in img.captions)
+
+
+def test_page_shows_prediction_channels_and_each_method(trained, tiny_dataset):
     artifacts, run_id = trained
     at = _page(artifacts, tiny_dataset).run()
     assert not at.exception, at.exception
@@ -75,26 +89,56 @@ def test_page_shows_prediction_channels_and_grad_cam(trained, tiny_dataset):
     assert any(f"**{c}**" in predicted[0] for c in ("coast", "forest", "street"))
     assert "%" in predicted[0]
     assert run_id in text and "32 px" in text and "densenet121" in text
-    # the layer picker defaults to the last conv layer of the cut backbone
-    assert at.selectbox(key="act_layer").value == "pool2_pool"
-    assert "conv2_block1_concat" in at.selectbox(key="act_layer").options
+    assert "started from none weights" in text  # no ImageNet backbone to compare a random-init run with
+    # the block list opens on the deepest block with an 8x8 map (the last one, 4x4, is coarser) and says sizes
+    layer = at.selectbox(key="act_layer")
+    assert layer.value == "conv2_block6_concat" and layer.options[-1] == "End of block 2 (downsampled) · 4×4"
+    assert "Block 2, unit 6 (`conv2_block6_concat`): 8×8 cells of 256 channels at 32 px." in text
     cam_class = at.selectbox(key="act_cam_class")
     assert cam_class.value == -1 and cam_class.options[:2] == ["the predicted class", "coast"]
-    # three images: the photo, the channel grid and the Grad-CAM overlay
-    captions = " | ".join(c for img in at.image for c in img.captions)
-    assert len(at.image) == 3, captions
-    assert all(url for img in at.image for url in img.value)
-    assert "most active of 128 channels of pool2_pool" in captions
+    # the photo, the heatmap, two legend strips' worth of colour bar and the channel grid
+    captions = _images(at)
+    assert "most active of 256 channels of conv2_block6_concat (8×8)" in captions
     assert "Where the evidence for" in captions
     assert len(at.get("vega_lite_chart")) == 1  # the probability bars
 
-    # another layer and a chosen class for Grad-CAM
+    for method in ("gradcam++", "scorecam", "occlusion", "gradcam"):
+        at.radio(key="act_method").set_value(method).run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+        assert any(str(m.value) == f"**{METHODS[method]}**" for m in at.markdown), method
+
+    # another block and a chosen class
     at.selectbox(key="act_layer").select("conv2_block2_concat").run()
     at.selectbox(key="act_cam_class").select(2).run()
     assert not at.exception, at.exception
-    captions = " | ".join(c for img in at.image for c in img.captions)
+    captions = _images(at)
     assert "of 128 channels of conv2_block2_concat (8×8)" in captions
     assert "evidence for street (chosen class)" in captions
+
+
+def test_page_compares_before_and_after_fine_tuning(lite_run, tiny_dataset):
+    artifacts, run_id = lite_run
+    at = _page(artifacts, tiny_dataset)
+    at.session_state["backbone"] = "efficientnet_lite0"
+    at.session_state["weights"] = "imagenet"
+    at.run()
+    at.selectbox(key="act_model").select(run_id).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.toggle(key="act_compare").value is True
+    headers = [str(m.value) for m in at.markdown]
+    for title in ("**Before: ImageNet backbone**", "**After: your fine-tuned run**", "**What changed**"):
+        assert title in headers, headers
+    captions = _images(at)
+    assert "of its top class" in captions and "After − before" in captions
+    assert len(at.get("vega_lite_chart")) == 2  # ImageNet top-5 and the run's classes
+    assert at.selectbox(key="act_layer").value == "block2b_add"  # block5c_add is 2x2 at 32 px: the deepest 8x8
+    at.radio(key="act_method").set_value("occlusion").run()
+    assert not at.exception and not at.error
+    assert "Occlusion of its top class" in _images(at)
+    at.toggle(key="act_compare").set_value(False).run()
+    assert "**What changed**" not in [str(m.value) for m in at.markdown]
 
 
 def test_page_upload_good_and_bad(trained, tiny_dataset):
@@ -118,7 +162,11 @@ def test_page_upload_good_and_bad(trained, tiny_dataset):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert any(str(m.value).startswith("Predicted: **") for m in at.markdown)
-    assert len(at.image) == 3
+    assert len(at.image) == 4  # the photo, its heatmap, the legend's colour strip, the channel grid
+
+    at.radio(key="act_source").set_value("Camera").run()  # the third source: a photo from the camera
+    assert not at.exception, at.exception
+    assert any("take one with the camera" in i.value for i in at.info)
 
 
 def test_page_without_runs_offers_imagenet_and_says_why_not(tmp_path, tiny_dataset, monkeypatch):
@@ -146,8 +194,10 @@ def test_page_bare_imagenet_backbone_shows_feature_maps_only(tmp_path, tiny_data
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert any("feature maps only" in i.value for i in at.info)
-    assert at.selectbox(key="act_layer").value == "relu"
-    assert len(at.image) == 2  # the photo and the channel grid; no Grad-CAM
+    assert at.selectbox(key="act_layer").value == "conv2_block6_concat"  # 12x12; conv4_block5 is 3x3 at 48 px
+    at.selectbox(key="act_layer").select("relu").run()
+    assert "whatever the class" in _images(at)  # where the block fires instead of a class's evidence
+    assert at.radio(key="act_method").value == "gradcam"
     assert not [m for m in at.markdown if str(m.value).startswith("Predicted:")]
     assert any("of 1024 channels of relu" in c for img in at.image for c in img.captions)
 
@@ -171,3 +221,53 @@ def test_decode_upload_refuses_non_images_corrupt_and_huge_files():
     with pytest.raises(ImageDecodeError, match="megapixel") as info:
         decode_upload(buf.getvalue(), 32, name="The file big.png")
     assert str(info.value).startswith("The file big.png could not be used as an image")
+
+
+def _gallery_script() -> None:
+    from pathlib import Path
+
+    import numpy as np
+    import streamlit as st
+
+    from core.store import Store
+    from ui.gallery import mistakes_gallery
+
+    record = Store(st.session_state["artifacts"]).load_run(st.session_state["run_id"])
+    mistakes_gallery(record, np.arange(4), Path(st.session_state["data_root"]), key="t")
+
+
+def test_gallery_overlays_the_predicted_class_heatmap(trained, tiny_dataset):
+    artifacts, run_id = trained
+    at = AppTest.from_function(_gallery_script, default_timeout=120)
+    at.session_state["artifacts"], at.session_state["run_id"] = str(artifacts), run_id
+    at.session_state["data_root"] = str(tiny_dataset)
+    at.run()
+    assert not at.exception, at.exception
+    plain = [img.value[0] for img in at.image]
+    assert len(plain) == 4 and not any("evidence for" in c for img in at.image for c in img.captions)
+    at.toggle(key="t_gallery_maps").set_value(True).run()
+    assert not at.exception, at.exception
+    captions = [c for img in at.image for c in img.captions]
+    assert len(captions) == 4 and all("— evidence for " in c for c in captions), captions
+    assert [img.value[0] for img in at.image] != plain  # the overlays are other pictures
+
+
+def test_dataset_map_shows_both_maps_and_a_picked_image(trained, tiny_dataset):
+    artifacts, run_id = trained
+    at = AppTest.from_file(str(PAGE.parent / "dataset_map.py"), default_timeout=120)
+    for k, v in {"artifacts": str(artifacts), "data_root": str(tiny_dataset), "backbone": "densenet121",
+                 "weights": "none", "image_size": 32, "seed": 0, "tta": False}.items():  # fmt: skip
+        at.session_state[k] = v
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="map_run").value == run_id
+    assert len(at.get("vega_lite_chart")) == 2
+    text = _text(at)
+    assert "PCA of the pooled features (none weights, not fine-tuned) of 33 images" in text
+    assert "class scores of the trained head" in text and "test mistakes" in text
+    at.radio(key="map_method").set_value("tsne").run()
+    assert not at.exception and len(at.get("vega_lite_chart")) == 2
+    at.session_state["map_selected"] = "test/forest/forest_1.jpg"  # what a click on a point sets
+    at.run()
+    assert any("**forest_1.jpg** · test image · true class **forest**" in str(m.value) for m in at.markdown)

@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.store import RunRecord
 from ui.charts import confusion_chart
-from ui.resources import thumbnail
+from ui.gallery import mistakes_gallery
 
 GALLERY = 18
 
@@ -43,7 +43,7 @@ def error_analysis(page: str, record: RunRecord, data_root: str) -> None:
     if len(idx) == 0:
         st.info(f"No test image of class {classes[t]} was predicted as {classes[p]}.")
     root = Path(record.config.get("dataset", {}).get("root") or data_root)
-    gallery(idx[:GALLERY], preds, classes, root if root.is_dir() else Path(data_root))
+    mistakes_gallery(record, idx, root if root.is_dir() else Path(data_root), key=page, limit=GALLERY)
     if len(idx) > GALLERY:
         st.caption(f"…and {len(idx) - GALLERY} more.")
 
@@ -90,19 +90,3 @@ def _charts(page: str, record: RunRecord, classes: list[str], confusion: list[li
             .properties(height=max(160, 30 * len(classes)))
         )
         st.altair_chart(chart, key=f"{page}_per_class", width="stretch")
-
-
-def gallery(shown: np.ndarray, preds: dict[str, np.ndarray], classes: list[str], root: Path) -> None:
-    """Test images with their top-3 predictions, six to a row."""
-    probs = preds["probs"]
-    cols = st.columns(6)
-    for n, k in enumerate(shown):
-        rel = str(preds["paths"][k])
-        img = thumbnail(str(root / rel), 128)
-        top = np.argsort(-probs[k])[:3]
-        caption = " · ".join(f"{classes[c]} {probs[k, c]:.0%}" for c in top)
-        with cols[n % 6]:
-            if img is None:
-                st.caption(f"{rel} (cannot be read any more)")
-            else:
-                st.image(img, caption=f"{caption} — {Path(rel).name}", width="stretch")

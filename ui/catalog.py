@@ -30,6 +30,7 @@ PAGES: tuple[PageInfo, ...] = (
     PageInfo("regularisation", "4", "Regularisation", "pages/regularisation.py", ":material/shield:", True),
     PageInfo("search", "5", "Hyperparameter search", "pages/search.py", ":material/search:"),
     PageInfo("activations", "6", "Activations", "pages/activations.py", ":material/visibility:"),
+    PageInfo("dataset_map", "", "Dataset map", "pages/dataset_map.py", ":material/scatter_plot:"),
     PageInfo("runs", "", "Runs", "pages/runs.py", ":material/table_view:"),
 )
 BY_KEY = {p.key: p for p in PAGES}

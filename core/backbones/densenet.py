@@ -75,6 +75,19 @@ def _imagenet() -> Path:
         ) from None
 
 
+_UNIT = re.compile(r"^conv(\d+)_block(\d+)_concat$")
+_POOL = re.compile(r"^pool(\d+)_pool$")
+
+
+def block_name(layer: str) -> str:
+    """Plain words for an offered layer: ``conv4_block5_concat`` -> "Block 4, unit 5"."""
+    if m := _UNIT.match(layer):
+        return f"Block {m.group(1)}, unit {m.group(2)}"
+    if m := _POOL.match(layer):
+        return f"End of block {m.group(1)} (downsampled)"
+    return "Last conv layer" if layer == "relu" else layer
+
+
 def block_outputs(names: Sequence[str]) -> list[str]:
     """``conv{2..5}_block{i}_concat``, ``pool{2,3,4}_pool`` and the final ``relu``, in order."""
     return [n for n in names if _BLOCK.match(n)]
@@ -94,5 +107,8 @@ SPEC = register(
         load_weights=_load,
         weights_source="Keras download, cached in ~/.keras/models",
         offline=False,
+        # the study looked at conv4_block5 (and the last conv layer): 8x8 at 128 px, 14x14 at 224 px
+        explain_layer="conv4_block5_concat",
+        block_name=block_name,
     )
 )

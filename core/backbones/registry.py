@@ -37,6 +37,8 @@ class BackboneSpec:
     weights_source: str
     offline: bool  # its ImageNet weights ship with pip (no download ever)
     imagenet_top: Callable[[int], tuple[Any, list[Any]]] | None = None  # size -> (base, [kernel, bias]) of its 1000-way top
+    explain_layer: str | None = None  # the block explanations open on: a middle one (8x8 at 128 px, not 4x4)
+    block_name: Callable[[str], str] | None = None  # layer name -> plain words ("Block 4, unit 5")
 
     @property
     def blocks(self) -> int:

@@ -1,0 +1,244 @@
+"""What each ``python -m core`` command does, given its parsed options (``core.cli`` parses them).
+
+Every runner takes the parsed namespace and returns the JSON-able dict the CLI prints. Heavy modules
+(TensorFlow, Optuna) are imported inside the runners, so a bad option is answered before they load.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, AugmentConfig, RunConfig
+from core.errors import ConfigError
+from core.paths import default_artifacts
+from core.search.study import TUNE_DEFAULTS, StudyRequest
+
+logger = logging.getLogger("core")
+
+
+def config_from_values(values: dict[str, Any]) -> RunConfig:
+    """A RunConfig from option values keyed by field (``aug_<field>`` for augmentation); validated."""
+    run = {k: v for k, v in values.items() if k in RUN_SETTINGS}
+    aug = {k[4:]: v for k, v in values.items() if k.startswith("aug_") and k[4:] in AUGMENT_SETTINGS}
+    return RunConfig(augment=AugmentConfig(**aug), **run).validate()
+
+
+def run_values(args: Any) -> dict[str, Any]:
+    keys = set(RUN_SETTINGS) | {f"aug_{k}" for k in AUGMENT_SETTINGS}
+    return {k: v for k, v in vars(args).items() if k in keys}
+
+
+def tune_request(args: Any) -> StudyRequest:
+    """The study a parsed ``tune`` command asks for (its explicit train options fix parameters)."""
+    explicit = run_values(args)
+    cfg = config_from_values({**TUNE_DEFAULTS, **explicit})
+    return StudyRequest(
+        study=args.study,
+        cfg=cfg,
+        explicit=explicit,
+        data=args.data,
+        trials=args.trials,
+        storage=args.storage,
+        timeout=args.timeout,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        space_file=args.space,
+        repeats=args.repeats,
+        artifacts=args.artifacts,
+    )
+
+
+def _progress_printer(event: dict[str, Any]) -> None:
+    kind = event.get("event")
+    if kind == "status":
+        logger.info("%s", event["message"])
+    elif kind == "epoch":
+        row = event["row"]
+        logger.info(
+            "%s epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2g",
+            event["phase"],
+            event["epoch"],
+            event["epochs"],
+            row["loss"],
+            row["accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+            row["lr"],
+        )
+    elif kind == "features" and (event["done"] == event["total"] or event["done"] % 640 < 64):
+        logger.info("features %d/%d (%.1f s)", event["done"], event["total"], event["elapsed"])
+
+
+def _describe(args: Any) -> dict[str, Any]:
+    if args.classes < 2:
+        raise ConfigError(f"Classes (--classes) must be at least 2 for a classifier; received {args.classes}.")
+    RunConfig(backbone=args.backbone, remove_blocks=args.remove_blocks, image_size=args.image_size).validate()
+    from core.backbones import get_backbone
+    from core.model import describe
+
+    get_backbone(args.backbone).cut_layer(args.remove_blocks)
+    return describe(
+        args.backbone,
+        args.remove_blocks,
+        classes=args.classes,
+        dense_1024=args.dense_1024,
+        batch_norm=args.batch_norm,
+        image_size=args.image_size,
+    )
+
+
+def _train(args: Any) -> dict[str, Any]:
+    cfg = config_from_values(run_values(args))  # bad settings: one sentence before TensorFlow loads
+    from core.bundled import default_dataset
+    from core.store import Store
+    from core.train import train
+
+    artifacts = args.artifacts or default_artifacts()
+    data = args.data or default_dataset(artifacts)
+    return train(cfg, data, Store(artifacts), progress=_progress_printer, force=args.force).summary()
+
+
+def _download(args: Any) -> dict[str, Any]:
+    from core.download import download_data
+
+    counts = download_data(args.to, args.zip, seed=args.seed)
+    return {"to": str(Path(args.to).resolve()), "counts": counts}
+
+
+def _tune(args: Any) -> dict[str, Any]:
+    import optuna
+
+    from core.search.study import run_study
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # tf.function retracing notes, one per trial
+    return run_study(tune_request(args))
+
+
+def _export(args: Any) -> dict[str, Any]:
+    import re
+
+    from core.errors import ConfigError, StoreError
+    from core.export import check_destination
+    from core.runs import export_model
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.run_id):  # a name inside runs/, never a path
+        raise ConfigError(f"{args.run_id!r} is not a run id; give the folder name of a run in {store.runs_dir}.")
+    check_destination(args.to)
+    record = store.load_run(args.run_id)
+    if record is None:
+        raise StoreError(
+            f"No finished run {args.run_id} in {store.runs_dir}; check the id (and --artifacts), or train the run first."
+        )
+    result = export_model(record, args.to)
+    return {"run_id": record.run_id, **result.summary()}
+
+
+def _import_data(args: Any) -> dict[str, Any]:
+    from core.archive import default_upload_root, import_zip
+    from core.errors import ConfigError
+
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed must be 0 to {2**32 - 1}; received {args.seed}.")
+    dest = Path(args.to) if args.to else default_upload_root() / Path(args.zip).stem
+    result = import_zip(args.zip, dest, test_fraction=args.test_fraction, seed=args.seed)
+    return {
+        "to": str(result.dest),
+        "counts": result.counts,
+        "images": sum(sum(per.values()) for per in result.counts.values()),
+        "was_split": result.was_split,
+        "test_fraction": args.test_fraction if result.was_split else None,
+        "seed": args.seed if result.was_split else None,
+        "test_share": result.test_share,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in result.skipped],
+    }
+
+
+def _reproduce(args: Any) -> dict[str, Any]:
+    if args.trials < 0 or not 2 <= args.grid_sample <= 128:
+        raise ConfigError(f"--trials must be 0 or more and --grid-sample 2 to 128; received {args.trials} and "
+                          f"{args.grid_sample}.")  # fmt: skip
+    base = config_from_values(run_values(args))
+    from core import reproduce
+    from core.bundled import default_dataset
+    from core.report import write_report
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    data = str(args.data or default_dataset(store.root))
+    if args.estimate:
+        seconds = reproduce.estimate(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
+        missing = reproduce.missing_runs(base, data, store, args.grid_sample)
+        return {"estimated_seconds": round(seconds), "runs_missing": len(missing)}
+    done = reproduce.reproduce(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
+    rows = reproduce.table(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
+    out: dict[str, Any] = {"rows": reproduce.json_rows(rows), "seconds": done["seconds"], "trained": done["trained"]}
+    if args.report:
+        context = reproduce.report_context(base, data)
+        out["report"] = str(write_report(args.report, [r.as_dict() for r in rows], context, done["seconds"]))
+    return out
+
+
+def _stored_run(store: Any, run_id: str) -> Any:
+    from core.errors import StoreError
+
+    record = store.load_run(run_id)
+    if record is None:
+        raise StoreError(f"Run {run_id} was not found in {store.runs_dir}; give the id of a stored run (--artifacts).")
+    return record
+
+
+def _explain(args: Any) -> dict[str, Any]:
+    from core.explain import explain_image
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    record = _stored_run(store, args.run) if args.run else None
+    return explain_image(
+        args.image,
+        args.out,
+        run=record,
+        backbone=args.backbone,
+        weights=args.weights,
+        image_size=args.image_size,
+        block=args.block,
+        method=args.method,
+        class_name=args.class_name,
+    )
+
+
+def _project(args: Any) -> dict[str, Any]:
+    from core.backbones import default_backbone
+    from core.projection import project, write_csv
+    from core.store import Store
+
+    store = Store(args.artifacts or default_artifacts())
+    record = _stored_run(store, args.run) if args.run else None
+    run_cfg = RunConfig.from_dict(record.config["run"]) if record is not None else None
+    backbone = args.backbone or (run_cfg.backbone if run_cfg else default_backbone())
+    weights = args.weights or (run_cfg.weights if run_cfg else "imagenet")
+    size = args.image_size or (run_cfg.image_size if run_cfg else 128)
+    from core.bundled import default_dataset
+
+    data = args.data or default_dataset(store.root)
+    proj = project(
+        data,
+        backbone=backbone,
+        weights=weights,
+        image_size=size,
+        store=store,
+        run=record,
+        method=args.method,
+        seed=args.seed,
+    )
+    return {"out": str(write_csv(proj, args.out).resolve()), **proj.summary()}
+
+
+COMMANDS = {
+    "describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export,
+    "import-data": _import_data, "reproduce": _reproduce, "explain": _explain, "project": _project,
+}  # fmt: skip
