@@ -20,6 +20,7 @@ from core.commands import tune_request
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, AugmentConfig, RunConfig
 from core.errors import SceneLabError, os_error_phrase
 from core.fields import Setting, flag_of
+from core.methods import EXPLAIN_METHODS, PROJECTION_METHODS
 from core.search.objective import AUTO_REPEATS_CHEAP
 from core.search.samplers import PRUNERS, SAMPLERS
 from core.search.study import DEFAULT_TRIALS, StudyRequest
@@ -208,8 +209,6 @@ def _add_reproduce(sub: Any) -> None:
 
 
 def _add_explain(sub: Any) -> None:
-    from core.explain import METHODS
-
     p = sub.add_parser("explain", help="where a model looks in one image: a heatmap overlay and its predictions")
     p.add_argument("--run", default=None, help="a stored run's id (else --backbone with its ImageNet top)")
     p.add_argument("--backbone", default=None, help="the ImageNet backbone, not fine-tuned (efficientnet_lite0)")
@@ -217,7 +216,7 @@ def _add_explain(sub: Any) -> None:
     p.add_argument("--image-size", type=int, default=None, help="with --backbone: image size in pixels (default 128)")
     p.add_argument("--image", required=True, help="the image file (JPEG, PNG, BMP, GIF, WEBP or TIFF)")
     p.add_argument("--block", default=None, help="the block to explain (default: a middle block, e.g. block5c_add)")
-    p.add_argument("--method", choices=list(METHODS), default="gradcam")
+    p.add_argument("--method", choices=list(EXPLAIN_METHODS), default="gradcam")
     p.add_argument("--class", dest="class_name", default=None, help="the class to explain (default: the predicted one)")
     p.add_argument("--out", required=True, help="where to write the overlay (PNG)")
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
@@ -225,15 +224,13 @@ def _add_explain(sub: Any) -> None:
 
 
 def _add_project(sub: Any) -> None:
-    from core.projection import METHODS
-
     p = sub.add_parser("project", help="every image's features as a 2-D map (one CSV row per image)")
     p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--backbone", default=None, help="default: the run's, else the registry's default")
     p.add_argument("--weights", default=None, help="imagenet (default), none or a weights file; default: the run's")
     p.add_argument("--image-size", type=int, default=None, help="pixels (default: the run's, else 128)")
     p.add_argument("--run", default=None, help="a stored run's id: project what it learned, mark its test mistakes")
-    p.add_argument("--method", choices=list(METHODS), default="pca")
+    p.add_argument("--method", choices=list(PROJECTION_METHODS), default="pca")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="where to write the CSV (x, y, class, split, predicted, path)")
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")

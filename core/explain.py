@@ -39,13 +39,14 @@ from core.atomic import atomic_write_bytes
 from core.backbones import get_backbone
 from core.decode import ImageDecodeError, decode_image
 from core.errors import ConfigError
+from core.methods import EXPLAIN_METHODS
 from core.runs import load_classifier
 from core.store import RunRecord
 
 __all__ = ["METHODS", "Comparison", "Explanation", "class_index_of", "compare", "difference", "explain", "explain_image",
            "inspector_for"]
 
-METHODS = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "Occlusion"}
+METHODS = EXPLAIN_METHODS
 MAX_CHANNELS = 64  # Score-CAM: channels used (one forward pass each)
 OCCLUSION_CELLS = 12  # occlusion: the map is OCCLUSION_CELLS x OCCLUSION_CELLS cells
 OCCLUSION_WINDOW = 3  # cells per side of the occluding square (a quarter of the image)

@@ -35,6 +35,7 @@ from core.config import RunConfig, stable_hash
 from core.data import DECODE_FORMAT_VERSION, DatasetInfo, decode_dataset, scan_dataset
 from core.errors import ConfigError, SceneLabError
 from core.features import FeatureFn, compute_features, features_key
+from core.methods import PROJECTION_METHODS
 from core.model import classifier_for
 from core.runs import load_classifier
 from core.store import RunRecord, Store
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "Projection", "project", "reduce", "write_csv"]
 
-METHODS = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+METHODS = PROJECTION_METHODS
 PROJECTION_FORMAT = 3  # bump when a method's settings change: cached maps then recompute
 # t-SNE of the 2688 images of mit_split_64 (50 principal components of 1280 features) on 2 shared cores, CPU
 # seconds: scikit-learn's defaults (perplexity 30, angle 0.5, 1000 iterations) about 45; perplexity 20, angle

@@ -53,16 +53,18 @@ handover.show_loaded_extras(P)
 ss = st.session_state
 progress_area = st.container()  # where training progress shows: just under the title, above the fold
 
-controls, shown = st.columns([1, 2])
-with controls:
+sliders, switches, shown = st.columns([1, 1, 1.6])  # one screen: controls beside the preview, results under it
+with sliders:
     for field in SLIDERS:
         panel.widget(P, f"augment.{field}", style="slider", max_value=SLIDER_MAX.get(field, 0.5))
+with switches:
     for field in TOGGLES:
         panel.widget(P, f"augment.{field}")
     panel.bind(panel.key(P, "train_per_class"), st.radio, "Training set", list(TRAINING_SETS),
                format_func=TRAINING_SETS.get, help="The study ran augmentation on its small set (task 2).")
-    panel.widget(P, "epochs", help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
-    panel.widget(P, "lr")
+    e1, e2 = st.columns(2)
+    panel.widget(P, "epochs", e1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
+    panel.widget(P, "lr", e2)
 values = panel.values(P, FIELDS)
 aug = values["augment"]
 with shown:
@@ -73,9 +75,8 @@ with shown:
     except SceneLabError as exc:
         st.error(str(exc))
         out = images
-    left, right = st.columns(2)
-    left.image(mosaic(images, columns=2), width="stretch", caption=f"{len(files)} training images, unchanged")
-    right.image(mosaic(out, columns=2), width="stretch", caption=f"augmented: {augment_label(dataclasses.asdict(aug))}")
+    st.image(mosaic(images, columns=4), width="stretch", caption=f"{len(files)} training images, unchanged")
+    st.image(mosaic(out, columns=4), width="stretch", caption=f"augmented: {augment_label(dataclasses.asdict(aug))}")
     st.button("Reshuffle", key=f"{P}_reshuffle", icon=":material/shuffle:", on_click=reshuffle,
               help="Draw other random transformations of the same images.")
 

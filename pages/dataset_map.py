@@ -19,9 +19,9 @@ from core.projection import METHODS, project
 from core.store import Store
 from ui import explain as ux
 from ui.compat import ensure_router
+from ui.datasource import require_dataset
 from ui.resources import all_runs, thumbnail
 from ui.settings import settings
-from ui.datasource import require_dataset
 
 P = "map"
 

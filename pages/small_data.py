@@ -64,14 +64,7 @@ live_progress(P, watch=[small_id, full_id, *(i for i, _ in sweep)])
 
 n = int(st.session_state[PER_CLASS])
 n_train = sum(info.counts()["train"].values())
-some = small or full
-if some is not None:
-    m = some.metrics
-    st.caption(f"Of the {n_train} images of the training folder, {m.get('n_val')} ({small_cfg.val_fraction:.0%} of "
-               f"each class) are held out for validation; the full set trains on the other {full.metrics.get('n_train') if full else '…'}, "
-               f"the small set on {n} per class.")  # fmt: skip
-st.caption(f"The study reached {ref.SMALL_DATA['accuracy']:.3f} with {ref.SMALL_DATA['images']} training images "
-           f"({ref.SMALL_DATA['per_class']} per class; {ref.SELECTION_NOTE}).")  # fmt: skip
+
 
 def gap(record) -> float:
     return (record.metrics.get("train_accuracy") or 0) - (record.metrics.get("val_accuracy") or 0)
@@ -86,6 +79,14 @@ for title, record in ((f"{n} images per class", small), ("the full training set"
     result_strip(record, previous=None if record is full or full is None else full, versus="full set")
     st.caption(f"Train − validation gap: {gap(record):+.3f}.")
     histories[title] = record.history
+some = small or full
+if some is not None:
+    m = some.metrics
+    st.caption(f"Of the {n_train} images of the training folder, {m.get('n_val')} ({small_cfg.val_fraction:.0%} of "
+               f"each class) are held out for validation; the full set trains on the other {full.metrics.get('n_train') if full else '…'}, "
+               f"the small set on {n} per class.")  # fmt: skip
+st.caption(f"The study reached {ref.SMALL_DATA['accuracy']:.3f} with {ref.SMALL_DATA['images']} training images "
+           f"({ref.SMALL_DATA['per_class']} per class; {ref.SELECTION_NOTE}).")  # fmt: skip
 if small is not None and full is not None:
     more = gap(small) - gap(full)
     st.markdown(f"**The small set overfits {'more' if more > 0 else 'no more'}**: its train − validation gap is "

@@ -79,17 +79,15 @@ with c3:
 def study_table() -> None:
     fresh = reproduce.table(base, s["data_root"], store, trials=int(ss["study_trials"]), grid_sample=int(ss["study_grid"]))
     frame = table_frame(fresh, rows)
+    numbers = {"the study": "{:.3f}", "ours (test)": "{:.3f}", "ours (validation)": "{:.3f}", "seconds": "{:.0f}"}
     st.dataframe(
-        frame, key="study_table", hide_index=True, width="stretch", height=36 * (len(frame) + 1) + 4,
+        frame.style.format(numbers, na_rep="–"), key="study_table", hide_index=True, width="stretch", height=36 * (len(frame) + 1) + 4,
         column_config={
             "task": st.column_config.TextColumn(width="small"),
             "setting": st.column_config.TextColumn(width="large"),
-            "the study": st.column_config.NumberColumn(format="%.3f", help=f"Its published figure ({ref.SELECTION_NOTE})."),
+            "the study": st.column_config.NumberColumn(help=f"Its published figure ({ref.SELECTION_NOTE})."),
             "status": st.column_config.TextColumn(width="small"),
-            "run": st.column_config.TextColumn(width="small"),
-            "ours (test)": st.column_config.NumberColumn(format="%.3f"),
-            "ours (validation)": st.column_config.NumberColumn(format="%.3f"),
-            "seconds": st.column_config.NumberColumn(format="%.0f"),
+            "run": st.column_config.TextColumn(width="medium"),
             "page": st.column_config.LinkColumn("open", display_text="open its page"),
         },
     )

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(
-    env: dict[str, str], log_path: Path, timeout: float = 60
+    env: dict[str, str], log_path: Path, timeout: float = 60, cwd: Path = REPO
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """``streamlit run app.py`` headless on a free 127.0.0.1 port; yields (process, url) once healthy.
 
@@ -36,7 +36,7 @@ def streamlit_server(
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

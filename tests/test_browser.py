@@ -1,9 +1,10 @@
-"""A real browser through every page of the running app (headless Chromium driven by Playwright).
+"""The app in a real browser (headless Chromium through Playwright), as a user at a 1400x1000 laptop uses it.
 
-Starts ``streamlit run app.py`` on a free local port with a tiny generated dataset and a temporary
-artifacts folder, trains one head run from page 0, moves an augmentation control and checks the
-preview changes, uploads a photo on the activations page, and checks that no page shows an
-exception. Screenshots land in ``artifacts/screenshots/<page>.png`` (ignored by git).
+One ``streamlit run app.py`` on a tiny generated dataset serves every test of this module, in order:
+Train pressed at once on a fresh session (sidebar, run and page agree), retraining from the sidebar after
+changing the image size, a copied link opened in another browser, a run trained on every task page (no
+chart wider than its container, the first result above the fold), and a zip uploaded in the sidebar that
+becomes the dataset and trains. Screenshots land in ``artifacts/screenshots/`` (ignored by git).
 """
 
 from __future__ import annotations
@@ -11,183 +12,256 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import time
-from pathlib import Path
+import zipfile
 
 import pytest
 
+from core.backbones import BACKBONES
 from tests.apphelpers import streamlit_server
+from tests.browserkit import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LAPTOP,
+    assert_clean,
+    go,
+    main_text,
+    metric,
+    need_browser,
+    settle,
+    shoot,
+    sidebar_button,
+    sidebar_text,
+    wider_than_container,
+)
 from tests.conftest import make_dataset, make_image
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = REPO / "artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# navigation title -> screenshot name
-PAGES = {
-    "0 Fine-tune": "finetune",
+TASK_PAGES = {  # navigation title -> page key, for the pages with the sidebar's train panel
     "1 Truncate": "truncate",
     "2 Small data": "small_data",
     "3 Augmentation": "augmentation",
     "4 Regularisation": "regularisation",
-    "5 Hyperparameter search": "search",
-    "6 Activations": "activations",
-    "Runs": "runs",
 }
-BAD_TEXT = ("Traceback", "StreamlitAPIException", "Exception:", "Error:", "An error has occurred")
+OTHER_PAGES = {"Study": "study", "5 Hyperparameter search": "search", "6 Activations": "activations",
+               "Dataset map": "dataset_map", "Runs": "runs"}  # fmt: skip
+TRAIN_TIMEOUT_MS = 300_000
+LINKS: dict[str, str] = {}  # what one test leaves for the next (tests of this module run in order)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    need_browser()
     tmp = tmp_path_factory.mktemp("browser")
     data = make_dataset(tmp / "tiny")
-    env = dict(os.environ, SCENELAB_DATA=str(data), SCENELAB_ARTIFACTS=str(tmp / "artifacts"), TF_CPP_MIN_LOG_LEVEL="2")
-    with streamlit_server(env, tmp / "streamlit.log") as (_proc, url):
-        yield url, data
+    env = dict(os.environ, SCENELAB_DATA=str(data), SCENELAB_ARTIFACTS=str(tmp / "artifacts"),
+               SCENELAB_DATA_ROOTS=str(tmp), TF_CPP_MIN_LOG_LEVEL="2")  # fmt: skip
+    with streamlit_server(env, tmp / "streamlit.log", timeout=90) as (_proc, url):
+        yield url, tmp
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser(server):
     from playwright.sync_api import sync_playwright
 
-    url, data = server
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1800})
-        tab = context.new_page()
-        tab.set_default_timeout(60_000)
-        tab.goto(f"{url}/augmentation")  # a deep link is the fresh server's first visit
-        yield tab, data
-        context.close()
-        browser.close()
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
 
 
-def settle(tab, quiet_ms: int = 800, timeout_s: float = 90) -> None:
-    """Wait until the app has stopped running (no 'Running…' status widget) for ``quiet_ms``."""
-    deadline = time.monotonic() + timeout_s
-    quiet_since = None
-    while time.monotonic() < deadline:
-        running = tab.locator('[data-testid="stStatusWidget"]').count() > 0
-        if running:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif (time.monotonic() - quiet_since) * 1000 >= quiet_ms:
-            return
-        tab.wait_for_timeout(100)
-    raise AssertionError("the app kept running")
+def new_tab(browser):
+    tab = browser.new_context(viewport=LAPTOP).new_page()
+    tab.set_default_timeout(60_000)
+    return tab
 
 
-def go(tab, title: str) -> None:
-    tab.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
-    tab.wait_for_function(
-        "t => [...document.querySelectorAll('[data-testid=\"stSidebarNav\"] a')].some("
-        "a => a.getAttribute('aria-current') === 'page' && a.innerText.includes(t))",
-        arg=title,
-    )
-    settle(tab)
+@pytest.fixture(scope="module")
+def tab(browser):
+    return new_tab(browser)
 
 
-def assert_clean(tab, name: str) -> None:
-    main = tab.locator('[data-testid="stMain"]')
-    text = main.inner_text()
-    assert tab.locator('[data-testid="stException"]').count() == 0, f"{name}: an exception is shown:\n{text[:2000]}"
-    for bad in BAD_TEXT:
-        assert bad not in text, f"{name}: {bad!r} on the page:\n{text[:2000]}"
-
-
-def shoot(tab, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    tab.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def preview_src(tab) -> str:
-    return tab.locator('[data-testid="stMain"] [data-testid="stImage"] img').first.get_attribute("src") or ""
-
-
-def metric_shown(tab, label: str):
-    return tab.locator('[data-testid="stMetricLabel"]').filter(has_text=label)
-
-
-def test_every_page_in_a_real_browser(page):
-    tab, data = page
-    t0 = time.monotonic()
-    settle(tab)
-    # the deep link opened through the router: its navigation, its sidebar with the dataset from SCENELAB_DATA
-    tab.locator('[data-testid="stSidebarNav"] a').filter(has_text="0 Fine-tune").first.wait_for()
-    # the router's first rerun may still be on its way: wait for the path rather than read it once
-    from playwright.sync_api import expect
-
-    expect(tab.locator('[data-testid="stSidebar"] input').first).to_have_value(str(data), timeout=30_000)
-    data_root = str(data)
-    assert tab.get_by_text("3 classes · 24 train · 9 test images").count() == 1
-    # whatever this machine has cached, run on the backbone whose weights ship with pip
-    tab.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-    tab.get_by_role("option", name="EfficientNet-Lite0").click()
-    settle(tab)
-    assert tab.get_by_text("ImageNet weights available offline").count() == 1
-    # 0: train a head run through the worker and watch it finish
-    go(tab, "0 Fine-tune")
-    tab.get_by_text("Head only (backbone frozen)").click()
-    epochs = tab.get_by_role("spinbutton", name="Head epochs")
-    epochs.fill("3")
-    tab.get_by_role("button", name="Train").click()
-    try:  # the poll redraws the page when the run is done
-        metric_shown(tab, "Test accuracy").first.wait_for(timeout=180_000)
+def wait_for_result(tab, page: str, name: str | None = None) -> None:
+    """Wait until every run of the page has finished (no Cancel button in the sidebar) and the result strip
+    shows a test accuracy (the poll redraws the page when a run is done)."""
+    try:
+        metric(tab, "Test accuracy").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+        tab.locator(f".st-key-{page}_cancel").wait_for(state="detached", timeout=TRAIN_TIMEOUT_MS)
+        settle(tab, timeout_s=120)
+        metric(tab, "Test accuracy").first.wait_for(timeout=30_000)
     except Exception:
-        shoot(tab, "finetune-failed")
-        raise AssertionError("no result after training:\n" + tab.locator('[data-testid="stMain"]').inner_text()[:3000]) from None
-    settle(tab)
-    assert tab.locator('[data-testid="stSidebar"] input').first.input_value() == data_root  # settings kept
-    assert_clean(tab, "finetune")
-    assert "run `" not in tab.locator('[data-testid="stMain"]').inner_text()  # markdown rendered, not raw
-    shoot(tab, "finetune")
-    print(f"finetune (training included): {time.monotonic() - t0:.0f} s")
+        shoot(tab, f"{name or page}-failed")
+        raise AssertionError(f"{name or page}: no result after training:\n{main_text(tab)[:3000]}") from None
 
-    for title, name in PAGES.items():
-        if name == "finetune":
-            continue
+
+def sidebar_backbone(tab) -> str:
+    return tab.locator('[data-testid="stSidebar"] input[aria-label="Backbone"]').input_value()
+
+
+def sidebar_size(tab) -> int:
+    return int(tab.locator('[data-testid="stSidebar"] [data-testid="stSliderThumbValue"]').first.inner_text())
+
+
+def caption_size(tab) -> int:
+    sizes = re.findall(r"(\d+) px · run", main_text(tab))
+    assert sizes, f"no result caption with an image size:\n{main_text(tab)[:2000]}"
+    return int(sizes[0])
+
+
+def first_result_above_the_fold(tab, name: str) -> None:
+    tab.evaluate("window.scrollTo(0, 0)")
+    box = metric(tab, "Test accuracy").first.bounding_box()
+    if box is None or box["y"] + box["height"] > LAPTOP["height"]:
+        shoot(tab, f"{name}-fold", full_page=False)
+    assert box is not None and box["y"] + box["height"] <= LAPTOP["height"], f"{name}: the first result is at {box}"
+
+
+def test_train_pressed_at_once_on_a_fresh_session(server, tab):
+    url, _tmp = server
+    tab.goto(f"{url}/finetune")  # a deep link is the fresh server's first visit
+    button = sidebar_button(tab, "finetune")
+    button.wait_for()
+    button.click()  # at once: the sidebar may still be drawing
+    wait_for_result(tab, "finetune")
+    first_result_above_the_fold(tab, "finetune")
+    tab.wait_for_timeout(3000)  # a late rerun would have changed the settings by now (issue 12)
+    settle(tab)
+    text, side = main_text(tab), sidebar_text(tab)
+    trained = [name for name in BACKBONES if f" {name} (imagenet weights)" in text]
+    assert len(trained) == 1, text[:2000]
+    assert BACKBONES[trained[0]].label in sidebar_backbone(tab), (trained, sidebar_backbone(tab))
+    assert caption_size(tab) == sidebar_size(tab)
+    for words in ("not cached", "could not be downloaded"):
+        assert words not in text and words not in side, words
+    assert "run `" not in text  # markdown rendered, not raw
+    assert "Retrain" in button.inner_text()
+    assert_clean(tab, "finetune")
+    assert not wider_than_container(tab)
+    shoot(tab, "finetune")
+
+
+def test_retrain_from_the_sidebar_after_changing_the_image_size(tab):
+    before = sidebar_size(tab)
+    slider = tab.locator('[data-testid="stSidebar"] input[type="range"][aria-label="Image size (px)"]')
+    slider.focus()
+    slider.press("ArrowRight")
+    settle(tab)
+    after = sidebar_size(tab)
+    assert after > before
+    assert "Not trained yet with these settings." in sidebar_text(tab)
+    assert sidebar_button(tab, "finetune").inner_text().strip().endswith("Train")
+    sidebar_button(tab, "finetune").click()
+    wait_for_result(tab, "finetune", "finetune-retrain")
+    assert caption_size(tab) == after
+    first_result_above_the_fold(tab, "finetune-retrain")
+    LINKS["trained"] = tab.url
+    assert f"size={after}" in tab.url, tab.url
+
+
+def test_a_copied_link_restores_the_page_and_its_settings(browser, server, tab):
+    url, _tmp = server
+    epochs = tab.get_by_role("spinbutton", name="Epochs", exact=True)
+    epochs.fill("7")
+    epochs.press("Enter")
+    settle(tab)
+    assert "epochs=7" in tab.url, tab.url
+    other = new_tab(browser)  # another browser context: a new session that knows nothing of the first
+    link = tab.url
+    other.goto(link)
+    settle(other)
+    shown = other.get_by_role("spinbutton", name="Epochs", exact=True).input_value()
+    if shown != "7":
+        shoot(other, "link-failed")
+    assert shown == "7", (link, other.url, main_text(other)[:1500])
+    assert sidebar_size(other) == sidebar_size(tab)
+    assert "0 · Fine-tune" in main_text(other)
+    other.goto(LINKS["trained"])  # the link of a trained view opens with its stored run, nothing to train
+    settle(other)
+    metric(other, "Test accuracy").first.wait_for(timeout=30_000)
+    assert caption_size(other) == sidebar_size(tab)
+    other.goto(f"{url}/finetune?size=9999&epochs=abc&colour=blue")
+    settle(other)
+    text = main_text(other)
+    assert "could not be used and was ignored" in text, text[:2000]
+    for value in ("size=9999", "epochs=abc", "colour=blue"):
+        assert value in text, value
+    assert_clean(other, "bad link")
+    shoot(other, "bad-link", full_page=False)
+    other.context.close()
+
+
+def test_a_run_on_every_task_page_fits_the_screen(tab):
+    for title, page in TASK_PAGES.items():
         t0 = time.monotonic()
         go(tab, title)
-        assert tab.locator('[data-testid="stSidebar"] input').first.input_value() == data_root, name
-        if name == "augmentation":
-            before = preview_src(tab)
-            assert before, "no preview image"
-            tab.get_by_text("Horizontal flip", exact=True).click()
-            settle(tab)
-            tab.wait_for_function(
-                "old => { const i = document.querySelector('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img');"
-                " return i && i.src !== old; }",
-                arg=before,
-                timeout=15_000,
-            )
-            assert preview_src(tab) != before
-        if name == "activations":
+        if page == "augmentation":
+            preview_changes(tab)
+        button = sidebar_button(tab, page)
+        if "Retrain" not in button.inner_text():
+            button.click()
+            wait_for_result(tab, page)
+        first_result_above_the_fold(tab, page)
+        assert_clean(tab, page)
+        assert not wider_than_container(tab), (page, wider_than_container(tab))
+        shoot(tab, page)
+        print(f"{page}: {time.monotonic() - t0:.0f} s")
+    for title, page in OTHER_PAGES.items():
+        go(tab, title)
+        if page == "activations":
             upload_on_activations(tab)
-        assert_clean(tab, name)
-        shoot(tab, name)
-        print(f"{name}: {time.monotonic() - t0:.0f} s")
-    # the Runs page lists the run trained on page 0
-    assert tab.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').count() == 1
+        assert_clean(tab, page)
+        assert not wider_than_container(tab), (page, wider_than_container(tab))
+        shoot(tab, page)
+    assert tab.locator('[data-testid="stMain"] [data-testid="stDataFrame"]').count() >= 1  # the Runs table
+
+
+def test_a_zip_uploaded_in_the_sidebar_becomes_the_dataset_and_trains(server, tab):
+    _url, tmp = server
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # class folders only: SceneLab splits them, seeded and stratified
+        for cls in ("forest", "street"):
+            for i in range(10):
+                img = io.BytesIO()
+                make_image(cls, 500 + i).save(img, format="JPEG", quality=95)
+                zf.writestr(f"{cls}/{cls}_{i}.jpg", img.getvalue())
+    go(tab, "0 Fine-tune")
+    tab.get_by_text("Add a dataset (.zip)").click()
+    tab.locator('[data-testid="stSidebar"] input[type="file"]').set_input_files(
+        files=[{"name": "two scenes.zip", "mimeType": "application/zip", "buffer": buf.getvalue()}]
+    )
+    tab.get_by_text("2 classes · 14 train · 6 test images").first.wait_for(timeout=60_000)
+    settle(tab)
+    assert (tmp / "uploads" / "two_scenes").is_dir()
+    tab.get_by_text("Head only (backbone frozen)").click()
+    settle(tab)
+    sidebar_button(tab, "finetune").click()
+    wait_for_result(tab, "finetune", "upload")
+    assert "dataset two_scenes" in main_text(tab)
+    assert_clean(tab, "upload")
+    shoot(tab, "upload")
+
+
+def preview_changes(tab) -> None:
+    """Page 3: the augmented preview changes when an augmentation is switched on."""
+
+    def preview_src() -> str:  # the second image: the augmented one, beside the originals
+        return tab.locator('[data-testid="stMain"] [data-testid="stImage"] img').nth(1).get_attribute("src") or ""
+
+    before = preview_src()
+    assert before, "no preview image"
+    tab.get_by_text("Horizontal flip", exact=True).click()
+    settle(tab)
+    tab.wait_for_function(
+        "old => { const i = document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img')[1];"
+        " return i && i.src !== old; }",
+        arg=before,
+        timeout=15_000,
+    )
 
 
 def upload_on_activations(tab) -> None:
-    source = (REPO / "pages" / "activations.py").read_text()
-    if "coming" in source and len(source.splitlines()) < 15:
-        print("activations page is still a placeholder: upload step skipped")
-        return
     tab.get_by_text("Upload a photo").click()
     settle(tab)
     buf = io.BytesIO()

@@ -19,8 +19,8 @@ from core.explain import METHODS
 from core.store import Store
 from core.train import train
 from tests.apphelpers import streamlit_server
+from tests.browserkit import BAD_TEXT, CHROMIUM, CHROMIUM_ARGS, SHOTS, go, settle, wider_than_container
 from tests.conftest import make_dataset, make_image
-from tests.test_browser import BAD_TEXT, CHROMIUM, CHROMIUM_ARGS, SHOTS, go, settle
 
 pytestmark = pytest.mark.browser
 
@@ -53,17 +53,6 @@ def main_text(tab) -> str:
     for bad in BAD_TEXT:
         assert bad not in text, f"{bad!r} on the page:\n{text[:2000]}"
     return text
-
-
-def wider_than_container(tab) -> list[str]:
-    """Images and charts in the main area that stick out of the block that holds them."""
-    return tab.evaluate(
-        """() => [...document.querySelectorAll('[data-testid="stMain"] img, [data-testid="stMain"] canvas')]
-        .filter(e => e.getBoundingClientRect().width > 0)
-        .filter(e => { const b = e.closest('[data-testid="stVerticalBlock"]');
-                       return e.getBoundingClientRect().right > b.getBoundingClientRect().right + 1; })
-        .map(e => e.tagName + ' ' + Math.round(e.getBoundingClientRect().width))"""
-    )
 
 
 def test_page_6_before_and_after_and_the_dataset_map(tab):

@@ -166,6 +166,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 PAGE_LOAD_LIMIT_S = float(os.environ.get("SCENELAB_PAGE_LOAD_LIMIT_S", "3.0"))  # the issue's bound
 GIB = 1 << 30
+EPOCHS = 30  # whole-network epochs of A's and B's run (C: one more)
 
 
 def _memory(pid: int) -> dict[str, int]:
@@ -209,9 +210,16 @@ def _clean(tab, who: str) -> str:
 
 
 def _train_head(tab, epochs: int) -> None:
-    tab.get_by_text("Head only (backbone frozen)").click()
-    tab.get_by_role("spinbutton", name="Head epochs").fill(str(epochs))
-    tab.get_by_role("button", name="Train").click()
+    """Page 0, the whole network from the start (long enough to still train while D moves between pages)."""
+    _go(tab, "0 Fine-tune")
+    _settle(tab)
+    tab.get_by_text("Whole network from the start").click()
+    _settle(tab)
+    field = tab.get_by_role("spinbutton", name="Epochs", exact=True)
+    field.fill(str(epochs))
+    field.press("Enter")
+    _settle(tab)
+    tab.locator(".st-key-finetune_train button").click()
 
 
 def _test_accuracy(tab, timeout_ms: int = 400_000) -> str:
@@ -272,10 +280,10 @@ def test_four_browser_sessions_share_one_app(tmp_path):
             assert "Prediction" in d_text and ("Grad-CAM" in d_text or "Channel activations" in d_text), d_text[:1500]
 
             # A and B ask for the same run, C for another; one worker trains them in turn
-            _train_head(a, 150)
+            _train_head(a, EPOCHS)
             a.get_by_text("Training").first.wait_for(timeout=120_000)
-            _train_head(b, 150)
-            _train_head(c, 151)
+            _train_head(b, EPOCHS)
+            _train_head(c, EPOCHS + 1)
 
             # D moves between pages, activations included, while A's run trains
             loads = {title: _go(d, title) for title in ("Runs", "6 Activations", "0 Fine-tune")}
@@ -295,10 +303,10 @@ def test_four_browser_sessions_share_one_app(tmp_path):
             assert acc["A"] == acc["B"], acc
             records = Store(art).list_runs()
             epochs = sorted(r.config["run"]["epochs"] for r in records)
-            assert epochs == [150, 151], f"expected one run per settings, found {epochs}"
+            assert epochs == [EPOCHS, EPOCHS + 1], f"expected one run per settings, found {epochs}"
             by_epochs = {r.config["run"]["epochs"]: r for r in records}
-            assert acc["A"] == f"{by_epochs[150].metrics['test_accuracy']:.3f}", (acc, by_epochs[150].metrics)
-            assert acc["C"] == f"{by_epochs[151].metrics['test_accuracy']:.3f}", (acc, by_epochs[151].metrics)
+            assert acc["A"] == f"{by_epochs[EPOCHS].metrics['test_accuracy']:.3f}", (acc, by_epochs[EPOCHS].metrics)
+            assert acc["C"] == f"{by_epochs[EPOCHS + 1].metrics['test_accuracy']:.3f}", (acc, by_epochs[EPOCHS + 1].metrics)
             figures["test_accuracy"] = acc
 
             # memory: bounded, and a second round of page views does not make it grow

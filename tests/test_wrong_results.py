@@ -133,3 +133,52 @@ def test_one_seed_range_everywhere() -> None:
     from core.config import RUN_SETTINGS
 
     assert RUN_SETTINGS["seed"].high == SEED_MAX == 2**32 - 1
+
+
+# -- the Runs page (items 2 and 3) ------------------------------------------------------------------------
+def _runs_page(data: Path, artifacts: Path, selected: list[str]):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    for key, value in {"data_root": str(data), "backbone": "densenet121", "weights": "none", "image_size": 32,
+                       "seed": 0, "artifacts": str(artifacts), "runs_selected": selected}.items():  # fmt: skip
+        at.session_state[key] = value
+    at.switch_page("pages/runs.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _shown_runs(at) -> list[str]:
+    """The run ids of the 'Selected runs' panels (their 'Open in' buttons)."""
+    return [b.key.removeprefix("runs_open_") for b in at.button if (b.key or "").startswith("runs_open_")]
+
+
+def test_a_selection_follows_its_run_when_a_new_run_arrives(tiny_dataset: Path, tmp_path: Path) -> None:
+    old = train(TINY, tiny_dataset, Store(tmp_path)).record
+    at = _runs_page(tiny_dataset, tmp_path, [])
+    at.session_state[at.data_editor[0].key] = {"edited_rows": {0: {"select": True}}, "added_rows": [],
+                                               "deleted_rows": []}  # the user ticks the top row  # fmt: skip
+    at.run()
+    assert _shown_runs(at) == [old.run_id]
+    time.sleep(0.02)
+    new = train(TINY.replace(seed=1), tiny_dataset, Store(tmp_path)).record  # another process's run, now the top row
+    at.run()  # the user presses r
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.data_editor[0].value
+    assert list(table["run_id"]) == [new.run_id, old.run_id]  # the new run took the top row...
+    assert _shown_runs(at) == [old.run_id]  # ...and the tick stayed on the run the user picked
+    assert list(table.loc[table["select"], "run_id"]) == [old.run_id]
+
+
+def test_open_in_its_page_opens_that_very_run(tiny_dataset: Path, tmp_path: Path) -> None:
+    record = train(TINY.replace(seed=3_000_000_000), tiny_dataset, Store(tmp_path)).record  # a seed >= 2^31
+    train(TINY, tiny_dataset, Store(tmp_path))  # the run the page used to open instead (seed 0)
+    at = _runs_page(tiny_dataset, tmp_path, [record.run_id])
+    at.button(key=f"runs_open_{record.run_id}").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    captions = "\n".join(c.value for c in at.caption)
+    assert f"run `{record.run_id}`" in captions, captions[:2000]
+    assert at.session_state["seed"] == 3_000_000_000
+    assert not [w.value for w in at.warning if "nearest run" in w.value]

@@ -37,7 +37,7 @@ SPLIT_COLOUR = alt.Scale(domain=["train", "validation"], range=["#1f77b4", "#ff7
 RUN_COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 
-def metric_chart(histories: Mapping[str, list[dict[str, float]]], metric: str, height: int = 240) -> alt.LayerChart:
+def metric_chart(histories: Mapping[str, list[dict[str, float]]], metric: str, height: int = 200) -> alt.LayerChart:
     """One metric per epoch, every run on it (one y-axis): train solid, validation dashed.
 
     With one run colour shows the split; with several, colour shows the run (clearly different colours) and
@@ -66,10 +66,13 @@ def metric_chart(histories: Mapping[str, list[dict[str, float]]], metric: str, h
                 x="start:Q", tooltip=[alt.Tooltip("run"), alt.Tooltip("epoch", title="whole network from epoch")]
             )
         )
-    return alt.layer(*layers).properties(height=height, title=f"{metric} per epoch")
+    # Streamlit fits the whole chart (title, axes, the legend under it) into its height: make room for the
+    # legend's rows so the plot keeps ``height`` pixels whatever the number of runs
+    legend_rows = (2 + 1) + ((df["run"].nunique() + 1) if several else 0)
+    return alt.layer(*layers).properties(height=height + 80 + 18 * legend_rows, title=f"{metric} per epoch")
 
 
-def draw_curves(histories: Mapping[str, list[dict[str, float]]], key: str, height: int = 240) -> None:
+def draw_curves(histories: Mapping[str, list[dict[str, float]]], key: str, height: int = 200) -> None:
     """Loss and accuracy side by side, each as wide as its column (never wider than the page)."""
     import streamlit as st
 

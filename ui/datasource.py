@@ -135,8 +135,10 @@ def upload_control() -> None:
     with st.expander("Add a dataset (.zip)"):
         upload = st.file_uploader(
             "Zip of train/<class>/ and test/<class>/ folders, or of class folders only", type=["zip"],
-            key="data_upload", help=f"Unpacked safely (at most {limits.max_total_bytes >> 20} MB and "
-            f"{limits.max_files:,} files); class folders only are split 70/30 per class with the seed.",
+            key="data_upload", help=f"A zip of up to {st.get_option('server.maxUploadSize')} MB here (larger: "
+            "`python -m core import-data`), unpacked safely (at most "
+            f"{limits.max_total_bytes >> 20} MB and {limits.max_files:,} files); class folders only are split 70/30 "
+            "per class with the seed.",
         )
         if upload is None or st.session_state.get("_data_uploaded") == upload.file_id:
             return

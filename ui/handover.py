@@ -19,7 +19,7 @@ from core.errors import SceneLabError
 from ui.catalog import PAGES as CATALOG
 from ui.catalog import page_of_run
 from ui.format import augment_label
-from ui.settings import CONFIG_SHARED_KEYS, WEIGHT_CHOICES, base_config
+from ui.settings import CONFIG_SHARED_KEYS, SIZE_TOUCHED, WEIGHT_CHOICES, base_config
 
 LOADED = "loaded_config"
 _LOADED_SHARED = "_loaded_config_shared_applied"
@@ -69,7 +69,7 @@ def apply_loaded_shared(consumer: bool = True) -> None:
         ss["weights"] = weights  # a weights file: the sidebar shows it as a third choice
     if isinstance(loaded.get("image_size"), int):
         ss["image_size"] = loaded["image_size"]
-        ss["_image_size_chosen"] = True  # the run's size, not the dataset's
+        ss[SIZE_TOUCHED] = True  # the run's size, not the dataset's
     if isinstance(loaded.get("seed"), int):
         ss["seed"] = loaded["seed"]
     if isinstance(loaded.get("tta"), bool):

@@ -92,10 +92,10 @@ def train_panel(page: str, plan: Plan, data_root: str) -> bool:
         st.markdown("**This page's run**")
         st.caption(_status_line(plan, jobs))
         c1, c2 = st.columns(2)
-        label = ("Retrain" if plan.trained else plan.label) if len(usable) <= 1 else plan.label
+        label = f"Re{plan.label[0].lower()}{plan.label[1:]}" if plan.trained else plan.label  # Retrain (both)
         if c1.button(label, key=f"{page}_train", type="primary", icon=":material/play_arrow:", disabled=not usable,
-                     help="Trains in the background: keep exploring meanwhile. Retrain replaces the stored run."):
-            submit_runs(page, usable, data_root, force=plan.trained and len(usable) <= 1)
+                     help="Trains in the background: keep exploring meanwhile. Retrain replaces the stored run(s)."):
+            submit_runs(page, usable, data_root, force=plan.trained)
             running = True
         if running:
             c2.button("Cancel", key=f"{page}_cancel", on_click=_cancel_all, args=(page,))

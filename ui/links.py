@@ -18,7 +18,7 @@ from core.config import AUGMENT_SETTINGS, RUN_SETTINGS
 from core.errors import ConfigError
 from core.fields import check_value
 from ui.panel import key as value_key
-from ui.settings import CONFIG_SHARED_KEYS
+from ui.settings import CONFIG_SHARED_KEYS, SIZE_TOUCHED
 
 WRITTEN = "_url_written"  # what this session last wrote to the URL (a change is a link being opened)
 IGNORED = "_url_ignored"
@@ -78,6 +78,8 @@ def _apply_shared(param: str, raw: str) -> None:
         ss[name] = raw
     else:
         ss[name] = _parse(name, raw)
+        if name == "image_size":
+            ss[SIZE_TOUCHED] = True  # the link's size, not the dataset's
 
 
 def apply_shared_link() -> None:

@@ -22,6 +22,7 @@ SHARED_KEYS = ("data_root", "backbone", "weights", "image_size", "tta", "seed", 
 CONFIG_SHARED_KEYS = ("backbone", "weights", "image_size", "tta", "seed")
 WEIGHT_CHOICES = ("imagenet", "none")
 IMAGE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256)
+SIZE_TOUCHED = "_image_size_chosen"  # the size was chosen (slider, link, opened run): datasets no longer set it
 BUNDLED_ERROR = "_bundled_error"  # why the bundled dataset could not be unpacked (shown on the first screen)
 
 

@@ -18,9 +18,7 @@ from core.scan import image_size_of
 from ui.datasource import dataset_section
 from ui.panel import bind
 from ui.resources import get_worker
-from ui.settings import IMAGE_SIZES, WEIGHT_CHOICES, admin_section, user_section
-
-SIZE_TOUCHED = "_image_size_chosen"  # the user moved the image size: datasets no longer set it
+from ui.settings import IMAGE_SIZES, SIZE_TOUCHED, WEIGHT_CHOICES, admin_section, user_section
 
 
 def _weights_label(choice: str) -> str:
