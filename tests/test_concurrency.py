@@ -219,7 +219,7 @@ def _train_head(tab, epochs: int) -> None:
     field.fill(str(epochs))
     field.press("Enter")
     _settle(tab)
-    tab.locator(".st-key-finetune_train button").click()
+    tab.locator(".st-key-finetune_train button").first.click()
 
 
 def _test_accuracy(tab, timeout_ms: int = 400_000) -> str:
