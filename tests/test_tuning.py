@@ -86,7 +86,8 @@ def test_space_narrowing_fixing_and_conditions() -> None:
         (None, dict.fromkeys(["optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm"], 1), "Nothing is left to search"),
         ({"colour": [1, 2]}, None, "Unknown search parameter"),
         ({"lr": {"low": 1e-1, "high": 1e-3}}, None, "must not exceed"),
-        ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, None, "log range"),
+        ({"weight_decay": {"type": "float", "low": 0, "high": 1, "log": True}}, None, "log range"),
+        ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, None, r"must be in \(0, 10\]; received 0"),
         ({"dropout": {"type": "bogus"}}, None, "unknown type"),
     ],
 )
@@ -185,15 +186,16 @@ def test_pruning_stops_training_and_stores_nothing(tiny_dataset: Path, store) ->
 
 def test_failing_trial_is_marked_with_its_reason_and_the_study_goes_on(tiny_dataset: Path, store) -> None:
     fixed = dict(FIXED)
-    space = space_mod.build_space({"val_fraction": {"type": "categorical", "choices": [0.95, 0.25]}}, fixed)
-    assert list(space) == ["val_fraction"]
+    missing = str(tiny_dataset.parent / "no-such.weights.h5")
+    space = space_mod.build_space({"weights": [missing, "none"]}, fixed)
+    assert list(space) == ["weights"]
     objective = objective_mod.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
     study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
-    study.enqueue_trial({"val_fraction": 0.95})  # out of range: RunConfig.validate refuses it
-    study.enqueue_trial({"val_fraction": 0.25})
+    study.enqueue_trial({"weights": missing})  # a valid setting whose file is not there: the run fails
+    study.enqueue_trial({"weights": "none"})
     mine = workers_mod.run_worker(study, objective, 1)
     failed, done = study.trials
-    assert failed.state == TrialState.FAIL and "Validation fraction" in failed.user_attrs["fail_reason"]
+    assert failed.state == TrialState.FAIL and "no-such.weights.h5" in failed.user_attrs["fail_reason"]
     assert done.state == TrialState.COMPLETE
     assert mine == {"complete": 1, "pruned": 0, "failed": 1, "surplus": 0}
 

@@ -1,7 +1,8 @@
 """Where a study lives: an Optuna storage (SQLite by default, PostgreSQL/MySQL, or a journal file).
 
 Storages are opened once per process; every failure to open one is one sentence naming the storage
-(its password hidden) and what to do.
+(its password hidden) and what to do. An in-memory SQLite database is refused: it vanishes with the
+process and no other worker can see it.
 """
 
 from __future__ import annotations
@@ -105,12 +106,14 @@ def _open_rdb(url: str, heartbeat: bool) -> optuna.storages.BaseStorage:
     engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
-        if db and db != ":memory:":
-            path = Path(db).expanduser()
-            if not path.parent.is_dir():
-                raise ConfigError(
-                    f"The folder of the SQLite storage {path} does not exist; create it or choose another path."
-                )
+        if not db or db == ":memory:" or parsed.query.get("mode") == "memory":
+            raise ConfigError(
+                f"The storage {shown} is an in-memory SQLite database, which vanishes with this process and which no "
+                "other worker can see; give a file instead, e.g. sqlite:///studies.db."
+            )
+        path = Path(db).expanduser()
+        if not path.parent.is_dir():
+            raise ConfigError(f"The folder of the SQLite storage {path} does not exist; create it or choose another path.")
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True

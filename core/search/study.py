@@ -27,7 +27,7 @@ from core.paths import default_artifacts
 from core.scan import scan_dataset
 from core.search.objective import Objective, resolve_repeats
 from core.search.samplers import make_pruner, make_sampler
-from core.search.space import SEARCHABLE, Space, build_space, read_space_file
+from core.search.space import SEARCHABLE, Space, build_space, check_space, read_space_file
 from core.search.storage import open_storage, redact, resolve_storage_url
 from core.search.summaries import SETTINGS_ATTR, best_config, load_study, study_settings, summary
 from core.search.workers import run_worker
@@ -140,11 +140,16 @@ def _compare(name: str, stored: dict[str, Any], cfg: RunConfig, explicit: dict[s
             )
 
 
+def _fixed_by_options(req: StudyRequest) -> dict[str, Any]:
+    """The searchable parameters the command line fixes (``--optimizer adam``)."""
+    return {name: getattr(req.cfg, name) for name in req.explicit if name in SEARCHABLE}
+
+
 def _check_join(req: StudyRequest, stored: dict[str, Any], space_file: dict[str, Any] | None) -> str:
     """Refuse options that contradict the stored study; return the data root to use."""
     _compare(req.study, stored["base_config"], req.cfg, req.explicit, stored["space"])
-    if space_file is not None:
-        wanted = build_space(space_file, {}, base=stored["base_config"])
+    if space_file is not None:  # the creating command's fixes are part of the space it built
+        wanted = build_space(space_file, _fixed_by_options(req), base=stored["base_config"])
         if wanted != stored["space"]:
             raise ConfigError(
                 f"Study {req.study!r} was created with another search space; leave --space out to join it or use a new study name."
@@ -176,7 +181,7 @@ def _new_settings(req: StudyRequest, space_file: dict[str, Any] | None) -> tuple
     if not req.data:
         raise ConfigError(f"Study {req.study!r} does not exist yet; give --data to create it.")
     data_root = str(Path(req.data).expanduser().resolve())
-    fixed = {name: getattr(req.cfg, name) for name in req.explicit if name in SEARCHABLE}
+    fixed = _fixed_by_options(req)
     base = req.cfg.to_dict()
     space = build_space(space_file, fixed, base=base)
     base.update(fixed)
@@ -200,12 +205,14 @@ def _new_settings(req: StudyRequest, space_file: dict[str, Any] | None) -> tuple
 
 def prepare_study(req: StudyRequest) -> tuple[optuna.Study, dict[str, Any], str]:
     """Create or resume the study ``req`` asks for; returns (study, its settings, data root)."""
+    space_file = read_space_file(req.space_file) if req.space_file else None  # checked whole, before any study
+    if space_file is not None:
+        check_space(space_file, _fixed_by_options(req))
     storage = open_storage(req.storage_url, heartbeat=True)
     try:
         existing = optuna.load_study(study_name=req.study, storage=storage)
     except KeyError:
         existing = None
-    space_file = read_space_file(req.space_file) if req.space_file else None
     if existing is not None and study_settings(existing) is not None:
         data_root, settings = _check_join(req, study_settings(existing) or {}, space_file), None
     else:
