@@ -29,7 +29,7 @@ from core.search.objective import Objective, resolve_repeats
 from core.search.samplers import make_pruner, make_sampler
 from core.search.space import SEARCHABLE, Space, build_space, check_space, read_space_file
 from core.search.storage import open_storage, redact, resolve_storage_url
-from core.search.summaries import SETTINGS_ATTR, best_config, load_study, study_settings, summary
+from core.search.summaries import SETTINGS_ATTR, best_config, load_study, study_settings, summary, trial_rows
 from core.search.workers import run_worker
 from core.store import Store
 
@@ -268,4 +268,7 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
     out["seconds"] = round(time.monotonic() - t0, 1)
     out["storage"] = redact(req.storage_url)
     out["best_config"] = best_config(study)
+    # a best run trained on another machine sharing the storage is not in this one's artifacts
+    out["best_run_here"] = bool(out["best_run_id"]) and store.load_run(out["best_run_id"]) is not None
+    out["trials"] = trial_rows(study)
     return out
