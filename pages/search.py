@@ -44,7 +44,7 @@ from ui.resources import get_store
 from ui.settings import settings
 
 P = "search"
-NEW = "➕ New study…"
+NEW = "+ New study…"
 FIXABLE = ("optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm")
 FIX = f"{P}_value"  # the panel page name of the fixed values' widgets (keys search_value_<field>)
 TABLE_COLUMNS = {  # technical name -> (header, tooltip)
@@ -233,8 +233,8 @@ def new_study_form(s: dict[str, Any], url: str, artifacts: str, names: list[str]
         trials = c2.number_input("Trials", min_value=1, max_value=500, value=30, step=1, key=f"{P}_new_trials")
         sampler = c3.selectbox("Sampler", ["tpe", "random"], key=f"{P}_new_sampler", help="random is what the study's W&B sweep did",
                                format_func=lambda v: {"tpe": "TPE (Optuna's default)", "random": "Random (the study's)"}[v])
-        pruner = c4.selectbox("Pruner", ["median", "none"], key=f"{P}_new_pruner",
-                              format_func=lambda v: {"median": "Median (stop trials that fall behind)", "none": "None"}[v])
+        pruner = c4.selectbox("Pruner", ["median", "none"], key=f"{P}_new_pruner", format_func=str.capitalize,
+                              help="Median: a trial whose validation accuracy falls below the median of earlier trials at the same epoch is stopped.")
         epochs = c1.number_input("Epochs per trial", min_value=1, max_value=200, value=30, key=f"{P}_new_epochs")
         hflip = c2.checkbox("Flip augmentation", value=True, key=f"{P}_new_hflip",
                             help="Heads train on the cached features of each image and of its mirror image: the study's flip, at no cost per epoch.")

@@ -178,7 +178,7 @@ def test_bad_storage_is_one_sentence(tiny_dataset: Path, tmp_path: Path) -> None
 def test_new_study_with_everything_fixed_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     artifacts = tmp_path / "a"
     at = open_page(tiny_dataset, artifacts)
-    assert at.selectbox(key="search_study_pick").value == "➕ New study…"  # no study yet
+    assert at.selectbox(key="search_study_pick").value == "+ New study…"  # no study yet
     at.text_input(key="search_new_name").input("all-fixed")
     for p in ("optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm"):
         at.checkbox(key=f"search_fix_{p}").check()
@@ -247,7 +247,7 @@ def test_new_study_takes_test_time_flip_from_the_sidebar(tiny_dataset: Path, tmp
     artifacts = tmp_path / "a"
     for tta in (True, False):
         at = open_page(tiny_dataset, artifacts, tta=tta)
-        at.selectbox(key="search_study_pick").set_value("➕ New study…").run()
+        at.selectbox(key="search_study_pick").set_value("+ New study…").run()
         assert f"test-time flip **{'on' if tta else 'off'}**" in texts(at)
         at.text_input(key="search_new_name").input(f"tta-{tta}")
         at.button(key="search_start").click().run()

@@ -123,7 +123,7 @@ def importance_chart(imp: dict[str, float]) -> alt.Chart:
             y=alt.Y("parameter:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False)),
             tooltip=["parameter", alt.Tooltip("importance:Q", format=".3f")],
         )
-        .properties(height=32 * max(3, len(df)) + 20, title="Parameter importances")
+        .properties(height=32 * max(3, len(df)) + 20)  # the page titles it, with what it is drawn from
     )
 
 
