@@ -122,7 +122,7 @@ def test_three_workers_finish_exactly_the_asked_trials(tiny_dataset: Path, pg_st
 @pytest.mark.slow
 def test_killed_workers_are_failed_by_heartbeat_retried_and_the_study_resumes(tiny_dataset: Path, pg_storage_url: str, tmp_path: Path, capsys) -> None:
     url, name, n = pg_storage_url, "kill", 5
-    extra = ("--trials", str(n), "--epochs", "15")
+    extra = ("--trials", str(n), "--epochs", "10")
     a, b = (worker(tiny_dataset, url, name, m, tmp_path, *extra) for m in ("machine-a", "machine-b"))
     try:
         # A is killed in the middle of a trial, once the study has a finished one
