@@ -12,7 +12,7 @@ from typing import Any
 
 from bench.common import NOMINAL_PEAK_GFLOPS
 
-ORDER = ("pipeline", "train_step", "time_to_accuracy", "latency")
+ORDER = ("pipeline", "train_step", "time_to_accuracy", "latency", "search")
 EXPLAIN_NAMES = {"gradcam_warm_s": "Grad-CAM", "gradcampp_warm_s": "Grad-CAM++", "scorecam_warm_s": "Score-CAM (64 channels)",
                  "occlusion_warm_s": "occlusion (100 positions)"}  # fmt: skip
 
@@ -340,6 +340,34 @@ def section_latency(lat: dict[str, Any]) -> str:
     )
 
 
+def section_search(s: dict[str, Any]) -> str:
+    rows = [
+        [name, a["workers"], a["trials"], a["trials_per_min"], a["mean_trial_s"], a["wall_s"], a["cores_used"],
+         a["surplus"], s["overhead_ms_per_trial"].get(name.split("/")[0])]
+        for name, a in s["arms"].items()
+    ]  # fmt: skip
+    speedup = ", ".join(f"{k} {v}x" for k, v in s["speedup_2_workers"].items())
+    overhead = ", ".join(f"{k} {v} ms" for k, v in s["overhead_ms_per_trial"].items())
+    return "\n".join(
+        [
+            "## Search: workers and storages (bench/search.py)",
+            "",
+            f"{s['trials']} trials per arm, heads on cached features ({s['backbone']}, {s['image_size']} px, "
+            f"{s['epochs']} epochs, {s['dataset']}), random sampler, no pruning, one seed per trial; each arm a fresh "
+            "study and runs folder worked on by real `python -m core tune` processes.",
+            "",
+            md_table(["storage/workers", "workers", "trials", "trials/min", "s/trial", "wall s", "cores used", "surplus",
+                      "storage ms/trial"], rows),  # fmt: skip
+            "",
+            f"Two workers against one: {speedup}. Storage calls of one trial without training: {overhead}.",
+            "",
+            s["why"],
+            "",
+            load_line(s),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     results = Path(argv[0] if argv else Path(__file__).parent / "results")
@@ -362,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_step": section_train_step,
         "time_to_accuracy": section_tta,
         "latency": section_latency,
+        "search": section_search,
     }
     for name in ORDER:
         if name in figs:

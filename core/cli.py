@@ -122,6 +122,12 @@ def _add_tune(sub: Any) -> None:
             "Several processes (on several machines, with a shared --storage) may work on one study. "
             "A train option given here fixes that parameter."
         ),
+        epilog=(
+            "A trial whose worker died is failed (at once on this machine, after the heartbeat's grace period "
+            "elsewhere) and its configuration runs again. Environment: SCENELAB_HEARTBEAT_S (beat interval, default "
+            "10), SCENELAB_HEARTBEAT_GRACE_S (silence before a trial is failed, default 60), SCENELAB_HOST (this "
+            "machine's name in the study). See docs/SEARCH.md."
+        ),
     )
     p.add_argument("--data", default=None, help="dataset folder (default: the one the study was created with)")
     p.add_argument("--study", required=True, help="study name")

@@ -9,9 +9,13 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
+from core.search.summaries import param_label
+
 STATE_COLOURS = alt.Scale(
     domain=["COMPLETE", "PRUNED", "RUNNING", "FAIL"], range=["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
 )
+#: trial numbers are whole: ticks on whole numbers only, never 0.5
+TRIAL_AXIS = alt.Axis(tickMinStep=1, format="d")
 
 
 def history_chart(df: pd.DataFrame) -> alt.LayerChart:
@@ -21,18 +25,21 @@ def history_chart(df: pd.DataFrame) -> alt.LayerChart:
         alt.Chart(done)
         .mark_circle(size=60)
         .encode(
-            x=alt.X("number:Q", title="trial"),
+            x=alt.X("number:Q", title="trial", axis=TRIAL_AXIS),
             y=alt.Y("value:Q", title="validation accuracy", scale=alt.Scale(zero=False)),
             color=alt.Color("test_accuracy:Q", title="test accuracy", scale=alt.Scale(scheme="viridis")),
-            tooltip=["number", alt.Tooltip("value:Q", format=".4f"), alt.Tooltip("test_accuracy:Q", format=".4f"), "optimizer"]
-            if "optimizer" in done
-            else ["number", "value", "test_accuracy"],
+            tooltip=[
+                alt.Tooltip("number:Q", title="trial"),
+                alt.Tooltip("value:Q", title="val accuracy", format=".3f"),
+                alt.Tooltip("test_accuracy:Q", title="test accuracy", format=".3f"),
+                *([alt.Tooltip("optimizer:N", title=param_label("optimizer"))] if "optimizer" in done else []),
+            ],
         )
     )
     best = (
         alt.Chart(done)
         .mark_line(interpolate="step-after", color="black")
-        .encode(x="number:Q", y="best so far:Q", tooltip=[alt.Tooltip("best so far:Q", format=".4f")])
+        .encode(x=alt.X("number:Q", axis=TRIAL_AXIS), y="best so far:Q", tooltip=[alt.Tooltip("best so far:Q", format=".3f")])
     )
     return alt.layer(points, best).properties(height=280, title="Optimisation history (line: best so far)")
 
@@ -47,7 +54,7 @@ def curves_chart(inter: pd.DataFrame) -> alt.Chart:
             color=alt.Color("state:N", scale=STATE_COLOURS, title="trial state"),
             strokeDash=alt.condition("datum.state == 'PRUNED'", alt.value([4, 3]), alt.value([1, 0])),
             detail="trial:N",
-            tooltip=["trial", "state", "step", alt.Tooltip("value:Q", format=".4f")],
+            tooltip=["trial", "state", alt.Tooltip("step:Q", title="epoch"), alt.Tooltip("value:Q", title="val accuracy", format=".3f")],
         )
         .properties(height=280, title="Learning curves (dashed: pruned trials)")
     )
@@ -85,14 +92,14 @@ def parallel_chart(df: pd.DataFrame, params: list[str], space: dict[str, Any]) -
         for p in params:
             pos = normalise(t[p], space.get(p), list(done[p]))
             if pos is not None:
-                rows.append({"trial": int(t["number"]), "axis": p, "position": pos, "setting": str(t[p]), "value": t["value"]})
-        rows.append({"trial": int(t["number"]), "axis": "validation accuracy", "position": None, "setting": f"{t['value']:.4f}", "value": t["value"]})
+                rows.append({"trial": int(t["number"]), "axis": param_label(p), "position": pos, "setting": str(t[p]), "value": t["value"]})
+        rows.append({"trial": int(t["number"]), "axis": "validation accuracy", "position": None, "setting": f"{t['value']:.3f}", "value": t["value"]})
     long = pd.DataFrame(rows)
     vmin, vmax = float(done["value"].min()), float(done["value"].max())
     long.loc[long["axis"] == "validation accuracy", "position"] = (
         (long["value"] - vmin) / (vmax - vmin) if vmax > vmin else 0.5
     )
-    order = [*params, "validation accuracy"]
+    order = [*(param_label(p) for p in params), "validation accuracy"]
     base = alt.Chart(long).encode(
         x=alt.X("axis:N", sort=order, title=None, axis=alt.Axis(labelAngle=-20, labelOverlap=False)),
         y=alt.Y("position:Q", title="position in the search range", scale=alt.Scale(domain=[0, 1])),
@@ -100,14 +107,14 @@ def parallel_chart(df: pd.DataFrame, params: list[str], space: dict[str, Any]) -
     lines = base.mark_line(opacity=0.6).encode(
         color=alt.Color("value:Q", title="validation accuracy", scale=alt.Scale(scheme="viridis")),
         detail="trial:N",
-        tooltip=["trial", "axis", "setting", alt.Tooltip("value:Q", format=".4f")],
+        tooltip=["trial", "axis", "setting", alt.Tooltip("value:Q", title="val accuracy", format=".3f")],
     )
     ticks = alt.Chart(pd.DataFrame({"axis": order})).mark_rule(color="#bbb").encode(x=alt.X("axis:N", sort=order))
     return alt.layer(ticks, lines).properties(height=300, title="Parallel coordinates (each parameter scaled to its range; one line per trial)")
 
 
 def importance_chart(imp: dict[str, float]) -> alt.Chart:
-    df = pd.DataFrame({"parameter": list(imp), "importance": list(imp.values())})
+    df = pd.DataFrame({"parameter": [param_label(p) for p in imp], "importance": list(imp.values())})
     return (
         alt.Chart(df)
         .mark_bar()
@@ -116,7 +123,7 @@ def importance_chart(imp: dict[str, float]) -> alt.Chart:
             y=alt.Y("parameter:N", sort="-x", title=None, axis=alt.Axis(labelOverlap=False)),
             tooltip=["parameter", alt.Tooltip("importance:Q", format=".3f")],
         )
-        .properties(height=32 * max(3, len(df)) + 20, title="Parameter importances")
+        .properties(height=32 * max(3, len(df)) + 20)  # the page titles it, with what it is drawn from
     )
 
 
@@ -127,22 +134,23 @@ def slice_chart(df: pd.DataFrame, param: str, spec: dict[str, Any] | None) -> al
         log = bool(spec.get("log"))
         x = alt.X(
             f"{param}:Q",
-            title=param,
+            title=param_label(param),
             scale=alt.Scale(type="log" if log else "linear"),
             axis=alt.Axis(tickCount=4, grid=not log, format="~e" if log else "~g"),
         )
     else:
         done[param] = done[param].astype(str)
         order = [str(c) for c in spec["choices"]] if spec and spec.get("choices") else None
-        x = alt.X(f"{param}:N", title=param, sort=order, axis=alt.Axis(labelAngle=-30, labelOverlap=False))
+        x = alt.X(f"{param}:N", title=param_label(param), sort=order, axis=alt.Axis(labelAngle=-30, labelOverlap=False))
     return (
         alt.Chart(done)
         .mark_circle(size=50, opacity=0.8)
         .encode(
             x=x,
             y=alt.Y("value:Q", title="val accuracy", scale=alt.Scale(zero=False)),
-            color=alt.Color("number:Q", title="trial", scale=alt.Scale(scheme="blues")),
-            tooltip=["number", param, alt.Tooltip("value:Q", format=".4f")],
+            color=alt.Color("number:Q", title="trial", scale=alt.Scale(scheme="blues"), legend=alt.Legend(format="d", tickMinStep=1)),
+            tooltip=[alt.Tooltip("number:Q", title="trial"), alt.Tooltip(f"{param}:{'Q' if numeric else 'N'}", title=param_label(param)),
+                     alt.Tooltip("value:Q", title="val accuracy", format=".3f")],
         )
-        .properties(width=190, height=170, title=param)
+        .properties(width=190, height=170, title=param_label(param))
     )

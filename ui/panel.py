@@ -6,7 +6,9 @@ format come from the setting, the default is RunConfig's unless the page overrid
 Each setting lives in the session under a *value key* (``<page>_<field>``) that no widget owns; its widget
 has a key of its own, refilled from the value before it is drawn and copied back when the user changes
 it. So a value survives page switches and a run cut short before its widget was drawn (a Train pressed
-while the page was still loading), which Streamlit's own widget state does not guarantee.
+while the page was still loading), which Streamlit's own widget state does not guarantee. Inside a form
+(``in_form=True``), where Streamlit allows no change callbacks, the widget's own state is the truth while
+it exists and is copied to the value key on every run.
 """
 
 from __future__ import annotations
@@ -52,12 +54,19 @@ def defaults(page: str, fields: Iterable[str], overrides: Mapping[str, Any] | No
 
 
 def bind(value_key: str, draw: Callable[..., Any], *args: Any, to_value: Callable[[Any], Any] | None = None,
-         from_value: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
+         from_value: Callable[[Any], Any] | None = None, in_form: bool = False, **kwargs: Any) -> Any:
     """Draw a widget for the session value ``value_key``; returns the value (see the module docstring).
 
     ``from_value``/``to_value`` convert between what is stored and what the widget shows."""
     ss = st.session_state
     wkey = widget_key(value_key)
+    if in_form:
+        if wkey not in ss:
+            shown = ss.get(value_key)
+            ss[wkey] = from_value(shown) if from_value is not None else shown
+        value = draw(*args, key=wkey, **kwargs)
+        ss[value_key] = to_value(value) if to_value is not None else value
+        return ss[value_key]
     shown = ss.get(value_key)
     ss[wkey] = from_value(shown) if from_value is not None else shown
 
@@ -92,11 +101,11 @@ def widget(
 
     ``style``: ``toggle``/``checkbox`` for yes/no, ``radio``/``select`` for choices, ``number``/``slider``
     for numbers (the defaults are the first of each). ``kwargs`` go to Streamlit (``min_value``,
-    ``disabled``, ``from_value``/``to_value`` for :func:`bind`...). The setting's technical name is in the
+    ``disabled``, ``from_value``/``to_value``/``in_form`` for :func:`bind`...). The setting's technical name is in the
     tooltip, after its help."""
     info, _ = setting_of(field)
     where = where if where is not None else st
-    convert = {k: kwargs.pop(k) for k in ("from_value", "to_value") if k in kwargs}
+    convert = {k: kwargs.pop(k) for k in ("from_value", "to_value", "in_form") if k in kwargs}
     help_text = kwargs.pop("help", info.help)
     if help_text:
         help_text = f"{help_text} (`{field}`)"

@@ -12,6 +12,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,11 @@ from core.search.space import Space, suggest
 #: (other seeds: other validation splits and initial weights) and scores the mean validation accuracy.
 AUTO_REPEATS_CHEAP = 3
 REPEAT_SEED_STEP = 1000  # repeat r of a trial with seed s trains with seed s + r * REPEAT_SEED_STEP
+#: a run's figures each trial keeps (user attribute ``metrics``), so a page on another machine shows them
+TRIAL_METRICS = (
+    "train_accuracy", "val_accuracy", "test_accuracy", "epochs_run", "kept_epoch", "seconds", "params_total",
+    "params_trainable", "n_train", "n_val", "n_test",
+)  # fmt: skip
 
 
 def resolve_repeats(value: str | int | None, base: RunConfig) -> int:
@@ -82,6 +88,8 @@ class Objective:
         t0 = time.monotonic()
         try:
             cfg = self.config_for(trial)
+            trial.set_user_attr("config", cfg.to_dict())  # what the trial trains, readable from the storage alone
+            trial.set_user_attr("artifacts", str(Path(getattr(self.store, "root", ".")).resolve()))
             state = {"prune": False, "step": 0}
 
             def on_progress(event: dict[str, Any]) -> None:
@@ -90,8 +98,10 @@ class Objective:
                 if self.progress is not None:
                     self.progress(event)
 
+            meta = {"search_study": getattr(getattr(trial, "study", None), "study_name", None)}  # the Runs page's label
             try:
-                result = train(cfg, self.data_root, self.store, progress=on_progress, should_stop=lambda: state["prune"])
+                result = train(cfg, self.data_root, self.store, progress=on_progress, should_stop=lambda: state["prune"],
+                               meta=meta)
             except TrainingCancelled:
                 if state["prune"]:
                     self._pruned(trial, state["step"])
@@ -106,13 +116,15 @@ class Objective:
                 raise ConfigError("The run has no validation images, so the search has nothing to select on; raise the validation fraction.")
             vals, tests = [float(m["val_accuracy"])], [m.get("test_accuracy")]
             for r in range(1, self.repeats):  # the same config, other split and initial weights
-                again = train(cfg.replace(seed=cfg.seed + r * REPEAT_SEED_STEP), self.data_root, self.store, progress=self.progress)
+                again = train(cfg.replace(seed=cfg.seed + r * REPEAT_SEED_STEP), self.data_root, self.store,
+                              progress=self.progress, meta=meta)
                 vals.append(float(again.record.metrics["val_accuracy"]))
                 tests.append(again.record.metrics.get("test_accuracy"))
             if self.repeats > 1:
                 trial.set_user_attr("val_accuracies", vals)
                 trial.set_user_attr("test_accuracies", tests)
                 trial.set_user_attr("test_accuracy_mean", round(float(np.mean([t for t in tests if t is not None])), 4))
+            trial.set_user_attr("metrics", {k: m.get(k) for k in TRIAL_METRICS})
             trial.set_user_attr("val_accuracy", m["val_accuracy"])
             trial.set_user_attr("run_id", result.run_id)
             trial.set_user_attr("test_accuracy", m.get("test_accuracy"))

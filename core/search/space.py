@@ -3,6 +3,10 @@
 A spec is ``{"type": "float"|"int", "low", "high", "log", "step"}`` or ``{"type": "categorical",
 "choices": [...]}``, optionally with ``"if": {"optimizer": [...]}`` (drawn only when an earlier parameter
 has one of those values). Any run setting marked searchable in ``core.config`` may be searched.
+
+A space file is checked whole when it is read, before any study exists: every bound, step, choice and
+fixed value against its setting's metadata (``core.fields.Setting``: kind, valid range, choices), so a
+mistake is one sentence naming the key instead of a study whose trials all fail.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import optuna
 
 from core.config import OPTIMIZERS, RUN_SETTINGS, RunConfig
 from core.errors import ConfigError
+from core.fields import Setting, check_value, flag_of
 
 #: The study's search space (its W&B sweep), in the order the parameters are drawn.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -31,6 +36,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
 #: RunConfig fields a space may search (augmentation is set with the train options).
 SEARCHABLE = tuple(name for name, info in RUN_SETTINGS.items() if info.searchable)
 _SPEC_KEYS = {"type", "low", "high", "log", "step", "choices", "if"}
+_NUMERIC = ("int", "float")
 
 Space = dict[str, dict[str, Any]]
 
@@ -39,64 +45,121 @@ def _spec_error(name: str, what: str) -> ConfigError:
     return ConfigError(f"Search space parameter {name!r}: {what}.")
 
 
+def _check(name: str, value: Any, where: str = "") -> None:
+    """``value`` must be valid for the setting ``name`` (one sentence naming the key and ``where`` in its spec)."""
+    try:
+        check_value(name, RUN_SETTINGS[name], value)
+    except ConfigError as exc:
+        raise ConfigError(f"Search space parameter {name!r}{where}: {exc}") from None
+
+
+def _kind_of(name: str, spec: dict[str, Any]) -> str:
+    """The spec's type, inferred from the setting when not given (numbers: a range; others: choices)."""
+    info = RUN_SETTINGS[name]
+    kind = spec.get("type")
+    if kind is None:
+        kind = info.kind if info.kind in _NUMERIC and "choices" not in spec else "categorical"
+    if kind not in (*_NUMERIC, "categorical"):
+        raise _spec_error(name, f"unknown type {kind!r}; expected float, int or categorical")
+    if kind in _NUMERIC and info.kind not in _NUMERIC:
+        raise _spec_error(name, f"{info.label} is not a number, so give its choices as a list instead of a {kind} range")
+    if kind == "float" and info.kind == "int":
+        raise _spec_error(name, f'{info.label} ({flag_of(name, info)}) is a whole number, so its range needs "type": "int"; received "type": "float"')
+    return kind
+
+
+def _default_choices(info: Setting) -> list[Any] | None:
+    if info.kind == "bool":
+        return [False, True]
+    return list(info.choices) if info.kind == "choice" else None
+
+
+def _categorical(name: str, spec: dict[str, Any]) -> dict[str, Any] | Any:
+    choices = spec.get("choices", _default_choices(RUN_SETTINGS[name]))
+    if not isinstance(choices, list) or not choices:
+        raise _spec_error(name, "'choices' must be a non-empty list")
+    for c in choices:
+        if c is not None and not isinstance(c, (bool, int, float, str)):
+            raise _spec_error(name, f"choice {c!r} is not a number, string, true/false or null")
+        _check(name, c, " (a choice)")
+    if len(set(map(json.dumps, choices))) != len(choices):
+        raise _spec_error(name, "'choices' repeats a value")
+    return choices[0] if len(choices) == 1 else {"type": "categorical", "choices": list(choices)}
+
+
+def _numeric(name: str, spec: dict[str, Any], kind: str) -> dict[str, Any] | Any:
+    if "low" not in spec or "high" not in spec:
+        raise _spec_error(name, "a float or int parameter needs 'low' and 'high'")
+    low, high = spec["low"], spec["high"]
+    for bound, value in (("low", low), ("high", high)):
+        _check(name, value, f" ({bound!r})")
+    if low > high:
+        raise _spec_error(name, f"'low' ({low:g}) must not exceed 'high' ({high:g})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise _spec_error(name, f"'log' must be true or false; received {log!r}")
+    if log and low <= 0:
+        raise _spec_error(name, f"a log range needs 'low' > 0; received {low:g}")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise _spec_error(name, f"an int range needs whole-number 'low' and 'high'; received {low!r} and {high!r}")
+    if low == high:
+        return int(low) if kind == "int" else float(low)
+    out: dict[str, Any] = {"type": kind, "low": int(low) if kind == "int" else low, "high": int(high) if kind == "int" else high, "log": log}
+    step = spec.get("step")
+    if step is not None:
+        number = isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step)
+        if not number or step <= 0 or (kind == "int" and step != int(step)):
+            whole = " whole" if kind == "int" else ""
+            raise _spec_error(name, f"'step' must be a positive{whole} number; received {step!r}")
+        if log:
+            raise _spec_error(name, "'step' and 'log' cannot be combined")
+        out["step"] = int(step) if kind == "int" else step
+    return out
+
+
 def _normalise_spec(name: str, spec: Any, default: dict[str, Any] | None) -> dict[str, Any] | Any:
-    """A validated spec dict, or a plain value when the spec fixes the parameter."""
+    """A validated spec dict, or a plain (checked) value when the spec fixes the parameter."""
     if isinstance(spec, list):
         spec = {"type": "categorical", "choices": spec}
     if not isinstance(spec, dict):
-        return spec  # a fixed value
+        _check(name, spec, " (a fixed value)")
+        return spec
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown:
         raise _spec_error(name, f"unknown key(s) {', '.join(unknown)}; expected {', '.join(sorted(_SPEC_KEYS))}")
-    if "type" not in spec:
-        if default is None:
-            raise _spec_error(name, "give a 'type' (float, int or categorical)")
-        # narrowing a default parameter: keep what is not given
-        keep = {k: v for k, v in default.items() if not (k == "choices" and "low" in spec)}
+    if "type" not in spec and default is not None:  # narrowing a default parameter: keep what is not given
+        keep = {k: v for k, v in default.items() if not (k in ("choices", "type") and "low" in spec)}
         spec = {**keep, **spec}
-    kind = spec["type"]
-    out: dict[str, Any] = {"type": kind}
-    if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise _spec_error(name, "'choices' must be a non-empty list")
-        for c in choices:
-            if c is not None and not isinstance(c, (bool, int, float, str)):
-                raise _spec_error(name, f"choice {c!r} is not a number, string, true/false or null")
-        if len(set(map(json.dumps, choices))) != len(choices):
-            raise _spec_error(name, "'choices' repeats a value")
-        if len(choices) == 1:
-            return choices[0]
-        out["choices"] = list(choices)
-    elif kind in ("float", "int"):
-        try:
-            low, high = float(spec["low"]), float(spec["high"])
-        except (KeyError, TypeError, ValueError):
-            raise _spec_error(name, "a float or int parameter needs numeric 'low' and 'high'") from None
-        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-            raise _spec_error(name, f"'low' ({low:g}) must not exceed 'high' ({high:g})")
-        log = bool(spec.get("log", False))
-        if log and low <= 0:
-            raise _spec_error(name, f"a log range needs 'low' > 0; received {low:g}")
-        if low == high:
-            return int(low) if kind == "int" else low
-        if kind == "int":
-            if low != int(low) or high != int(high):
-                raise _spec_error(name, "an int range needs whole-number 'low' and 'high'")
-            low, high = int(low), int(high)
-        out.update(low=low, high=high, log=log)
-        if spec.get("step") is not None:
-            if log:
-                raise _spec_error(name, "'step' and 'log' cannot be combined")
-            out["step"] = spec["step"]
-    else:
-        raise _spec_error(name, f"unknown type {kind!r}; expected float, int or categorical")
+    kind = _kind_of(name, spec)
+    out = _categorical(name, spec) if kind == "categorical" else _numeric(name, spec, kind)
     if spec.get("if") is not None:
         cond = spec["if"]
         if not isinstance(cond, dict) or not all(isinstance(v, list) for v in cond.values()):
             raise _spec_error(name, "'if' must map a parameter to a list of values, e.g. {\"optimizer\": [\"sgd\"]}")
-        out["if"] = {k: list(v) for k, v in cond.items()}
+        if isinstance(out, dict):
+            out["if"] = {k: list(v) for k, v in cond.items()}
     return out
+
+
+def check_space(overrides: dict[str, Any], fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check a whole space file (every key, bound, step, choice and fixed value); return it unchanged.
+
+    ``fixed`` holds the parameters the command line fixes: a parameter both there and in the file
+    (other than ``null``) is refused, as joining the study would refuse it later."""
+    unknown = sorted(set(overrides) - set(SEARCHABLE))
+    if unknown:
+        raise ConfigError(
+            f"Unknown search parameter(s) {', '.join(unknown)}; a space may search {', '.join(SEARCHABLE)}."
+        )
+    for name, spec in overrides.items():
+        if fixed and name in fixed and spec is not None:
+            raise _spec_error(
+                name, f"the space file searches or sets it and {flag_of(name, RUN_SETTINGS[name])} on the command line "
+                "fixes it; leave one of them out (or give it as null in the file)"
+            )
+        if spec is not None:
+            _normalise_spec(name, spec, DEFAULT_SPACE.get(name))
+    return overrides
 
 
 def build_space(
@@ -117,12 +180,7 @@ def build_space(
     """
     fixed = fixed if fixed is not None else {}
     base = base if base is not None else RunConfig().to_dict()
-    overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - set(SEARCHABLE))
-    if unknown:
-        raise ConfigError(
-            f"Unknown search parameter(s) {', '.join(unknown)}; a space may search {', '.join(SEARCHABLE)}."
-        )
+    overrides = check_space(dict(overrides or {}), fixed)
     merged: dict[str, Any] = {}
     for name in list(DEFAULT_SPACE) + [n for n in overrides if n not in DEFAULT_SPACE]:
         if name in fixed:
@@ -181,7 +239,7 @@ def read_space_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"The search space file {p} is not valid JSON ({exc}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"The search space file {p} must hold one JSON object of parameter: spec.")
-    return data
+    return check_space(data)
 
 
 def suggest(trial: optuna.trial.BaseTrial, space: Space) -> dict[str, Any]:

@@ -27,9 +27,9 @@ from core.paths import default_artifacts
 from core.scan import scan_dataset
 from core.search.objective import Objective, resolve_repeats
 from core.search.samplers import make_pruner, make_sampler
-from core.search.space import SEARCHABLE, Space, build_space, read_space_file
+from core.search.space import SEARCHABLE, Space, build_space, check_space, read_space_file
 from core.search.storage import open_storage, redact, resolve_storage_url
-from core.search.summaries import SETTINGS_ATTR, best_config, load_study, study_settings, summary
+from core.search.summaries import SETTINGS_ATTR, best_config, load_study, study_settings, summary, trial_rows
 from core.search.workers import run_worker
 from core.store import Store
 
@@ -117,8 +117,10 @@ def create_or_resume(
     return study, stored
 
 
-def _fingerprint(data_root: str) -> str:
-    return scan_dataset(data_root).fingerprint
+def _fingerprints(data_root: str) -> tuple[str, str]:
+    """The dataset's content fingerprint and its legacy one (studies created before content identity)."""
+    info = scan_dataset(data_root)
+    return info.fingerprint, info.legacy_fingerprint
 
 
 def _compare(name: str, stored: dict[str, Any], cfg: RunConfig, explicit: dict[str, Any], space: Space) -> None:
@@ -140,11 +142,16 @@ def _compare(name: str, stored: dict[str, Any], cfg: RunConfig, explicit: dict[s
             )
 
 
+def _fixed_by_options(req: StudyRequest) -> dict[str, Any]:
+    """The searchable parameters the command line fixes (``--optimizer adam``)."""
+    return {name: getattr(req.cfg, name) for name in req.explicit if name in SEARCHABLE}
+
+
 def _check_join(req: StudyRequest, stored: dict[str, Any], space_file: dict[str, Any] | None) -> str:
     """Refuse options that contradict the stored study; return the data root to use."""
     _compare(req.study, stored["base_config"], req.cfg, req.explicit, stored["space"])
-    if space_file is not None:
-        wanted = build_space(space_file, {}, base=stored["base_config"])
+    if space_file is not None:  # the creating command's fixes are part of the space it built
+        wanted = build_space(space_file, _fixed_by_options(req), base=stored["base_config"])
         if wanted != stored["space"]:
             raise ConfigError(
                 f"Study {req.study!r} was created with another search space; leave --space out to join it or use a new study name."
@@ -163,7 +170,7 @@ def _check_join(req: StudyRequest, stored: dict[str, Any], space_file: dict[str,
                 f"Study {req.study!r} trains each trial {have} time(s), not {want}; leave --repeats out or use a new study name."
             )
     data_root = req.data or stored["data_root"]
-    if _fingerprint(data_root) != stored["data_fingerprint"]:
+    if stored["data_fingerprint"] not in _fingerprints(data_root):
         raise ConfigError(
             f"The dataset at {data_root} is not the one study {req.study!r} was created with; "
             "point --data at a copy of that dataset."
@@ -173,10 +180,12 @@ def _check_join(req: StudyRequest, stored: dict[str, Any], space_file: dict[str,
 
 def _new_settings(req: StudyRequest, space_file: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
     """The settings a new study is created with, and its data root."""
-    if not req.data:
-        raise ConfigError(f"Study {req.study!r} does not exist yet; give --data to create it.")
-    data_root = str(Path(req.data).expanduser().resolve())
-    fixed = {name: getattr(req.cfg, name) for name in req.explicit if name in SEARCHABLE}
+    from core.bundled import default_dataset
+    from core.paths import default_artifacts
+
+    data = req.data or default_dataset(req.artifacts or default_artifacts())  # SCENELAB_DATA, else the bundled copy
+    data_root = str(Path(data).expanduser().resolve())
+    fixed = _fixed_by_options(req)
     base = req.cfg.to_dict()
     space = build_space(space_file, fixed, base=base)
     base.update(fixed)
@@ -187,7 +196,7 @@ def _new_settings(req: StudyRequest, space_file: dict[str, Any] | None) -> tuple
         "fixed": fixed,
         "base_config": base,
         "data_root": data_root,
-        "data_fingerprint": _fingerprint(data_root),
+        "data_fingerprint": _fingerprints(data_root)[0],
         "sampler": req.sampler or "tpe",
         "pruner": req.pruner or "median",
         "seed": req.cfg.seed,
@@ -200,12 +209,14 @@ def _new_settings(req: StudyRequest, space_file: dict[str, Any] | None) -> tuple
 
 def prepare_study(req: StudyRequest) -> tuple[optuna.Study, dict[str, Any], str]:
     """Create or resume the study ``req`` asks for; returns (study, its settings, data root)."""
+    space_file = read_space_file(req.space_file) if req.space_file else None  # checked whole, before any study
+    if space_file is not None:
+        check_space(space_file, _fixed_by_options(req))
     storage = open_storage(req.storage_url, heartbeat=True)
     try:
         existing = optuna.load_study(study_name=req.study, storage=storage)
     except KeyError:
         existing = None
-    space_file = read_space_file(req.space_file) if req.space_file else None
     if existing is not None and study_settings(existing) is not None:
         data_root, settings = _check_join(req, study_settings(existing) or {}, space_file), None
     else:
@@ -261,4 +272,7 @@ def run_study(req: StudyRequest) -> dict[str, Any]:
     out["seconds"] = round(time.monotonic() - t0, 1)
     out["storage"] = redact(req.storage_url)
     out["best_config"] = best_config(study)
+    # a best run trained on another machine sharing the storage is not in this one's artifacts
+    out["best_run_here"] = bool(out["best_run_id"]) and store.load_run(out["best_run_id"]) is not None
+    out["trials"] = trial_rows(study)
     return out

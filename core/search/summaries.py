@@ -9,13 +9,33 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from core.config import RunConfig
+from core.config import RUN_SETTINGS, RunConfig
 from core.errors import ConfigError
-from core.search.storage import as_storage
+from core.search.storage import as_storage, retried_from
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_ATTR = "scenelab"
+#: parameter importances are drawn from this many completed trials on (the page says so before)
+MIN_TRIALS_FOR_IMPORTANCE = 10
+
+
+def param_label(name: str) -> str:
+    """A parameter's words on the pages (its setting's label: ``lr`` -> "Learning rate")."""
+    info = RUN_SETTINGS.get(name)
+    return info.label if info is not None else name
+
+
+def param_text(name: str, value: Any) -> str:
+    """A parameter and its value in words: "Learning rate 3.0e-03", "Batch norm on"."""
+    info = RUN_SETTINGS.get(name)
+    if isinstance(value, bool):
+        shown = "on" if value else "off"
+    elif isinstance(value, float):
+        shown = f"{value:.1e}" if info is not None and info.log else f"{value:.3g}"
+    else:
+        shown = str(value)
+    return f"{param_label(name)} {shown}"
 
 
 def list_studies(storage: str | optuna.storages.BaseStorage | None = None) -> list[dict[str, Any]]:
@@ -84,10 +104,11 @@ def _best_value(study: optuna.Study) -> float | None:
 
 
 def summary(study: optuna.Study) -> dict[str, Any]:
-    """The figures the CLI prints: counts per state and the best (validation) trial."""
+    """The figures the CLI prints: counts per state and the best (validation) trial, with where it was trained."""
     c = counts(study)
     best = _best_trial(study)
     settings = study_settings(study) or {}
+    ua = {} if best is None else best.user_attrs
     return {
         "study": study.study_name,
         "n_trials_target": settings.get("n_trials"),
@@ -96,34 +117,76 @@ def summary(study: optuna.Study) -> dict[str, Any]:
         "n_trials_failed": c["FAIL"],
         "n_trials_surplus": c["SURPLUS"],
         "n_trials_running": c["RUNNING"],
+        "n_trials_waiting": c["WAITING"],
         "best_trial": None if best is None else best.number,
         "best_value": None if best is None else best.value,
         "best_params": None if best is None else best.params,
-        "best_test_accuracy": None if best is None else best.user_attrs.get("test_accuracy"),
-        "best_run_id": None if best is None else best.user_attrs.get("run_id"),
+        "best_test_accuracy": ua.get("test_accuracy"),
+        "best_run_id": ua.get("run_id"),
+        "best_host": ua.get("host") or (ua.get("worker") or {}).get("label"),
+        "best_artifacts": ua.get("artifacts"),
     }
 
 
+def _state(t: FrozenTrial) -> str:
+    return "SURPLUS" if t.state == TrialState.FAIL and t.user_attrs.get("surplus") else t.state.name
+
+
+def _reasons(trials: list[FrozenTrial]) -> dict[int, str]:
+    """Why each trial failed or was pruned; a trial failed through the heartbeat records none itself, so
+    its reason is read from the retry that runs its configuration again."""
+    retries = {retried_from(t): t.number for t in trials if retried_from(t) is not None}
+    out: dict[int, str] = {}
+    for t in trials:
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
+        if t.number in retries:
+            reason = (reason.rstrip(".") + "; " if reason else "its worker stopped sending heartbeats (killed, crashed or cut off); ")
+            reason += f"its configuration runs again as trial {retries[t.number]}"
+        if reason:
+            out[t.number] = reason
+    return out
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial's figures, read from the storage alone (``tune --json``'s ``trials``): number, state,
+    validation and test accuracy, parameters, run id, the machine that trained it and why it failed."""
+    trials = study.get_trials(deepcopy=False)
+    reasons = _reasons(trials)
+    rows = []
+    for t in trials:
+        ua = t.user_attrs
+        rows.append(
+            {
+                "number": t.number,
+                "state": _state(t),
+                "value": t.value,
+                "test_accuracy": ua.get("test_accuracy"),
+                "params": t.params,
+                "run_id": ua.get("run_id"),
+                "host": ua.get("host") or (ua.get("worker") or {}).get("label"),
+                "artifacts": ua.get("artifacts"),
+                "retry_of": retried_from(t),
+                "reason": reasons.get(t.number),
+            }
+        )
+    return rows
+
+
 def trials_frame(study: optuna.Study) -> Any:
-    """A table of trials: number, state, value (validation accuracy), test accuracy, params, seconds, run id."""
+    """A table of trials: number, state, value (validation accuracy), test accuracy, params, seconds, run id,
+    the machine that trained it, the trial it retries and the reason of a failure."""
     import pandas as pd
 
-    rows = []
+    trials = study.get_trials(deepcopy=False)
     names: list[str] = []
-    for t in study.get_trials(deepcopy=False):
-        for k in t.params:
-            if k not in names:
-                names.append(k)
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
+        names += [k for k in t.params if k not in names]
+    reasons = _reasons(trials)
+    rows = []
+    for t in trials:
         ua = t.user_attrs
-        state = "SURPLUS" if t.state == TrialState.FAIL and ua.get("surplus") else t.state.name
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
-        row: dict[str, Any] = {
-            "number": t.number,
-            "state": state,
-            "value": t.value,
-            "test_accuracy": ua.get("test_accuracy"),
-        }
+        row: dict[str, Any] = {"number": t.number, "state": _state(t), "value": t.value, "test_accuracy": ua.get("test_accuracy")}
         row.update({k: t.params.get(k) for k in names})
         row.update(
             {
@@ -131,12 +194,15 @@ def trials_frame(study: optuna.Study) -> Any:
                 "duration_s": None if duration is None else round(duration, 2),
                 "run_id": ua.get("run_id"),
                 "cached": ua.get("cached"),
-                "reason": ua.get("fail_reason") or ua.get("prune_reason"),
+                "reason": reasons.get(t.number),
                 "worker": (ua.get("worker") or {}).get("label"),
+                "host": ua.get("host"),
+                "retry_of": retried_from(t),
             }
         )
         rows.append(row)
-    cols = ["number", "state", "value", "test_accuracy", *names, "epochs_reported", "duration_s", "run_id", "cached", "reason", "worker"]
+    cols = ["number", "state", "value", "test_accuracy", *names, "epochs_reported", "duration_s", "run_id", "cached",
+            "reason", "worker", "host", "retry_of"]  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -152,10 +218,11 @@ def intermediate_frame(study: optuna.Study) -> Any:
     return pd.DataFrame(rows, columns=["trial", "step", "value", "state"])
 
 
-def importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA parameter importances; empty until at least two trials completed with differing values."""
+def importances(study: optuna.Study, min_trials: int = MIN_TRIALS_FOR_IMPORTANCE) -> dict[str, float]:
+    """fANOVA parameter importances; empty until ``min_trials`` trials completed (with differing values):
+    from fewer, a random forest over seven parameters says more about the draw than about the parameters."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2 or len({t.value for t in complete}) < 2:
+    if len(complete) < max(2, min_trials) or len({t.value for t in complete}) < 2:
         return {}
     try:
         with warnings.catch_warnings():
@@ -167,10 +234,16 @@ def importances(study: optuna.Study) -> dict[str, float]:
 
 
 def best_config(study: optuna.Study) -> dict[str, Any] | None:
-    """The best trial's full RunConfig as a dict (base config + its parameters), or None."""
+    """The best trial's full RunConfig as a dict, or None: the config the trial stored (exact, from the
+    storage alone), else the study's base config with the trial's parameters."""
     settings = study_settings(study)
     best = _best_trial(study)
-    if settings is None or best is None:
+    if best is None:
+        return None
+    stored = best.user_attrs.get("config")
+    if isinstance(stored, dict):
+        return RunConfig.from_dict(stored).validate().to_dict()
+    if settings is None:
         return None
     values = dict(settings["base_config"])
     values.update(best.params)

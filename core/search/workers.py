@@ -6,7 +6,12 @@ exactly. Each worker checks the count before it asks for a trial and, right afte
 trial's rank among the live trials; a trial beyond the count (two workers asked at the same instant) is
 closed as FAIL with ``surplus=True`` and never trained. Only the storage's own atomic trial numbering is
 relied on. Trials left RUNNING by a dead worker are marked FAIL: at once when the worker ran on this
-machine (its pid is gone), and through Optuna's heartbeat (RDB storages) for workers elsewhere.
+machine (its pid is gone), and through Optuna's heartbeat (RDB storages) for workers elsewhere; either
+way its configuration is queued again (``core.search.storage.RetryStale``) and the next worker to ask
+runs it, so a killed worker costs the time of its trial, not its configuration.
+
+A machine is known by its host name and boot id; ``SCENELAB_HOST`` names it instead (containers that
+share a kernel and a host name but not a process table, or a test standing in for other machines).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core import compat
 from core.errors import ConfigError, SceneLabError
+from core.search.storage import RetryStale
 
 logger = logging.getLogger(__name__)
+HOST_ENV = "SCENELAB_HOST"
 
 def _proc_start(pid: int) -> str | None:
     try:
@@ -37,7 +44,14 @@ def _proc_start(pid: int) -> str | None:
     return text.rsplit(")", 1)[-1].split()[19]  # field 22: start time in clock ticks since boot
 
 
+def host_name() -> str:
+    """The name trials record for this machine: ``SCENELAB_HOST``, else the host name."""
+    return os.environ.get(HOST_ENV, "").strip() or socket.gethostname()
+
+
 def _host_id() -> str:
+    if os.environ.get(HOST_ENV, "").strip():
+        return host_name()
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -48,7 +62,7 @@ def _host_id() -> str:
 def worker_identity() -> dict[str, Any]:
     """Who runs a trial: host (+ boot id), pid and the pid's start time (pids get reused)."""
     pid = os.getpid()
-    return {"host": _host_id(), "pid": pid, "start": _proc_start(pid), "label": f"{socket.gethostname()}:{pid}"}
+    return {"host": _host_id(), "pid": pid, "start": _proc_start(pid), "label": f"{host_name()}:{pid}"}
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,15 +96,27 @@ def _alive(worker: dict[str, Any]) -> bool:
 
 
 def _heartbeat_enabled(study: optuna.Study) -> bool:
-    storage = compat.study_storage(study)
-    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+    """The study's storage records heartbeats. A study wraps an RDBStorage in Optuna's cache, which is no
+    RDBStorage but answers for it: an ``isinstance`` test here once made waiting workers skip stale trials,
+    which were then failed only when some worker asked for a new trial (the kill test found it)."""
+    interval = getattr(compat.study_storage(study), "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
+
+
+def _first_beat(study: optuna.Study, trial: optuna.trial.Trial) -> None:
+    """Record the trial's first heartbeat now. Optuna's heartbeat thread records it concurrently with the
+    objective's start, and a trial without any heartbeat is never failed: a worker killed in that instant
+    would leave its trial RUNNING for ever (the kill test found it on a loaded machine)."""
+    if _heartbeat_enabled(study):
+        compat.study_storage(study).record_heartbeat(compat.trial_id(trial))
 
 
 def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Mark FAIL the RUNNING trials whose worker is gone; return their numbers.
+    """Mark FAIL the RUNNING trials whose worker is gone, queue their configurations again; return their numbers.
 
     On this machine a worker is gone when its pid no longer runs (checked at once); for workers on
-    other machines Optuna's heartbeat does it after its grace period (RDB storages only).
+    other machines Optuna's heartbeat does it after its grace period (RDB storages only), and the
+    storage's :class:`~core.search.storage.RetryStale` queues the configuration again.
     """
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if _heartbeat_enabled(study):
@@ -103,14 +129,18 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
         worker = t.user_attrs.get("worker") or {}
         if worker.get("host") != me or _alive(worker):
             continue
-        with contextlib.suppress(Exception):  # another worker may have failed it first
+        try:  # another worker may fail it first: then that one queues it again
             storage.set_trial_user_attr(
                 compat.trial_id(t),
                 "fail_reason",
                 f"its worker ({worker.get('label')}) stopped before the trial finished (killed or crashed)",
             )
-            storage.set_trial_state_values(compat.trial_id(t), state=TrialState.FAIL)
-            logger.warning("Trial %d was left running by a dead worker (%s); marked FAIL.", t.number, worker.get("label"))
+            failed = storage.set_trial_state_values(compat.trial_id(t), state=TrialState.FAIL)
+        except Exception:  # noqa: BLE001 - finished or failed meanwhile: nothing to do
+            continue
+        if failed:
+            logger.warning("Trial %d was left running by a dead worker (%s); marked FAIL and queued again.", t.number, worker.get("label"))
+            RetryStale()(study, storage.get_trial(compat.trial_id(t)))
     after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     return sorted(before - after)
 
@@ -194,7 +224,9 @@ def run_worker(
     t0 = time.monotonic()
 
     def guarded(trial: optuna.trial.Trial) -> float:
+        _first_beat(study, trial)
         trial.set_user_attr("worker", identity)
+        trial.set_user_attr("host", host_name())
         if is_surplus(study, trial.number, n_trials):
             trial.set_user_attr("surplus", True)
             trial.set_user_attr("fail_reason", "not run: the study already had its trials when this worker asked")
@@ -203,6 +235,7 @@ def run_worker(
 
     record = _Tally(mine, on_trial)
     in_a_row = record.in_a_row
+    waited = False
     while True:
         fail_dead_trials(study)
         trials = study.get_trials(deepcopy=False)
@@ -213,8 +246,13 @@ def run_worker(
             logger.info("Timeout reached: %d of %d trials finished; run again to go on.", finished, n_trials)
             break
         running = sum(t.state == TrialState.RUNNING for t in trials)
-        if finished + running >= n_trials:
-            time.sleep(poll_s)  # the last trials run elsewhere; one may still fail and need redoing
+        queued = any(t.state == TrialState.WAITING for t in trials)
+        if finished + running >= n_trials or (waited and not queued):
+            # the last trials run elsewhere; one may still fail and need redoing. When a slot has just
+            # been freed, the worker that failed the dead trial queues its configuration again right
+            # after: one more poll lets that retry, not a new draw, take the slot
+            waited = finished + running >= n_trials
+            time.sleep(poll_s)
             continue
         try:
             study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[record], gc_after_trial=True)
