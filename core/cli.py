@@ -24,6 +24,7 @@ from core.methods import EXPLAIN_METHODS, PROJECTION_METHODS
 from core.search.objective import AUTO_REPEATS_CHEAP
 from core.search.samplers import PRUNERS, SAMPLERS
 from core.search.study import DEFAULT_TRIALS, StudyRequest
+from core.studyplan import DEFAULT_GRID_SAMPLE
 
 logger = logging.getLogger("core")
 DATA_HELP = (
@@ -207,7 +208,8 @@ def _add_reproduce(sub: Any) -> None:
     for name in ("backbone", "weights", "image_size", "seed", "tta"):
         _add_setting(p, name, RUN_SETTINGS[name], RunConfig().to_dict()[name])
     p.add_argument("--trials", type=int, default=30, help="trials of the task-5 search (0: no search)")
-    p.add_argument("--grid-sample", type=int, default=12, help="points of the augmentation grid (128: all)")
+    p.add_argument("--grid-sample", type=int, default=DEFAULT_GRID_SAMPLE,
+                   help=f"points of the augmentation grid, a seeded sample (default {DEFAULT_GRID_SAMPLE}; 128: all)")
     p.add_argument("--estimate", action="store_true", help="only say how long the missing rows will take")
     p.add_argument("--report", default=None, help="write a report (Markdown, SVG and PNG charts) into this folder")
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")

@@ -171,7 +171,10 @@ def test_a_copied_link_restores_the_page_and_its_settings(browser, server, tab):
     link = tab.url
     other.goto(link)
     settle(other)
-    shown = other.get_by_role("spinbutton", name="Epochs", exact=True).input_value()
+    box = other.get_by_role("spinbutton", name="Epochs", exact=True)
+    deadline = time.monotonic() + 20  # the page may run once more after the link's settings are applied
+    while (shown := box.input_value()) != "7" and time.monotonic() < deadline:
+        other.wait_for_timeout(250)
     if shown != "7":
         shoot(other, "link-failed")
     assert shown == "7", (link, other.url, main_text(other)[:1500])
