@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--grid-sample", type=int, default=None, help="points of the augmentation grid (default: the Study page's)")
     p.add_argument("--keep", default=None, help="an empty or new artifacts folder to reproduce into and keep")
     args = p.parse_args(argv)
     if args.keep and Path(args.keep).exists() and any(Path(args.keep).iterdir()):
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-reproduce-") as tmp:
         data = common.resolve_data(args, Path(tmp))
         size = 32 if args.tiny else args.image_size
-        trials = 3 if args.tiny else args.trials
+        trials = 2 if args.tiny else args.trials
+        grid = 2 if args.tiny else args.grid_sample
         artifacts = Path(args.keep) if args.keep else Path(tmp) / "artifacts"
         with common.measured(log, "import TensorFlow and SceneLab") as imported:
             import tensorflow  # noqa: F401
@@ -61,10 +63,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             from core.config import RunConfig
             from core.identity import prepare
             from core.store import Store
+            from core.studyplan import DEFAULT_GRID_SAMPLE
 
+        grid = grid or DEFAULT_GRID_SAMPLE
         base = RunConfig(backbone=args.backbone, weights="imagenet", image_size=size)
         store = Store(artifacts)
-        rows = [(row, [prepare(c, str(data)).run_id for c in row.configs]) for row in rp.plan(base)]
+        rows = [(row, [prepare(c, str(data)).run_id for c in row.configs]) for row in rp.plan(base, grid)]
         timings: dict[str, float] = {}
         started: dict[str, Any] = {}
 
@@ -79,33 +83,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 started.update(search=now)
 
         with common.measured(log, "first pass (empty artifacts)") as first:
-            done = rp.reproduce(base, str(data), store, trials=trials, progress=progress)
+            done = rp.reproduce(base, str(data), store, trials=trials, grid_sample=grid, progress=progress)
             end = time.perf_counter()
         if started.get("id"):  # no search: the last run ends with reproduce
             timings[started["id"]] = end - started["t"]
         search_s = end - started["search"] if "search" in started else 0.0
         cmd = [sys.executable, "-m", "core", "reproduce", "--data", str(data), "--backbone", args.backbone,
-               "--weights", "imagenet", "--image-size", str(size), "--trials", str(trials),
+               "--weights", "imagenet", "--image-size", str(size), "--trials", str(trials), "--grid-sample", str(grid),
                "--artifacts", str(artifacts), "--report", str(artifacts / "report"), "--json"]  # fmt: skip
         with common.measured(log, "second pass (python -m core reproduce, all cached)") as second:
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"the second pass failed ({proc.returncode}): {proc.stderr.strip()[-400:]}")
         again = json.loads(proc.stdout.strip().splitlines()[-1])
-    table_rows = [{k: r[k] for k in ("task", "setting", "study", "ours", "val", "run_id", "cached")} for r in again["rows"]]
     figures = {
         "dataset": common.dataset_label(Path(data)),
         "backbone": args.backbone,
         "image_size": size,
         "trials": trials,
+        "grid_sample": grid,
         "runs_trained": done["trained"],
+        "first_run_ids": [r["run_id"] for r in done["rows"]],
         "import_s": imported["seconds"],
         "first_s": round(imported["seconds"] + first["seconds"], 1),
         "second_s": second["seconds"],
         "second_trained": again["trained"],
         "all_cached_second": all(r["cached"] for r in again["rows"]),
         "task_seconds": _per_task(rows, timings, search_s),
-        "rows": table_rows,
+        "rows": again["rows"],
+        "report": again.get("report"),
         "targets": TARGETS,
         "others_cores_before": seen,
     }

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     common.quiet()
     size = 32 if args.tiny else args.image_size
-    max_s = 20.0 if args.tiny else args.max_seconds
+    max_s = 8.0 if args.tiny else args.max_seconds
     head_epochs = 1 if args.tiny else args.head_epochs
     strategies = ["head"] if args.tiny else args.strategies.split(",")
     budgets = "5" if args.tiny else args.budgets

@@ -179,7 +179,8 @@ def _reproduce(args: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"rows": reproduce.json_rows(rows), "seconds": done["seconds"], "trained": done["trained"]}
     if args.report:
         context = reproduce.report_context(base, data)
-        out["report"] = str(write_report(args.report, [r.as_dict() for r in rows], context, done["seconds"]))
+        out["report"] = str(write_report(args.report, [r.as_dict() for r in rows], context, done["seconds"],
+                                              done["trained"]))
     return out
 
 

@@ -49,7 +49,11 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float | None) -> str:
+def _secs(value: Any) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float | None, trained: int | None = None) -> str:
     lines = [
         "# The study, reproduced with SceneLab",
         "",
@@ -65,14 +69,17 @@ def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float
     ]
     for r in rows:
         lines.append(f"| {r['task']} | {r['setting']} | {_fmt(r.get('study'))} | {_fmt(r.get('ours'))} | "
-                     f"{_fmt(r.get('val'))} | `{r.get('run_id') or '–'}` | {_fmt(r.get('seconds'))} | "
+                     f"{_fmt(r.get('val'))} | `{r.get('run_id') or '–'}` | {_secs(r.get('seconds'))} | "
                      f"{'yes' if r.get('cached') else 'no'} |")  # fmt: skip
-    lines += ["", f"Written {time.strftime('%Y-%m-%d %H:%M')}" + (f"; the reproduction took {seconds:.0f} s." if seconds else ".")]
+    each = {r["run_id"]: r["seconds"] for r in rows if r.get("run_id") and r.get("seconds") is not None}
+    done = f"; this call trained {trained} run(s)" if trained is not None else "; this call took"
+    lines += ["", f"Written {time.strftime('%Y-%m-%d %H:%M')}. The runs above trained in {sum(each.values()):.0f} s in all "
+              f"(each run once, the search's trials added up){done} in {seconds or 0:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
 def write_report(folder: str | os.PathLike[str], rows: list[dict[str, Any]], context: dict[str, Any],
-                 seconds: float | None = None) -> Path:  # fmt: skip
+                 seconds: float | None = None, trained: int | None = None) -> Path:  # fmt: skip
     """Write the report into ``folder`` (replacing an earlier one); its path."""
     import vl_convert as vlc
 
@@ -83,7 +90,7 @@ def write_report(folder: str | os.PathLike[str], rows: list[dict[str, Any]], con
         spec = _chart(rows)
         (tmp / "accuracy.svg").write_text(vlc.vegalite_to_svg(spec))
         (tmp / "accuracy.png").write_bytes(vlc.vegalite_to_png(spec, scale=2))
-        (tmp / "report.md").write_text(markdown(rows, context, seconds))
+        (tmp / "report.md").write_text(markdown(rows, context, seconds, trained))
         (tmp / "rows.json").write_text(json.dumps({"context": context, "rows": rows, "seconds": seconds}, indent=2))
         if dest.exists():
             shutil.rmtree(dest)
