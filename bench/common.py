@@ -239,12 +239,17 @@ def emit(
         "command": "python -m bench."
         + bench
         + (" --tiny" if tiny else "")
-        + "".join(f" {a}" for a in sys.argv[1:] if a != "--tiny"),
+        + "".join(f" {_shown_arg(a)}" for a in sys.argv[1:] if a != "--tiny"),
     }
     print(table(headers, rows))
     print(f"(other processes used {payload['load']['others_cores_mean']} cores on average while timing)")
     print(json.dumps(payload, default=_json_default), flush=True)
     return payload
+
+
+def _shown_arg(arg: str) -> str:
+    """An argument as the results show it: an absolute path (a developer's folder) becomes DIR."""
+    return "DIR" if arg.startswith("/") else arg
 
 
 def _json_default(o: Any) -> Any:
