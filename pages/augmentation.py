@@ -130,8 +130,10 @@ if done:
         "run": r.run_id} for a, r in done]).sort_values("test accuracy", ascending=False)  # fmt: skip
     left, right = st.columns([3, 2])
     left.dataframe(table, key=f"{P}_table", hide_index=True, width="stretch", column_config={
-        "test accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "change": st.column_config.NumberColumn("change against no augmentation", format="%+.3f"),
+        "augmentation": st.column_config.TextColumn(width="medium"),
+        "test accuracy": st.column_config.NumberColumn("test", format="%.3f", help="Test accuracy"),
+        "change": st.column_config.NumberColumn("vs none", format="%+.3f",
+                                                help="Change in test accuracy against the same run without augmentation"),
         "validation accuracy": st.column_config.NumberColumn(format="%.3f"),
         "train accuracy": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
     effects = main_effects([(a, r.metrics["test_accuracy"]) for a, r in done])

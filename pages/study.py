@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from core import reference as ref
@@ -80,15 +81,20 @@ def study_table() -> None:
     fresh = reproduce.table(base, s["data_root"], store, trials=int(ss["study_trials"]), grid_sample=int(ss["study_grid"]))
     frame = table_frame(fresh, rows)
     numbers = {"the study": "{:.3f}", "ours (test)": "{:.3f}", "ours (validation)": "{:.3f}", "seconds": "{:.0f}"}
+    shown = frame.copy()  # as text: Streamlit draws a missing number as "None" whatever the Styler says
+    for col, fmt in numbers.items():
+        shown[col] = [("–" if pd.isna(v) else fmt.format(v)) for v in frame[col]]
     st.dataframe(
-        frame.style.format(numbers, na_rep="–"), key="study_table", hide_index=True, width="stretch", height=36 * (len(frame) + 1) + 4,
+        shown, key="study_table", column_order=["task", "setting", "page", "the study", "ours (test)", "ours (validation)",
+                                                "status", "seconds", "run"], hide_index=True, width="stretch", height=36 * (len(frame) + 1) + 4,
         column_config={
             "task": st.column_config.TextColumn(width="small"),
             "setting": st.column_config.TextColumn(width="large"),
-            "the study": st.column_config.NumberColumn(help=f"Its published figure ({ref.SELECTION_NOTE})."),
+            "the study": st.column_config.TextColumn(help=f"Its published figure ({ref.SELECTION_NOTE})."),
             "status": st.column_config.TextColumn(width="small"),
             "run": st.column_config.TextColumn(width="medium"),
-            "page": st.column_config.LinkColumn("open", display_text="open its page"),
+            "page": st.column_config.LinkColumn("page", display_text="open", width="small",
+                                                help="The page that shows this row's run, with its settings."),
         },
     )
     done = sum(r.cached for r in fresh)

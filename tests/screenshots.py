@@ -49,13 +49,13 @@ def choose_in_sidebar(tab, backbone: str | None, image_size: int | None) -> None
         tab.get_by_role("option", name=backbone).click()
         settle(tab)
     if image_size:
-        value = tab.locator('[data-testid="stSidebar"] [data-testid="stSliderThumbValue"]').first
-        value.locator("..").click()  # the thumb: focused, arrows move it one option
+        slider = tab.locator('[data-testid="stSidebar"] input[type="range"][aria-label="Image size (px)"]')
+        slider.focus()  # arrows move it one option
         for _ in range(12):
-            now = int(value.inner_text().strip() or 0)
+            now = int(slider.get_attribute("aria-valuenow") or 0)
             if now == image_size:
                 break
-            tab.keyboard.press("ArrowLeft" if now > image_size else "ArrowRight")
+            slider.press("ArrowLeft" if now > image_size else "ArrowRight")
             settle(tab, 600)
 
 

@@ -96,7 +96,7 @@ def test_the_study_page_on_an_empty_store(tiny_dataset: Path, tmp_path: Path) ->
     assert at.title[0].value == "The study, reproduced"
     table = at.dataframe[0].value
     assert len(table) == 14 and set(table["status"]) == {"not trained yet"}
-    assert table["the study"].iloc[0] == 0.917 and table["page"].iloc[0].startswith("/finetune?")
+    assert table["the study"].iloc[0] == "0.917" and table["ours (test)"].iloc[0] == "–" and table["page"].iloc[0].startswith("/finetune?")
     assert "What differs from the study" in at.info[0].value
     assert not at.button(key="study_reproduce").disabled
 
@@ -108,7 +108,7 @@ def test_the_study_page_partly_filled(tiny_dataset: Path, tmp_path: Path) -> Non
     table = at.dataframe[0].value
     row = table[table["setting"] == "50 images per class"].iloc[0]
     assert row["status"] == "stored" and row["run"] == record.run_id
-    assert row["ours (test)"] == record.metrics["test_accuracy"]
+    assert row["ours (test)"] == f"{record.metrics['test_accuracy']:.3f}"
     # the grid's baseline is that same run (no augmentation, 50 per class): its row counts it
     assert table[table["task"] == "3"].iloc[0]["status"] == "1 of 2"
     assert (table["status"] == "not trained yet").sum() == 12

@@ -146,20 +146,21 @@ def sweep_chart(df: pd.DataFrame, study: dict, height: int = 260) -> alt.LayerCh
     return alt.layer(ours, mark).properties(height=height)
 
 
-def effects_chart(effects: list, height: int = 220) -> alt.LayerChart:
-    """Each augmentation factor's main effect on test accuracy, with its 95% interval."""
+def effects_chart(effects: list, height: int | None = None) -> alt.LayerChart:
+    """Each augmentation factor's main effect on test accuracy, with its 95% interval (28 px a factor besides
+    the title and axis that Streamlit counts in the height, so every factor keeps its label)."""
     from core.config import AUGMENT_SETTINGS
 
     df = pd.DataFrame([{"factor": AUGMENT_SETTINGS[e.factor].label, "effect": e.effect, "lo": e.effect - e.spread,
                         "hi": e.effect + e.spread, "runs": f"{e.n_on} on / {e.n_off} off"} for e in effects])  # fmt: skip
-    y = alt.Y("factor:N", sort=list(df["factor"]), title=None)
+    y = alt.Y("factor:N", sort=list(df["factor"]), title=None, axis=alt.Axis(labelOverlap=False, labelLimit=160))
     bars = alt.Chart(df).mark_bar().encode(
         x=alt.X("effect:Q", title="change in test accuracy when on"), y=y,
         color=alt.condition("datum.effect > 0", alt.value("#2ca02c"), alt.value("#d62728")),
         tooltip=["factor", alt.Tooltip("effect:Q", format="+.3f"), "runs"],
     )
     rules = alt.Chart(df).mark_rule(color="black").encode(x="lo:Q", x2="hi:Q", y=y)
-    return alt.layer(bars, rules).properties(height=height, title="main effects")
+    return alt.layer(bars, rules).properties(height=height or 70 + 28 * len(df), title="main effects")
 
 
 def chain_chart(df: pd.DataFrame, steps: list[str], height: int = 220) -> alt.Chart:

@@ -91,14 +91,14 @@ def train_panel(page: str, plan: Plan, data_root: str) -> bool:
         st.divider()
         st.markdown("**This page's run**")
         st.caption(_status_line(plan, jobs))
-        c1, c2 = st.columns(2)
         label = f"Re{plan.label[0].lower()}{plan.label[1:]}" if plan.trained else plan.label  # Retrain (both)
-        if c1.button(label, key=f"{page}_train", type="primary", icon=":material/play_arrow:", disabled=not usable,
+        if st.button(label, key=f"{page}_train", type="primary", icon=":material/play_arrow:", disabled=not usable,
+                     width="stretch",
                      help="Trains in the background: keep exploring meanwhile. Retrain replaces the stored run(s)."):
             submit_runs(page, usable, data_root, force=plan.trained)
             running = True
         if running:
-            c2.button("Cancel", key=f"{page}_cancel", on_click=_cancel_all, args=(page,))
+            st.button("Cancel", key=f"{page}_cancel", on_click=_cancel_all, args=(page,), width="stretch")
     return running
 
 
