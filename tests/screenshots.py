@@ -50,9 +50,11 @@ def choose_in_sidebar(tab, backbone: str | None, image_size: int | None) -> None
         settle(tab)
     if image_size:
         slider = tab.locator('[data-testid="stSidebar"] input[type="range"][aria-label="Image size (px)"]')
+        value = tab.locator('[data-testid="stSidebar"] [data-testid="stSlider"]').filter(has=slider).locator(
+            '[data-testid="stSliderThumbValue"]')
         slider.focus()  # arrows move it one option
         for _ in range(12):
-            now = int(slider.get_attribute("aria-valuenow") or 0)
+            now = int(value.inner_text().strip() or 0)
             if now == image_size:
                 break
             slider.press("ArrowLeft" if now > image_size else "ArrowRight")
