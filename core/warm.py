@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,26 +213,11 @@ def ready_model(
     holds one for ``key`` (returned checked out), else a new build. Returns (entry, reused)."""
     import keras
 
-    entry = WARM.checkout(key) if WARM.enabled else None
-    if entry is None:
+    def first_build() -> None:
         if not len(WARM):  # clearing the session also drops warm models' optimised graphs
             keras.backend.clear_session()
-        seed_all(cfg.seed)
-        entry = WarmEntry(classifier_for(cfg, classes, weights))
-        entry.lock.acquire()
-        if WARM.enabled:
-            entry.snapshot_initial(cfg.seed)
-        return entry, False
-    if entry.initial_seed == cfg.seed:
-        entry.restore_initial()
-    else:  # another seed: the initial values a build for this seed makes (no trace, seconds)
-        seed_all(cfg.seed)
-        fresh: Classifier = classifier_for(cfg, classes, weights)
-        values = [np.array(v.numpy(), copy=True) for v in fresh.model.variables]
-        del fresh
-        entry.restore_initial(values)
-        entry.initial_seed, entry.initial = cfg.seed, values
-    return entry, True
+
+    return _ready(key, cfg.seed, lambda: classifier_for(cfg, classes, weights), first_build)
 
 
 def head_key(cfg: RunConfig, classes: int, in_features: int) -> tuple[Any, ...]:
@@ -246,22 +231,32 @@ def head_key(cfg: RunConfig, classes: int, in_features: int) -> tuple[Any, ...]:
 def ready_head(cfg: RunConfig, classes: int, in_features: int, key: tuple[Any, ...]) -> tuple[WarmEntry, bool]:
     """A head alone in the state a fresh build after ``seed_all(cfg.seed)`` has (warm when this process holds
     one for ``key``); (entry checked out, reused)."""
+    return _ready(key, cfg.seed, lambda: HeadOnly(head_for(cfg, classes, in_features)))
+
+
+def _ready(key: tuple[Any, ...], seed: int, build: Callable[[], Classifier | HeadOnly],
+           first_build: Callable[[], None] | None = None) -> tuple[WarmEntry, bool]:  # fmt: skip
+    """The warm entry for ``key`` reset to what ``build()`` after ``seed_all(seed)`` gives, checked out; else a
+    new build (``first_build`` runs before it; its initial state is kept for the next reuse). (entry, reused)."""
     entry = WARM.checkout(key) if WARM.enabled else None
     if entry is None:
-        seed_all(cfg.seed)
-        entry = WarmEntry(HeadOnly(head_for(cfg, classes, in_features)))
+        if first_build is not None:
+            first_build()
+        seed_all(seed)
+        entry = WarmEntry(build())
         entry.lock.acquire()
         if WARM.enabled:
-            entry.snapshot_initial(cfg.seed)
+            entry.snapshot_initial(seed)
         return entry, False
-    if entry.initial_seed == cfg.seed:
+    if entry.initial_seed == seed:
         entry.restore_initial()
-    else:
-        seed_all(cfg.seed)
-        fresh = head_for(cfg, classes, in_features)
-        values = [np.array(v.numpy(), copy=True) for v in fresh.variables]
+    else:  # another seed: the initial values a build for this seed makes (no trace, seconds)
+        seed_all(seed)
+        fresh = build()
+        values = [np.array(v.numpy(), copy=True) for v in fresh.model.variables]
+        del fresh
         entry.restore_initial(values)
-        entry.initial_seed, entry.initial = cfg.seed, values
+        entry.initial_seed, entry.initial = seed, values
     return entry, True
 
 

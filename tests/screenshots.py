@@ -10,12 +10,10 @@ and ``<page>-full.png`` (the whole page). Uses Debian's Chromium through Playwri
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # fmt: skip
+from tests.browserkit import CHROMIUM, CHROMIUM_ARGS, settle
+
 PAGES = {
     "study": "Study",
     "finetune": "0 Fine-tune",
@@ -27,20 +25,6 @@ PAGES = {
     "activations": "6 Activations",
     "runs": "Runs",
 }
-
-
-def settle(tab, quiet_ms: int = 1000, timeout_s: float = 120) -> None:
-    """Wait until the app has stopped running (no 'Running…' status widget) for ``quiet_ms``."""
-    deadline = time.monotonic() + timeout_s
-    quiet_since = None
-    while time.monotonic() < deadline:
-        if tab.locator('[data-testid="stStatusWidget"]').count() > 0:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif (time.monotonic() - quiet_since) * 1000 >= quiet_ms:
-            return
-        tab.wait_for_timeout(100)
 
 
 def choose_in_sidebar(tab, backbone: str | None, image_size: int | None) -> None:

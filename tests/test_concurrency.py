@@ -24,6 +24,7 @@ import pytest
 from core.errors import StoreError
 from core.store import Store
 from tests.apphelpers import streamlit_server
+from tests.browserkit import settle
 from tests.conftest import make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,20 +180,6 @@ def _memory(pid: int) -> dict[str, int]:
     return out
 
 
-def _settle(tab, quiet_ms: int = 600, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    quiet_since = None
-    while time.monotonic() < deadline:
-        if tab.locator('[data-testid="stStatusWidget"]').count() > 0:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif (time.monotonic() - quiet_since) * 1000 >= quiet_ms:
-            return
-        tab.wait_for_timeout(100)
-    raise AssertionError("the app kept running")
-
-
 def _go(tab, title: str) -> float:
     """Click ``title`` in the navigation; seconds until that page's title is drawn."""
     t0 = time.monotonic()
@@ -212,13 +199,13 @@ def _clean(tab, who: str) -> str:
 def _train_head(tab, epochs: int) -> None:
     """Page 0, the whole network from the start (long enough to still train while D moves between pages)."""
     _go(tab, "0 Fine-tune")
-    _settle(tab)
+    settle(tab, 600, 120)
     tab.get_by_text("Whole network from the start").click()
-    _settle(tab)
+    settle(tab, 600, 120)
     field = tab.get_by_role("spinbutton", name="Epochs", exact=True)
     field.fill(str(epochs))
     field.press("Enter")
-    _settle(tab)
+    settle(tab, 600, 120)
     tab.locator(".st-key-finetune_train button").first.click()
 
 
@@ -260,22 +247,22 @@ def test_four_browser_sessions_share_one_app(tmp_path):
                 tab.goto(url)
                 tabs[who] = tab
             for who, tab in tabs.items():
-                _settle(tab)
+                settle(tab, 600, 120)
                 _clean(tab, who)
             a, b, c, d = (tabs[w] for w in "ABCD")
 
             # D inspects the activations of an uploaded photo (the ImageNet backbone: no run is stored yet)
             _go(d, "6 Activations")
-            _settle(d, timeout_s=300)
+            settle(d, 600, 300)
             d.get_by_text("Upload a photo").click()
-            _settle(d)
+            settle(d, 600, 120)
             buf = io.BytesIO()
             make_image("coast", 3, size=96).save(buf, format="JPEG")
             d.locator('[data-testid="stMain"] input[type="file"]').set_input_files(
                 files=[{"name": "coast.jpg", "mimeType": "image/jpeg", "buffer": buf.getvalue()}]
             )
             d.get_by_text("as the model sees it").first.wait_for(timeout=300_000)
-            _settle(d, timeout_s=300)
+            settle(d, 600, 300)
             d_text = _clean(d, "D")
             assert "Prediction" in d_text and ("Grad-CAM" in d_text or "Channel activations" in d_text), d_text[:1500]
 
@@ -298,7 +285,7 @@ def test_four_browser_sessions_share_one_app(tmp_path):
             # everyone gets the right result; the shared settings were trained once
             acc = {who: _test_accuracy(tabs[who]) for who in "ABC"}
             for who in "ABC":
-                _settle(tabs[who], timeout_s=240)
+                settle(tabs[who], 600, 240)
                 _clean(tabs[who], who)
             assert acc["A"] == acc["B"], acc
             records = Store(art).list_runs()
@@ -315,7 +302,7 @@ def test_four_browser_sessions_share_one_app(tmp_path):
                 for tab in tabs.values():
                     for title in ("Runs", "0 Fine-tune"):
                         _go(tab, title)
-                        _settle(tab, timeout_s=120)
+                        settle(tab, 600, 120)
             mem_end = _memory(server.pid)
             figures["rss_after_runs_mib"] = mem_after_runs["VmRSS"] >> 20
             figures["rss_end_mib"] = mem_end["VmRSS"] >> 20
