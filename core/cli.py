@@ -101,9 +101,8 @@ def _add_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train a run, or return it from the cache")
     p.add_argument("--data", default=None, help=DATA_HELP)
     add_run_options(p)
-    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
     p.add_argument("--force", action="store_true", help="retrain even if cached")
-    p.add_argument("--json", action="store_true")
+    _add_artifacts_and_json(p)
 
 
 def _add_download(sub: Any) -> None:
@@ -157,8 +156,13 @@ def _add_tune(sub: Any) -> None:
         ),
     )
     add_run_options(p, suppress=True)
+    _add_artifacts_and_json(p)
+
+
+def _add_artifacts_and_json(p: argparse.ArgumentParser) -> None:
+    """The two options every command that reads or writes runs takes."""
     p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
 
 def _add_export(sub: Any) -> None:
@@ -174,8 +178,7 @@ def _add_export(sub: Any) -> None:
     p.add_argument(
         "--to", required=True, metavar="FILE", help="the file to write; its suffix picks the format: .keras or .tflite"
     )
-    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
-    p.add_argument("--json", action="store_true")
+    _add_artifacts_and_json(p)
 
 
 def _add_import(sub: Any) -> None:
@@ -212,8 +215,7 @@ def _add_reproduce(sub: Any) -> None:
                    help=f"points of the augmentation grid, a seeded sample (default {DEFAULT_GRID_SAMPLE}; 128: all)")
     p.add_argument("--estimate", action="store_true", help="only say how long the missing rows will take")
     p.add_argument("--report", default=None, help="write a report (Markdown, SVG and PNG charts) into this folder")
-    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
-    p.add_argument("--json", action="store_true")
+    _add_artifacts_and_json(p)
 
 
 def _add_explain(sub: Any) -> None:
@@ -227,8 +229,7 @@ def _add_explain(sub: Any) -> None:
     p.add_argument("--method", choices=list(EXPLAIN_METHODS), default="gradcam")
     p.add_argument("--class", dest="class_name", default=None, help="the class to explain (default: the predicted one)")
     p.add_argument("--out", required=True, help="where to write the overlay (PNG)")
-    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
-    p.add_argument("--json", action="store_true")
+    _add_artifacts_and_json(p)
 
 
 def _add_project(sub: Any) -> None:
@@ -241,8 +242,7 @@ def _add_project(sub: Any) -> None:
     p.add_argument("--method", choices=list(PROJECTION_METHODS), default="pca")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="where to write the CSV (x, y, class, split, predicted, path)")
-    p.add_argument("--artifacts", default=None, help="artifacts folder (default: SCENELAB_ARTIFACTS or ./artifacts)")
-    p.add_argument("--json", action="store_true")
+    _add_artifacts_and_json(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

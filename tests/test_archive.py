@@ -23,34 +23,9 @@ from core import archive, bundled
 from core.archive import IMPORT_RECORD, ImportResult, Limits, default_upload_root, import_zip
 from core.data import scan_dataset
 from core.errors import ConfigError, DataRootError, DatasetError
-from tests.conftest import make_image
+from tests.zips import CLASSES, jpeg, split_entries, write_zip
 
 REPO = Path(__file__).resolve().parent.parent
-CLASSES = ("coast", "forest", "street")
-
-
-def jpeg(cls: str, i: int) -> bytes:
-    buf = io.BytesIO()
-    make_image(cls, i, size=16).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def write_zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]], method: int = zipfile.ZIP_STORED) -> Path:
-    with zipfile.ZipFile(path, "w", compression=method) as zf:
-        for name, data in entries:
-            zf.writestr(name, data)
-    return path
-
-
-def split_entries(prefix: str = "", n_train: int = 4, n_test: int = 2) -> list[tuple[str | zipfile.ZipInfo, bytes]]:
-    return [
-        (f"{prefix}{split}/{cls}/{cls}_{i}.jpg", jpeg(cls, i + 100 * (split == "test")))
-        for split, n in (("train", n_train), ("test", n_test))
-        for cls in CLASSES
-        for i in range(n)
-    ]
-
-
 def class_entries(prefix: str = "", n: int = 10) -> list[tuple[str | zipfile.ZipInfo, bytes]]:
     return [(f"{prefix}{cls}/{cls}_{i}.jpg", jpeg(cls, i)) for cls in CLASSES for i in range(n)]
 

@@ -6,7 +6,6 @@ hostile or broken archive exits 2 with one sentence and leaves nothing, and the 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
@@ -21,28 +20,11 @@ from core import cli
 from core.archive import IMPORT_RECORD, LOCK_NAME
 from core.data import scan_dataset
 from core.security import DATA_ROOTS_ENV
-from tests.conftest import make_image
+from tests.zips import CLASSES, jpeg, split_entries, write_zip
 
 REPO = Path(__file__).resolve().parent.parent
-CLASSES = ("coast", "forest", "street")
-
-
-def jpeg(cls: str, i: int) -> bytes:
-    buf = io.BytesIO()
-    make_image(cls, i, size=16).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
-def write_zip(path: Path, entries: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in entries:
-            zf.writestr(name, data)
-    return path
-
-
 def split_zip(path: Path) -> Path:
-    entries = [(f"mit/{split}/{cls}/{cls}_{i}.jpg", jpeg(cls, i + 100 * (split == "test")))
-               for split, n in (("train", 4), ("test", 2)) for cls in CLASSES for i in range(n)]
+    entries = split_entries("mit/")
     return write_zip(path, [*entries, ("mit/README.txt", b"notes"), ("__MACOSX/._x.jpg", b"junk")])
 
 
