@@ -67,6 +67,7 @@ class Task:
     def _run(self) -> None:
         try:
             result = self.fn(self._report, self._stop.is_set)
+            status, error = "done", None
         except TaskCancelled:
             status, error, result = "cancelled", None, None
         except SceneLabError as exc:
