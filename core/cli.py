@@ -24,7 +24,7 @@ from core.methods import EXPLAIN_METHODS, PROJECTION_METHODS
 from core.search.objective import AUTO_REPEATS_CHEAP
 from core.search.samplers import PRUNERS, SAMPLERS
 from core.search.study import DEFAULT_TRIALS, StudyRequest
-from core.studyplan import DEFAULT_GRID_SAMPLE
+from core.studyplan import DEFAULT_GRID_SAMPLE, DEFAULT_TRAINED_BLOCKS, MODES
 
 logger = logging.getLogger("core")
 DATA_HELP = (
@@ -210,6 +210,12 @@ def _add_reproduce(sub: Any) -> None:
     p.add_argument("--data", default=None, help=DATA_HELP)
     for name in ("backbone", "weights", "image_size", "seed", "tta"):
         _add_setting(p, name, RUN_SETTINGS[name], RunConfig().to_dict()[name])
+    p.add_argument("--mode", choices=list(MODES), default="quick",
+                   help="quick: heads on the frozen backbone (task 0 fine-tunes for 2 epochs); faithful: every row "
+                   "fine-tuned as the study did (the head, then the last blocks)")
+    p.add_argument("--repeats", type=int, default=1, help="seeds per row (the table shows their mean and a 95%% interval)")
+    p.add_argument("--trained-blocks", type=int, default=DEFAULT_TRAINED_BLOCKS,
+                   help="faithful mode: blocks fine-tuned from the end of each (cut) network; the rest stays frozen")
     p.add_argument("--trials", type=int, default=30, help="trials of the task-5 search (0: no search)")
     p.add_argument("--grid-sample", type=int, default=DEFAULT_GRID_SAMPLE,
                    help=f"points of the augmentation grid, a seeded sample (default {DEFAULT_GRID_SAMPLE}; 128: all)")

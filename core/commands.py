@@ -159,9 +159,10 @@ def _import_data(args: Any) -> dict[str, Any]:
 
 
 def _reproduce(args: Any) -> dict[str, Any]:
-    if args.trials < 0 or not 2 <= args.grid_sample <= 128:
-        raise ConfigError(f"--trials must be 0 or more and --grid-sample 2 to 128; received {args.trials} and "
-                          f"{args.grid_sample}.")  # fmt: skip
+    from core.studyplan import Plan
+
+    how = Plan(mode=args.mode, repeats=args.repeats, trained_blocks=args.trained_blocks, grid_sample=args.grid_sample,
+               trials=args.trials).check()  # before TensorFlow is imported: a bad option is one line  # fmt: skip
     base = config_from_values(run_values(args))
     from core import reproduce
     from core.bundled import default_dataset
@@ -171,16 +172,19 @@ def _reproduce(args: Any) -> dict[str, Any]:
     store = Store(args.artifacts or default_artifacts())
     data = str(args.data or default_dataset(store.root))
     if args.estimate:
-        seconds = reproduce.estimate(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
-        missing = reproduce.missing_runs(base, data, store, args.grid_sample)
-        return {"estimated_seconds": round(seconds), "runs_missing": len(missing)}
-    done = reproduce.reproduce(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
-    rows = reproduce.table(base, data, store, trials=args.trials, grid_sample=args.grid_sample)
-    out: dict[str, Any] = {"rows": reproduce.json_rows(rows), "seconds": done["seconds"], "trained": done["trained"]}
+        seconds = reproduce.estimate(base, data, store, how=how)
+        missing = reproduce.missing_runs(base, data, store, how=how)
+        return {"estimated_seconds": round(seconds), "runs_missing": len(missing), "mode": how.mode,
+                "repeats": how.repeats}  # fmt: skip
+    done = reproduce.reproduce(base, data, store, how=how)
+    rows = reproduce.table(base, data, store, how=how)
+    claims = [c.as_dict() for c in reproduce.claims(rows)]
+    out: dict[str, Any] = {"mode": how.mode, "repeats": how.repeats, "rows": reproduce.json_rows(rows),
+                           "claims": claims, "seconds": done["seconds"], "trained": done["trained"]}  # fmt: skip
     if args.report:
-        context = reproduce.report_context(base, data)
+        context = reproduce.report_context(base, data, how)
         out["report"] = str(write_report(args.report, [r.as_dict() for r in rows], context, done["seconds"],
-                                              done["trained"]))
+                                         done["trained"], claims=claims))  # fmt: skip
     return out
 
 

@@ -65,11 +65,12 @@ class Prepared:
         return get_backbone(self.cfg.backbone).prefix_layer(self.cfg.remove_blocks, self.freeze_blocks)
 
 
-def prepare(cfg: RunConfig, data_root: str | os.PathLike[str]) -> Prepared:
-    """Validate the config, scan the dataset and resolve weights (no decoding, no training)."""
+def prepare(cfg: RunConfig, data_root: str | os.PathLike[str], info: DatasetInfo | None = None) -> Prepared:
+    """Validate the config, scan the dataset (or take ``info``, a scan of it that a caller preparing many
+    configs made once) and resolve weights (no decoding, no training)."""
     cfg.validate()
     freeze = resolve_freeze_blocks(cfg)
-    info = scan_dataset(data_root)
+    info = info if info is not None else scan_dataset(data_root)
     weights = resolve_weights(cfg.backbone, cfg.weights)
     legacy = run_id_for(cfg, info.legacy_fingerprint, weights) if info.legacy_fingerprint else None
     return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights), freeze, legacy)

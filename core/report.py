@@ -45,6 +45,10 @@ def _chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return json.loads(chart.to_json())
 
 
+_MODE_WORDS = {"quick": "heads on the frozen backbone; task 0 fine-tunes for 2 epochs",
+               "faithful": "every row fine-tuned as the study did: the head, then the last blocks"}
+
+
 def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -53,7 +57,27 @@ def _secs(value: Any) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
-def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float | None, trained: int | None = None) -> str:
+def _interval(r: dict[str, Any]) -> str:
+    if r.get("low") is None or r.get("high") is None:
+        return "–"
+    return f"{r['low']:.3f} to {r['high']:.3f}" + (f" ({r['n']} seeds)" if (r.get("n") or 0) > 1 else "")
+
+
+def _claim_lines(claims: list[dict[str, Any]] | None) -> list[str]:
+    if not claims:
+        return []
+    out = ["", "## The study's conclusions, here", ""]
+    for c in claims:
+        if c.get("diff") is None:
+            out.append(f"- {c['claim']}: **{c['verdict']}**.")
+        else:
+            out.append(f"- {c['claim']}: **{c['verdict']}** ({c['measure']} {c['diff']:+.3f}, 95% interval "
+                       f"{c['low']:+.3f} to {c['high']:+.3f}).")  # fmt: skip
+    return out
+
+
+def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float | None, trained: int | None = None,
+             claims: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
     lines = [
         "# The study, reproduced with SceneLab",
         "",
@@ -64,13 +88,17 @@ def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float
         "",
         "![accuracy](accuracy.svg)",
         "",
-        "| task | setting | the study | ours (test) | ours (validation) | run | seconds | stored |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Mode **{context.get('mode', 'quick')}** ({_MODE_WORDS.get(context.get('mode', 'quick'), '')}), "
+        f"{context.get('repeats', 1)} seed(s) per row; the interval is 95%, from the seeds and the test set's size.",
+        "",
+        "| task | setting | the study | ours (test) | 95% interval | ours (validation) | run | seconds | stored |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['setting']} | {_fmt(r.get('study'))} | {_fmt(r.get('ours'))} | "
+        lines.append(f"| {r['task']} | {r['setting']} | {_fmt(r.get('study'))} | {_fmt(r.get('ours'))} | {_interval(r)} | "
                      f"{_fmt(r.get('val'))} | `{r.get('run_id') or '–'}` | {_secs(r.get('seconds'))} | "
                      f"{'yes' if r.get('cached') else 'no'} |")  # fmt: skip
+    lines += _claim_lines(claims)
     each = {r["run_id"]: r["seconds"] for r in rows if r.get("run_id") and r.get("seconds") is not None}
     done = f"; this call trained {trained} run(s)" if trained is not None else "; this call took"
     lines += ["", f"Written {time.strftime('%Y-%m-%d %H:%M')}. The runs above trained in {sum(each.values()):.0f} s in all "
@@ -79,7 +107,8 @@ def markdown(rows: list[dict[str, Any]], context: dict[str, Any], seconds: float
 
 
 def write_report(folder: str | os.PathLike[str], rows: list[dict[str, Any]], context: dict[str, Any],
-                 seconds: float | None = None, trained: int | None = None) -> Path:  # fmt: skip
+                 seconds: float | None = None, trained: int | None = None,
+                 claims: list[dict[str, Any]] | None = None) -> Path:  # fmt: skip
     """Write the report into ``folder`` (replacing an earlier one); its path."""
     import vl_convert as vlc
 
@@ -90,8 +119,9 @@ def write_report(folder: str | os.PathLike[str], rows: list[dict[str, Any]], con
         spec = _chart(rows)
         (tmp / "accuracy.svg").write_text(vlc.vegalite_to_svg(spec))
         (tmp / "accuracy.png").write_bytes(vlc.vegalite_to_png(spec, scale=2))
-        (tmp / "report.md").write_text(markdown(rows, context, seconds, trained))
-        (tmp / "rows.json").write_text(json.dumps({"context": context, "rows": rows, "seconds": seconds}, indent=2))
+        (tmp / "report.md").write_text(markdown(rows, context, seconds, trained, claims))
+        (tmp / "rows.json").write_text(json.dumps({"context": context, "rows": rows, "claims": claims or [],
+                                                   "seconds": seconds}, indent=2))  # fmt: skip
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)

@@ -44,6 +44,15 @@ def _cache(root: Path) -> Path:
     return root / "throughput.json"
 
 
+def is_measured(backbone: str, image_size: int, root: Path) -> bool:
+    """Whether :func:`measure` would answer from the cache (no model built)."""
+    try:
+        known = json.loads(_cache(root).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(known, dict) and isinstance(known.get(f"{backbone}@{image_size}"), dict)
+
+
 def measure(backbone: str, image_size: int, root: Path) -> Throughput:
     """Images/s through ``backbone`` at ``image_size``: measured once, then read from ``root``'s cache."""
     key = f"{backbone}@{image_size}"

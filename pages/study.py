@@ -1,20 +1,35 @@
-"""The study, reproduced as a whole: its table beside ours, one button to fill it, links to every row's page."""
+"""The study, reproduced as a whole: its table beside ours (backbone frozen and fine-tuned), one button to fill
+it, how sure each figure is, and whether the study's conclusions hold here."""
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from core import reference as ref
 from core import reproduce
 from core.bundled import is_bundled
-from core.studyplan import DEFAULT_GRID_SAMPLE
+from core.studyplan import DEFAULT_GRID_SAMPLE, MODE_LABELS, MODES
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import fmt_eta
 from ui.resources import get_store
 from ui.settings import base_config, settings
-from ui.study import cancel_reproduction, known_estimate, reproduction_status, start_reproduction, table_frame
+from ui.study import (
+    DEFAULT_REPEATS,
+    cached_estimate,
+    cached_table,
+    cancel_reproduction,
+    claims_frame,
+    differences,
+    may_cancel,
+    measure_speed,
+    measuring,
+    progress_counts,
+    reproduction_status,
+    start_reproduction,
+    started_by,
+    table_frame,
+)
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("The study, reproduced")
@@ -22,86 +37,147 @@ st.markdown(
     "A classic transfer-learning study fine-tuned **DenseNet121** (ImageNet weights) on the **MIT 8-scene** "
     "dataset in six steps: fine-tune (0), truncate (1), small data (2), augmentation (3) and regularisation (4) "
     "against its overfitting, a hyperparameter search (5). Each row below is one of its results beside yours, "
-    "trained on this machine; each opens its page with those settings."
+    "trained on this machine twice over: with the **backbone frozen** (a new head only: quick) and **fine-tuned** "
+    "as the study did (the head, then the network: faithful). Each row opens its page with those settings."
 )
 info = require_dataset()
 s = settings()
 base = base_config()
 store = get_store()
 ss = st.session_state
+ss.setdefault("study_mode", "faithful")
 ss.setdefault("study_trials", reproduce.DEFAULT_TRIALS)
 ss.setdefault("study_grid", DEFAULT_GRID_SAMPLE)
-
-size_note = "64 px (the bundled copy)" if is_bundled(info.root) else f"{info.root.name}"
-st.info(
-    f"**What differs from the study.** Data: {size_note}, resized to {s['image_size']} px (the study: 256 px "
-    f"originals). Backbone: {base.backbone} (the study: DenseNet121). Selection: the study picked its models on "
-    "its test folder; here early stopping and the search look only at a validation split carved from the training "
-    "folder, and test accuracy is the figure. Tasks 3 and 4 run on the small set (50 per class), as the study did."
-)
-
-rows = reproduce.plan(base, int(ss["study_grid"]))
-results = reproduce.table(base, s["data_root"], store, trials=int(ss["study_trials"]), grid_sample=int(ss["study_grid"]))
+for m in MODES:
+    ss.setdefault(f"study_repeats_{m}", DEFAULT_REPEATS[m])
 status = reproduction_status()
 running = status is not None and status.status == "running"
 
-c1, c2, c3 = st.columns([1, 1, 2])
-c1.number_input("Search trials", min_value=0, max_value=200, step=5, key="study_trials", disabled=running,
+
+def plan_for(mode: str) -> reproduce.Plan:
+    return reproduce.Plan(mode=mode, repeats=int(ss[f"study_repeats_{mode}"]), grid_sample=int(ss["study_grid"]),
+                          trials=int(ss["study_trials"]))  # fmt: skip
+
+
+source = "64 px (the bundled copy)" if is_bundled(info.root) else info.root.name
+with st.expander("**What differs from the study**", expanded=False):
+    st.markdown(differences(base, source, s["image_size"]))
+
+c1, c2, c3, c4 = st.columns([1.3, 1, 1, 1])
+c1.radio("Reproduce", list(MODES), key="study_mode", horizontal=True, disabled=running,
+         format_func=lambda m: f"{m} ({MODE_LABELS[m]})",
+         help="quick: a new head on the frozen backbone (task 0 fine-tunes the whole network for 2 epochs); "
+              "faithful: every row as the study did it, the head and then the network's last block fine-tuned.")  # fmt: skip
+mode = ss["study_mode"]
+c2.number_input("Seeds per row", min_value=1, max_value=10, step=1, key=f"study_repeats_{mode}", disabled=running,
+                help="Each row's run again with other seeds: the table shows their mean and a 95% interval "
+                     f"(default {DEFAULT_REPEATS[mode]} for {mode}: what fits an hour on a 2-core laptop).")  # fmt: skip
+c3.number_input("Search trials", min_value=0, max_value=200, step=5, key="study_trials", disabled=running,
                 help=f"Task 5: the study ran {ref.SWEEP['trials']}; 0 leaves the search out.")  # fmt: skip
-c2.number_input("Augmentation grid points", min_value=2, max_value=128, step=1, key="study_grid", disabled=running,
+c4.number_input("Augmentation grid points", min_value=2, max_value=128, step=1, key="study_grid", disabled=running,
                 help="A seeded sample of the study's 128-point grid (task 3).")  # fmt: skip
-missing = sum(r.runs - r.done for r in results)
-with c3:
+
+plans = {m: plan_for(m) for m in MODES}
+
+
+def estimates_line() -> str:
+    parts, unknown = [], False
+    speed = measuring(base)
+    for m in MODES:
+        counts = progress_counts(cached_table(base, s["data_root"], store, plans[m]))
+        missing = counts[1] - counts[0] + max(0, counts[3] - counts[2])
+        if missing == 0:
+            parts.append(f"{m}: every run stored")
+            continue
+        seconds = cached_estimate(base, s["data_root"], store, plans[m])
+        unknown |= seconds is None
+        when = f"about {fmt_eta(seconds)}" if seconds is not None else "measuring this machine's speed…"
+        if seconds is None and speed is not None and speed.status == "failed":
+            when = f"no estimate ({speed.error})"
+        parts.append(f"{m}: {counts[1] - counts[0]} runs and {max(0, counts[3] - counts[2])} search trials missing, {when}")
+    if unknown and speed is None:
+        measure_speed(base, store)  # a few seconds in the background; the caption below polls it
+        st.rerun()
+    return " · ".join(parts) + " on this machine."
+
+
+_speed = measuring(base)
+
+
+@st.fragment(run_every=2.0 if _speed is not None and _speed.active else None)
+def estimate_caption() -> None:
+    st.caption(estimates_line())
+    if _speed is not None and _speed.active and not measuring(base).active:
+        st.rerun()  # measured: the whole page, and no more polling
+
+
+with st.container(key="study_controls"):
     if running:
-        p = status.progress
-        label = "search trials" if p.get("event") == "search" else "runs"
-        done, total = int(p.get("done") or 0), int(p.get("total") or 1)
-        st.progress(min(1.0, done / max(1, total)), text=f"Reproducing: {done} of {total} {label}")
-        st.button("Cancel the reproduction", key="study_cancel", on_click=cancel_reproduction,
-                  help="Stops after the run in progress; finished rows are kept.")
+        who = started_by()
+        st.info(f"Reproducing the **{who.get('mode', mode)}** mode" + (f", started by {who['name']}" if who.get("name") else "")
+                + ". The table below fills in as runs land; you may leave this page.")  # fmt: skip
+        if may_cancel():
+            st.button("Cancel the reproduction", key="study_cancel", on_click=cancel_reproduction,
+                      help="Stops after the run in progress; finished rows are kept.")  # fmt: skip
+        else:
+            st.caption("Only whoever started it (or the app's owner) can cancel it.")
     else:
-        estimate = known_estimate(base, s["data_root"], store, int(ss["study_trials"]), int(ss["study_grid"]))
-        note = (f"about {fmt_eta(estimate)} on this machine" if estimate is not None
-                else "the time is estimated from this machine's speed when you start")  # fmt: skip
-        if estimate is not None and estimate > 2 * 3600:
-            note += " (hours: a smaller backbone or image size in the sidebar is far quicker)"
-        if st.button("Reproduce the study", key="study_reproduce", type="primary", disabled=missing == 0,
+        counts = progress_counts(cached_table(base, s["data_root"], store, plans[mode]))
+        missing = counts[1] - counts[0] + max(0, counts[3] - counts[2])
+        if st.button(f"Reproduce the study ({mode})", key="study_reproduce", type="primary", disabled=missing == 0,
                      icon=":material/play_arrow:", help="Trains every missing run, cheapest first, then the search."):
-            start_reproduction(base, s["data_root"], store, int(ss["study_trials"]), int(ss["study_grid"]))
+            start_reproduction(base, s["data_root"], store, plans[mode])
             st.rerun()
-        st.caption(f"{missing} runs and search trials missing: {note}." if missing else "Every row is stored.")
+        estimate_caption()
         if status is not None and status.status == "failed":
             st.error(status.error)
         elif status is not None and status.status == "cancelled":
             st.warning("The reproduction was cancelled; finished rows are kept.")
+        elif status is not None and status.status == "done" and missing == 0:
+            st.success(f"The reproduction ended: every row of the {mode} mode is stored.")
 
 
-@st.fragment(run_every=2.0 if running else None)
+@st.fragment(run_every=5.0 if running else None)
 def study_table() -> None:
-    fresh = reproduce.table(base, s["data_root"], store, trials=int(ss["study_trials"]), grid_sample=int(ss["study_grid"]))
-    frame = table_frame(fresh, rows)
-    numbers = {"the study": "{:.3f}", "ours (test)": "{:.3f}", "ours (validation)": "{:.3f}", "seconds": "{:.0f}"}
-    shown = frame.copy()  # as text: Streamlit draws a missing number as "None" whatever the Styler says
-    for col, fmt in numbers.items():
-        shown[col] = [("–" if pd.isna(v) else fmt.format(v)) for v in frame[col]]
-    st.dataframe(
-        shown, key="study_table", column_order=["task", "setting", "page", "the study", "ours (test)", "ours (validation)",
-                                                "status", "seconds", "run"], hide_index=True, width="stretch", height=36 * (len(frame) + 1) + 4,
-        column_config={
-            "task": st.column_config.TextColumn(width="small"),
-            "setting": st.column_config.TextColumn(width="large"),
-            "the study": st.column_config.TextColumn(help=f"Its published figure ({ref.SELECTION_NOTE})."),
-            "status": st.column_config.TextColumn(width="small"),
-            "run": st.column_config.TextColumn(width="medium"),
-            "page": st.column_config.LinkColumn("page", display_text="open", width="small",
-                                                help="The page that shows this row's run, with its settings."),
-        },
-    )
-    done = sum(r.cached for r in fresh)
-    st.caption(f"{done} of {len(fresh)} rows stored · dataset {info.root.name} · {base.backbone} "
-               f"({base.weights} weights) · {s['image_size']} px · seed {s['seed']}"
-               f"{' · test-time flip' if base.tta else ''}. The same table: `python -m core reproduce --json`.")  # fmt: skip
+    by_mode = {m: cached_table(base, s["data_root"], store, plans[m]) for m in MODES}
     now = reproduction_status()
+    if running:
+        stored, total, trials_done, trials = progress_counts(by_mode[mode])
+        done = stored + min(trials_done, trials)
+        text = f"Reproducing ({mode}): {stored} of {total} runs stored" + (
+            f" · {trials_done} of {trials} search trials" if trials else "")  # fmt: skip
+        st.progress(min(1.0, done / max(1, total + trials)), text=text)
+    frame = table_frame(by_mode, reproduce.plan(base, how=plans[mode]))
+    shown = frame.copy()
+    shown["the study"] = ["–" if v is None or v != v else f"{v:.3f}" for v in frame["the study"]]
+    columns = ["task", "setting", "the study", *[MODE_LABELS[m] for m in MODES], "page", "runs"]
+    if frame["why not"].astype(bool).any():
+        columns.append("why not")
+    st.dataframe(
+        shown, key="study_table", column_order=columns, hide_index=True, width="stretch", height=36 * (len(frame) + 1) + 4,
+        column_config={
+            "task": st.column_config.TextColumn(width=40),
+            "setting": st.column_config.TextColumn(width=250),
+            "the study": st.column_config.TextColumn(width=80, help=f"Its published figure ({ref.SELECTION_NOTE})."),
+            MODE_LABELS["quick"]: st.column_config.TextColumn(width=215, help="Quick mode: a new head on the frozen "
+                                                              "backbone. Test accuracy, its 95% interval (seeds and the "
+                                                              "test set's size)."),
+            MODE_LABELS["faithful"]: st.column_config.TextColumn(width=215, help="Faithful mode: the head, then the "
+                                                                 "network's last block fine-tuned. Test accuracy, its 95% "
+                                                                 "interval."),
+            "page": st.column_config.LinkColumn("page", display_text="open", width=50,
+                                                help="The page that shows this row's run, with its settings."),
+            "runs": st.column_config.TextColumn(width=150, help="The row's run ids: frozen · fine-tuned."),
+        },
+    )  # fmt: skip
+    st.caption(f"Dataset {info.root.name} · {base.backbone} ({base.weights} weights) · {s['image_size']} px · seed "
+               f"{s['seed']}{' · test-time flip' if base.tta else ''}. The same tables: `python -m core reproduce "
+               "--mode quick|faithful --json`.")  # fmt: skip
+    st.subheader("The study's conclusions, here")
+    st.dataframe(claims_frame(by_mode), key="study_claims", hide_index=True, width="stretch")
+    st.caption("“Holds here” when the whole 95% interval of the difference is on the study's side (for −1 block: "
+               "no more than 2 points worse), “not here” when it is on the other side, else “too close to tell”: more "
+               "seeds per row narrow the intervals.")  # fmt: skip
     if running and (now is None or now.status != "running"):
         st.rerun()  # the reproduction ended: the whole page, with its buttons back
 

@@ -1,8 +1,9 @@
 """The study reproduced as a whole: ``python -m core reproduce`` and the Study page, on a tiny dataset.
 
-One real reproduction (every row's runs and a 2-trial search, EfficientNet-Lite0 with its ImageNet weights
-at 32 px) fills an artifacts folder; the CLI's table, report and second (all cached) call are checked on it,
-and the Study page is opened on an empty, a partly filled and that full store.
+One real reproduction in each mode (quick: heads on the frozen backbone; faithful: every row fine-tuned;
+each row's runs and a 2-trial search, EfficientNet-Lite0 with its ImageNet weights at 32 px) fills an
+artifacts folder; the CLI's tables, claims, reports and second (all cached) calls are checked on it, and
+the Study page is opened on an empty, a partly filled and that full store.
 """
 
 from __future__ import annotations
@@ -42,37 +43,65 @@ def reproduced(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return artifacts, json.loads(proc.stdout.strip().splitlines()[-1]), artifacts / "report"
 
 
-def test_the_table_has_every_row_of_the_study(reproduced) -> None:
+ROW_KEYS = {"task", "setting", "key", "mode", "study", "ours", "low", "high", "n", "val", "run_id", "run_ids", "seconds",
+            "cached", "reason"}  # fmt: skip
+VERDICTS = {"holds here", "not here", "too close to tell"}
+
+
+@pytest.mark.parametrize("mode", ["quick", "faithful"])
+def test_the_table_has_every_row_of_the_study(reproduced, mode: str) -> None:
     _, out, _ = reproduced
-    rows = out["rows"]
+    figures = out["modes"][mode]
+    rows = figures["rows"]
     assert [r["task"] for r in rows] == ["0", "0", "1", "1", "1", "1", "1", "1", "1", "2", "2", "3", "4", "5"]
     for row in rows:
-        assert set(row) == {"task", "setting", "study", "ours", "val", "run_id", "seconds", "cached"}
-        assert row["cached"] and row["run_id"] and 0.0 <= row["ours"] <= 1.0, row
+        assert set(row) == ROW_KEYS and row["mode"] == mode
+        assert row["cached"] and row["run_id"] and row["reason"] is None, row
+        assert 0.0 <= row["low"] <= row["ours"] <= row["high"] <= 1.0, row  # every figure with its interval
     assert rows[0]["study"] == 0.917 and rows[-1]["study"] == 0.9518 and rows[1]["study"] is None
-    assert out["runs_trained"] > 10
-    assert set(out["task_seconds"]) == {"0", "1", "2", "3", "4", "5"}  # what each task cost, for BENCHMARKS.md
+    assert figures["runs_trained"] > (10 if mode == "quick" else 5)
+    assert set(figures["task_seconds"]) == {"0", "1", "2", "3", "4", "5"}  # what each task cost, for BENCHMARKS.md
+    claims = figures["claims"]
+    assert [c["key"] for c in claims] == ["truncate", "overfit", "augment", "regularise", "search", "finetune"]
+    for c in claims:
+        assert c["verdict"] in VERDICTS and c["low"] <= c["diff"] <= c["high"], c
+
+
+def test_faithful_rows_are_other_runs_than_quick_ones(reproduced) -> None:
+    _, out, _ = reproduced
+    quick = {r["key"]: r["run_id"] for r in out["modes"]["quick"]["rows"]}
+    faithful = {r["key"]: r["run_id"] for r in out["modes"]["faithful"]["rows"]}
+    assert faithful["t0-head"] == quick["t0-head"]  # the frozen row is the same run in both
+    assert all(faithful[k] != quick[k] for k in quick if k != "t0-head")
+    assert out["faithful_over_quick"] > 0
 
 
 def test_the_report_names_every_run(reproduced) -> None:
-    _, out, report = reproduced
-    assert Path(out["report"]) == report.resolve()
-    text = (report / "report.md").read_text()
-    for row in out["rows"]:
-        assert f"`{row['run_id']}`" in text
-    assert "efficientnet_lite0" in text and "32 px" in text and "imagenet weights" in text
-    assert (report / "accuracy.svg").read_text().startswith("<svg")
-    assert (report / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    artifacts, out, _ = reproduced
+    assert Path(out["report"]) == (artifacts / "report-quick").resolve()
+    for mode in ("quick", "faithful"):
+        report = artifacts / f"report-{mode}"
+        text = (report / "report.md").read_text()
+        for row in out["modes"][mode]["rows"]:
+            assert f"`{row['run_id']}`" in text
+        assert "efficientnet_lite0" in text and "32 px" in text and "imagenet weights" in text
+        assert f"Mode **{mode}**" in text and "## The study's conclusions, here" in text
+        assert json.loads((report / "rows.json").read_text())["claims"] == out["modes"][mode]["claims"]
+        assert (report / "accuracy.svg").read_text().startswith("<svg")
+        assert (report / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_second_reproduction_is_all_cached(reproduced) -> None:
+@pytest.mark.parametrize("mode", ["quick", "faithful"])
+def test_a_second_reproduction_is_all_cached(reproduced, mode: str) -> None:
     _, out, _ = reproduced  # the CLI's call after reproduce() from empty: nothing trained, the same runs
-    assert out["second_trained"] == 0 and out["all_cached_second"]
-    assert [r["run_id"] for r in out["rows"]] == out["first_run_ids"]
+    figures = out["modes"][mode]
+    assert figures["second_trained"] == 0 and figures["all_cached_second"]
+    assert [r["run_id"] for r in figures["rows"]] == figures["first_run_ids"]
 
 
 @pytest.mark.parametrize(("extra", "words"), [(["--trials", "-1"], "--trials"), (["--grid-sample", "1"], "--grid-sample"),
-                                              (["--image-size", "8"], "(--image-size)")])  # fmt: skip
+                                              (["--image-size", "8"], "(--image-size)"), (["--repeats", "0"], "--repeats"),
+                                              (["--mode", "slow"], "--mode")])  # fmt: skip
 def test_bad_input_exits_2_with_one_sentence(tiny_dataset: Path, tmp_path: Path, extra, words) -> None:
     proc = reproduce(tiny_dataset, tmp_path, *extra)
     err = proc.stderr.strip().splitlines()
@@ -83,7 +112,8 @@ def test_bad_input_exits_2_with_one_sentence(tiny_dataset: Path, tmp_path: Path,
 def study_page(data: Path, artifacts: Path) -> AppTest:
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     state = {"data_root": str(data), "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 32, "seed": 0,
-             "tta": False, "artifacts": str(artifacts), "study_trials": 2, "study_grid": 2}  # fmt: skip
+             "tta": False, "artifacts": str(artifacts), "study_trials": 2, "study_grid": 2, "study_repeats_quick": 1,
+             "study_repeats_faithful": 1}  # fmt: skip
     for key, value in state.items():
         at.session_state[key] = value
     at.run()
@@ -95,10 +125,15 @@ def test_the_study_page_on_an_empty_store(tiny_dataset: Path, tmp_path: Path) ->
     at = study_page(tiny_dataset, tmp_path / "empty")
     assert at.title[0].value == "The study, reproduced"
     table = at.dataframe[0].value
-    assert len(table) == 14 and set(table["status"]) == {"not trained yet"}
-    assert table["the study"].iloc[0] == "0.917" and table["ours (test)"].iloc[0] == "–" and table["page"].iloc[0].startswith("/finetune?")
-    assert "What differs from the study" in at.info[0].value
+    assert len(table) == 14
+    assert set(table["backbone frozen"]) == set(table["fine-tuned"]) == {"not trained yet"}
+    assert table["the study"].iloc[0] == "0.917" and table["page"].iloc[0].startswith("/finetune?")
+    assert at.expander[0].label == "**What differs from the study**"
+    differs = "\n".join(m.value for m in at.expander[0].markdown)
+    assert "Fine-tuned (faithful)" in differs and "frozen" in differs and "32 px" in differs
     assert not at.button(key="study_reproduce").disabled
+    claims = at.dataframe[1].value
+    assert len(claims) == 6 and set(claims["fine-tuned"]) == {"not measured yet"}
 
 
 def test_the_study_page_partly_filled(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -107,18 +142,23 @@ def test_the_study_page_partly_filled(tiny_dataset: Path, tmp_path: Path) -> Non
     at = study_page(tiny_dataset, artifacts)
     table = at.dataframe[0].value
     row = table[table["setting"] == "50 images per class"].iloc[0]
-    assert row["status"] == "stored" and row["run"] == record.run_id
-    assert row["ours (test)"] == f"{record.metrics['test_accuracy']:.3f}"
+    assert row["backbone frozen"].startswith(f"{record.metrics['test_accuracy']:.3f} (")
+    assert row["runs"].startswith(record.run_id) and row["fine-tuned"] == "not trained yet"
     # the grid's baseline is that same run (no augmentation, 50 per class): its row counts it
-    assert table[table["task"] == "3"].iloc[0]["status"] == "1 of 2"
-    assert (table["status"] == "not trained yet").sum() == 12
+    assert table[table["task"] == "3"].iloc[0]["backbone frozen"] == "1 of 2 runs"
+    assert (table["backbone frozen"] == "not trained yet").sum() == 12
 
 
 def test_the_study_page_on_a_full_store(reproduced, tiny_dataset: Path) -> None:
     artifacts, out, _ = reproduced
     at = study_page(tiny_dataset, artifacts)
     table = at.dataframe[0].value
-    assert set(table["status"]) == {"stored"}
-    assert list(table["run"]) == [r["run_id"] for r in out["rows"]]
+    for mode, column in (("quick", "backbone frozen"), ("faithful", "fine-tuned")):
+        rows = out["modes"][mode]["rows"]
+        assert [c.split(" ")[0] for c in table[column]] == [f"{r['ours']:.3f}" for r in rows]  # the stored figures
+    assert [ids.split(" · ")[0] for ids in table["runs"]] == [r["run_id"] for r in out["modes"]["quick"]["rows"]]
     assert at.button(key="study_reproduce").disabled  # nothing left to train
-    assert "14 of 14 rows stored" in "\n".join(c.value for c in at.caption)
+    assert "quick: every run stored · faithful: every run stored" in "\n".join(c.value for c in at.caption)
+    claims = at.dataframe[1].value
+    for mode, column in (("quick", "backbone frozen"), ("faithful", "fine-tuned")):
+        assert [v.split(":")[0] for v in claims[column]] == [c["verdict"] for c in out["modes"][mode]["claims"]]

@@ -184,10 +184,10 @@ def _download_control(offer: bool) -> None:
             start_task(DOWNLOAD_TASK, lambda progress, stop: download_original(dest, progress=progress))
             st.rerun()
         return
-    _download_progress()
+    running = task.view().status == "running"
+    st.fragment(run_every=1.0 if running else None)(_download_progress)()  # polls only while it downloads
 
 
-@st.fragment(run_every=1.0)
 def _download_progress() -> None:
     task = get_task(DOWNLOAD_TASK)
     if task is None:
@@ -203,6 +203,9 @@ def _download_progress() -> None:
         st.button("Cancel the download", key="data_download_cancel", on_click=task.cancel)
     elif v.status == "failed":
         st.error(f"{v.error} The bundled 64 px copy stays in use.")
+        if not st.session_state.get("_download_end_seen"):
+            st.session_state["_download_end_seen"] = True
+            st.rerun(scope="app")  # the whole page once, so that nothing polls any more
     elif v.status == "done" and v.result is not None and not st.session_state.get(f"{SWITCH}_done"):
         st.session_state[f"{SWITCH}_done"] = True  # switch once; the user may choose another folder later
         _switch_to(Path(v.result))  # validated by the download itself

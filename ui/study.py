@@ -8,24 +8,94 @@ they finish), then runs the task-5 search as a background ``core tune`` process,
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.parse
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from core import reproduce
+from core import reproduce, throughput
 from core.config import RunConfig
+from core.errors import SceneLabError
 from core.search import processes
+from core.search.study import option_flag
 from core.store import Store
-from core.studyplan import Row
+from core.studyplan import MODE_LABELS, MODES, Row
 from core.tasks import TaskCancelled
-from core.throughput import _cache as throughput_cache
 from ui.resources import get_task, get_worker, start_task
+from ui.settings import is_admin, user_name
 
 TASK = "reproduce-the-study"
+#: seeds per row the page asks for by default: what fits an hour on a 2-core laptop (mit_split_64, Lite0,
+#: 128 px): quick rows are heads on cached features (seconds each); a faithful row fine-tunes for a minute or more
+DEFAULT_REPEATS = {"quick": 3, "faithful": 1}
+
+
+def _stamp(store: Store) -> tuple[int, ...]:
+    """What changes when a run or a search trial lands (the runs folder, the studies folder's files)."""
+    out: list[int] = []
+    for folder in (Path(store.runs_dir), Path(store.root) / "studies"):
+        try:
+            st_ = folder.stat()
+            out += [st_.st_mtime_ns, st_.st_nlink]
+            out += [p.stat().st_mtime_ns for p in sorted(folder.glob("*.db*"))]
+        except OSError:
+            out += [0, 0]
+    return tuple(out)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _table(base: dict[str, Any], data_root: str, artifacts: str, how: reproduce.Plan,
+           stamp: tuple[int, ...]) -> list[reproduce.RowResult]:  # fmt: skip
+    return reproduce.table(RunConfig.from_dict(base), data_root, Store(artifacts), how=how)
+
+
+def cached_table(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> list[reproduce.RowResult]:
+    """The mode's table, read again only when a run or a trial has landed (a page rerun costs nothing else)."""
+    return _table(base.to_dict(), str(data_root), str(store.root), how, _stamp(store))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _estimate(base: dict[str, Any], data_root: str, artifacts: str, how: reproduce.Plan,
+              stamp: tuple[int, ...]) -> float | None:  # fmt: skip
+    return known_estimate(RunConfig.from_dict(base), data_root, Store(artifacts), how)
+
+
+def cached_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> float | None:
+    measured = throughput.is_measured(base.backbone, base.image_size, Path(store.root))
+    return _estimate(base.to_dict(), str(data_root), str(store.root), how, (*_stamp(store), measured))
+
+
+def differences(base: RunConfig, source: str, image_size: int) -> str:
+    """The "What differs from the study" box: the data, the backbone, the selection, and per task what each
+    mode trains (frozen or fine-tuned, epochs, frozen prefix)."""
+    from core.backbones import get_backbone
+    from core.studyplan import FAITHFUL, FINETUNE, finetuned
+
+    spec = get_backbone(base.backbone)
+    tuned = finetuned(base.replace(phase="head"))
+    head_epochs, full_epochs = base.epochs, FAITHFUL["full_epochs"]
+    return "\n".join([
+        f"- **Data:** {source}, resized to {image_size} px (the study: the 256 px originals).",
+        f"- **Backbone:** {spec.label} (the study: DenseNet121), ImageNet weights.",
+        "- **Selection:** the study picked its models on its test folder; here early stopping and the search look "
+        "only at a validation split carved from the training folder, and test accuracy is the figure.",
+        "- **Epochs:** the study trained for up to 300 epochs on a GPU; here each head trains "
+        f"{head_epochs} epochs on cached features, and faithful rows then fine-tune {full_epochs} epochs.",
+        f"- **Backbone frozen (quick):** tasks 1-5 train a new head only; task 0 fine-tunes every layer for "
+        f"{FINETUNE['full_epochs']} epochs after the head.",
+        f"- **Fine-tuned (faithful):** every row trains the head, then fine-tunes the network's last "
+        f"{spec.block_word} at {FAITHFUL['full_lr']:g} (Adam): the first {tuned.freeze_blocks} of {spec.blocks} "
+        f"{spec.block_word}s stay frozen, their output computed once and cached (the study fine-tuned every layer; "
+        "on a CPU that would take hours). Cut networks (task 1) fine-tune their own last remaining block.",
+        "- **Tasks 2-4** train on the small set (50 images per class), as the study did; task 5 searches the "
+        "optimizer, learning rate, weight decay, momentum, dropout, batch size and batch norm (faithful: also "
+        "the fine-tuned depth) with Optuna instead of a W&B random sweep.",
+    ])  # fmt: skip
 
 
 def row_link(row: Row, cfg: RunConfig | None) -> str:
@@ -42,31 +112,94 @@ def row_link(row: Row, cfg: RunConfig | None) -> str:
     return f"/{row.page}?{urllib.parse.urlencode(text)}"
 
 
-def table_frame(results: list[reproduce.RowResult], rows: list[Row]) -> pd.DataFrame:
+def _figure(r: reproduce.RowResult | None) -> str:
+    """``0.916 (0.897–0.935)``: the row's mean test accuracy and its 95% interval; what is missing otherwise."""
+    if r is None:
+        return "–"
+    if r.reason:
+        return "cannot train here"
+    if r.ours is None:
+        return f"{r.done} of {r.runs} runs" if r.done else "not trained yet"
+    text = f"{r.ours:.3f}"
+    if r.low is not None and r.high is not None:
+        text += f" ({r.low:.3f}–{r.high:.3f})"
+    if r.n > 1:
+        text += f" · {r.n} seeds"
+    return text if r.cached else f"{text} · {r.done} of {r.runs} runs"
+
+
+def table_frame(by_mode: dict[str, list[reproduce.RowResult]], rows: list[Row]) -> pd.DataFrame:
+    """One line per row of the study: its figure, then each mode's (frozen, fine-tuned) with its interval."""
+    keyed = {m: {r.key: r for r in results} for m, results in by_mode.items()}
+    first = next(iter(by_mode.values()))
     out = []
-    for r in results:
-        row = next((x for x in rows if x.task == r.task and x.setting == r.setting), None)
-        status = "stored" if r.cached else (f"{r.done} of {r.runs}" if r.done else "not trained yet")
-        out.append({
-            "task": r.task, "setting": r.setting, "the study": r.study, "ours (test)": r.ours, "ours (validation)": r.val,
-            "status": status, "seconds": r.seconds, "run": r.run_id,
-            "page": row_link(row, row.configs[0] if row and row.configs else None) if row else "/search",
-        })  # fmt: skip
+    for r in first:
+        row = next((x for x in rows if x.key == r.key), None)
+        line: dict[str, Any] = {"task": r.task, "setting": r.setting, "the study": r.study}
+        for mode in MODES:
+            line[MODE_LABELS[mode]] = _figure(keyed.get(mode, {}).get(r.key))
+        ids = [keyed[m][r.key].run_id for m in MODES if r.key in keyed.get(m, {}) and keyed[m][r.key].run_id]
+        line["runs"] = " · ".join(dict.fromkeys(ids)) or "–"
+        line["page"] = row_link(row, row.configs[0] if row and row.configs else None) if row else "/search"
+        reasons = [keyed[m][r.key].reason for m in MODES if r.key in keyed.get(m, {}) and keyed[m][r.key].reason]
+        line["why not"] = reasons[0] if reasons else ""
+        out.append(line)
     return pd.DataFrame(out)
 
 
-def known_estimate(base: RunConfig, data_root: str, store: Store, trials: int, grid: int) -> float | None:
-    """The estimate when this machine's throughput for the backbone and size is known (else None: measuring
-    takes seconds, which the landing page must not spend unasked)."""
-    try:
-        import json
+def claims_frame(by_mode: dict[str, list[reproduce.RowResult]]) -> pd.DataFrame:
+    """The study's conclusions, one line each, with each mode's verdict, difference and interval."""
+    per_mode = {m: reproduce.claims(results) for m, results in by_mode.items()}
+    first = next(iter(per_mode.values()))
+    out = []
+    for i, c in enumerate(first):
+        line = {"the study's conclusion": c.claim, "compared": c.measure}
+        for mode, claims in per_mode.items():
+            k = claims[i]
+            line[MODE_LABELS[mode]] = k.verdict if k.diff is None else (
+                f"{k.verdict}: {fmt_signed(k.diff)} ({fmt_signed(k.low)} to {fmt_signed(k.high)})")  # fmt: skip
+        out.append(line)
+    return pd.DataFrame(out)
 
-        known = json.loads(throughput_cache(Path(store.root)).read_text())
-    except (OSError, ValueError):
+
+def fmt_signed(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.3f}".replace("-", "−")
+
+
+def progress_counts(results: list[reproduce.RowResult]) -> tuple[int, int, int, int]:
+    """(runs stored, runs in the plan, search trials finished, trials asked): each run counted once, as the
+    table's rows share runs (task 1's uncut network is task 0's run, task 2's full set too)."""
+    every = {rid for r in results if r.key != "t5-search" for rid in r.all_ids}
+    stored = {rid for r in results if r.key != "t5-search" for rid in r.stored_ids}
+    search = next((r for r in results if r.key == "t5-search"), None)
+    return len(stored), len(every), (search.done if search else 0), (search.runs if search else 0)
+
+
+def known_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> float | None:
+    """The estimate when this machine's throughput for the backbone and size is known (else None: measuring
+    takes seconds, which a page rerun must not spend; :func:`measure_speed` does it in the background)."""
+    if not throughput.is_measured(base.backbone, base.image_size, Path(store.root)):
         return None
-    if f"{base.backbone}@{base.image_size}" not in known:
+    try:
+        return reproduce.estimate(base, data_root, store, how=how)
+    except SceneLabError:
         return None
-    return reproduce.estimate(base, data_root, store, trials=trials, grid_sample=grid)
+
+
+def _measure_name(base: RunConfig) -> str:
+    return f"measure-{base.backbone}@{base.image_size}"
+
+
+def measure_speed(base: RunConfig, store: Store) -> Any:
+    """Measure this machine's speed for the backbone and size in a background task (seconds, once)."""
+    root = Path(store.root)
+    return start_task(_measure_name(base), lambda progress, stop: throughput.measure(base.backbone, base.image_size, root))
+
+
+def measuring(base: RunConfig) -> Any:
+    """The speed measurement's task view (None when none was started)."""
+    task = get_task(_measure_name(base))
+    return None if task is None else task.view()
 
 
 def _wait_jobs(job_ids: list[str], total: int, progress: Any, should_stop: Any) -> None:
@@ -93,34 +226,55 @@ def _captured_worker() -> Any:
     return _WORKER["worker"]
 
 
-def _search_argv(req: Any) -> list[str]:
-    cfg = req.cfg
-    return ["--study", req.study, "--data", str(req.data), "--trials", str(req.trials), "--artifacts", req.artifacts_root,
-            "--backbone", cfg.backbone, "--weights", cfg.weights, "--image-size", str(cfg.image_size), "--seed",
-            str(cfg.seed), "--json"]  # fmt: skip
+def search_argv(req: Any) -> list[str]:
+    """``core tune``'s arguments for the reproduction's search (its explicit options and space file)."""
+    argv = ["--study", req.study, "--data", str(req.data), "--trials", str(req.trials), "--artifacts", req.artifacts_root]
+    for option, value in req.explicit.items():
+        argv += [option_flag(option), str(value).lower() if isinstance(value, bool) else str(value)]
+    if req.space_file:
+        argv += ["--space", req.space_file]
+    return [*argv, "--json"]
 
 
-def start_reproduction(base: RunConfig, data_root: str, store: Store, trials: int, grid: int) -> None:
+def _token() -> str:
+    """This browser session's token (who started the reproduction may cancel it)."""
+    return st.session_state.setdefault("_study_token", uuid.uuid4().hex)
+
+
+def start_reproduction(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> None:
     """Queue every missing run, cheapest first, then the search; a background task of the app."""
     _WORKER["worker"] = get_worker()
+    _WORKER["started_by"] = {"token": _token(), "name": user_name(), "mode": how.mode}
 
     def run(progress: Any, should_stop: Any) -> dict[str, Any]:
-        todo = reproduce.missing_runs(base, data_root, store, grid)
+        todo = reproduce.missing_runs(base, data_root, store, how=how)
         jobs = [_captured_worker().submit(p.cfg, data_root) for p in todo]
         _wait_jobs([j.id for j in jobs], len(jobs), progress, should_stop)
-        if trials:
-            req = reproduce.search_request(base, data_root, str(store.root), trials)
+        if how.trials:
+            req = reproduce.search_request(base, data_root, str(store.root), how.trials, how.mode, how.trained_blocks)
             if not processes.live_workers(req.artifacts_root, req.study):
-                processes.start_worker(_search_argv(req), req.artifacts_root, req.study)
+                processes.start_worker(search_argv(req), req.artifacts_root, req.study)
             while processes.live_workers(req.artifacts_root, req.study):
                 if should_stop():
                     processes.stop_workers(req.artifacts_root, req.study)
                     raise TaskCancelled("The reproduction was cancelled; finished rows are kept.")
-                progress({"event": "search", "done": reproduce.search_result(req).done, "total": trials})
+                progress({"event": "search", "done": reproduce.search_result(req).done, "total": how.trials})
                 time.sleep(2.0)
         return {"trained": len(jobs)}
 
     start_task(TASK, run)
+
+
+def started_by() -> dict[str, Any]:
+    return dict(_WORKER.get("started_by") or {})
+
+
+def may_cancel() -> bool:
+    """Who started the reproduction (this session, or the same name) and the owner may cancel it."""
+    who = started_by()
+    if who.get("token") == _token() or (who.get("name") and who.get("name") == user_name()):
+        return True
+    return is_admin() and bool(os.environ.get("SCENELAB_ADMIN"))
 
 
 def reproduction_status() -> Any:
@@ -130,6 +284,5 @@ def reproduction_status() -> Any:
 
 def cancel_reproduction() -> None:
     task = get_task(TASK)
-    if task is not None:
+    if task is not None and may_cancel():
         task.cancel()
-    st.session_state["_study_cancelled"] = True
