@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.apphelpers import streamlit_server
-from tests.browserkit import CHROMIUM, CHROMIUM_ARGS, LAPTOP, main_text, need_browser, settle, shoot
+from tests.browserkit import CHROMIUM, CHROMIUM_ARGS, LAPTOP, go, main_text, need_browser, settle, shoot
 from tests.conftest import make_dataset
 
 pytestmark = pytest.mark.browser
@@ -153,4 +153,23 @@ def test_a_reproduction_runs_ends_and_shows_the_stored_figures(server, browser):
         assert result.cached and row["setting"] == result.setting
         assert row["backbone frozen"] == f"{result.ours:.3f} ({result.low:.3f}–{result.high:.3f}) · 2 seeds", row
         assert row["runs"].startswith(result.run_id), row
+    tab.context.close()
+
+
+PAGES = ["0 Fine-tune", "1 Truncate", "2 Small data", "3 Augmentation", "4 Regularisation", "5 Hyperparameter search",
+         "6 Activations", "Dataset map", "Runs", "Study"]  # fmt: skip
+
+
+def test_no_page_reruns_on_a_timer_while_nothing_runs(server, browser):
+    """Every page, with the runs above stored and nothing training: no websocket traffic once it has settled."""
+    url, _ = server
+    tab, traffic = open_study(browser, url)
+    noisy = {}
+    for title in PAGES:
+        go(tab, title)
+        settle(tab, timeout_s=120)
+        frames = traffic.during(tab, 6)
+        if frames:
+            noisy[title] = bursts(frames)
+    assert noisy == {}, f"pages that reran on a timer with nothing running (script runs in 6 s): {noisy}"
     tab.context.close()
