@@ -1,6 +1,6 @@
 """The bundled dataset: how long the first start unpacks it, and what every later call costs.
 
-In a fresh artifacts folder, ``core.bundled.ensure_bundled`` is timed once (sha256 of the zip, the
+In a fresh artifacts folder, ``core.data.bundled.ensure_bundled`` is timed once (sha256 of the zip, the
 safe import of 2688 images, the validating scan, the rename), then again many times (the folder is
 there: one small file read). Beside it, a full ``scan_dataset`` of the unpacked folder, which is what
 a later call would cost if it re-checked the images instead of reading the import record.
@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeats", type=int, default=200, help="timed later calls (median reported)")
     args = p.parse_args(argv)
     common.quiet()
-    from core.bundled import BUNDLED_ZIP, ensure_bundled
-    from core.data import scan_dataset
+    from core.data.arrays import scan_dataset
+    from core.data.bundled import BUNDLED_ZIP, ensure_bundled
 
     repeats = 20 if args.tiny else args.repeats
     seen = common.wait_for_quiet(args.quiet_wait)

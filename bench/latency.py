@@ -4,21 +4,21 @@ In one process (the app is one long-lived process), on a fresh artifacts folder:
 
 1. a head run is trained once (EfficientNet-Lite0, ImageNet weights; this also caches the decoded
    images and the pooled features), then **showing that cached run** is timed:
-   ``core.train.find_run`` + ``Store.load_run``;
+   ``core.training.train.find_run`` + ``Store.load_run``;
 2. **retraining a head on cached features** (another learning rate and dropout: a new run), first in
    this process and then again with its compiled model warm;
-3. **redrawing an augmentation preview**: ``core.augment.preview`` on 8 images at 128 px (first call,
+3. **redrawing an augmentation preview**: ``core.data.augment.preview`` on 8 images at 128 px (first call,
    then a redraw with another seed);
-4. **activation maps and Grad-CAM** for one image with ``core.activations.Inspector`` on the trained
+4. **activation maps and Grad-CAM** for one image with ``core.explain.activations.Inspector`` on the trained
    classifier: cold (first call on a fresh Inspector; it answers eagerly while it traces in the
    background) and warm (traced);
-5. **explanations** (``core.explain``) of one test image at the default block, warm: Grad-CAM, Grad-CAM++,
+5. **explanations** (``core.explain.heatmaps``) of one test image at the default block, warm: Grad-CAM, Grad-CAM++,
    Score-CAM and occlusion, by the run and by the ImageNet backbone (1000 classes), and the page's
-   before/after comparison; **projections** (``core.projection``) of every image with the features cached:
+   before/after comparison; **projections** (``core.explain.projection``) of every image with the features cached:
    cold (not projected before) and cached, PCA and t-SNE, for the backbone and for the run;
 6. **the first training step of an architecture already used**: DenseNet121 (random weights, speed
    does not depend on them) phase ``full`` at ``--step-size`` px, trained twice with different
-   learning rates, with the warm-model cache on and, side by side, off (``core.warm.WARM``); the
+   learning rates, with the warm-model cache on and, side by side, off (``core.models.warm.WARM``); the
    figure is the time from ``train()`` to the end of the first batch.
 
     python -m bench.latency [--tiny] [--image-size 128] [--step-size 224] [--only explain]
@@ -53,7 +53,7 @@ EXPLAIN_TARGETS = ("gradcam_warm_s", "gradcampp_warm_s", "scorecam_warm_s", "occ
 
 def first_step_seconds(cfg: Any, data: Path, store: Any) -> tuple[float, Any]:
     """Seconds from calling ``train`` to the end of the first training batch, and the result."""
-    from core.train import train
+    from core.training.train import train
 
     t0 = time.perf_counter()
     marks: list[float] = []
@@ -76,10 +76,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.quiet()
 
     from core.config import RunConfig
-    from core.data import decode_dataset, scan_dataset
-    from core.runs import load_classifier
-    from core.store import Store
-    from core.train import find_run, train
+    from core.data.arrays import decode_dataset, scan_dataset
+    from core.store.folders import Store
+    from core.training.runs import load_classifier
+    from core.training.train import find_run, train
 
     size = 32 if args.tiny else args.image_size
     step_size = 32 if args.tiny else args.step_size
@@ -136,10 +136,10 @@ def retrain_and_preview(head: Any, first: Any, data: Path, store: Any, epochs: i
     """Rows 2 and 3: retraining a head on cached features; the augmentation preview."""
     import numpy as np
 
-    from core.augment import preview
     from core.config import AugmentConfig
-    from core.data import decode_dataset, scan_dataset
-    from core.train import train
+    from core.data.arrays import decode_dataset, scan_dataset
+    from core.data.augment import preview
+    from core.training.train import train
 
     fig: dict[str, Any] = {}
     # 2. retrain a head on cached features: first in this process is already warm for the
@@ -177,9 +177,9 @@ def retrain_and_preview(head: Any, first: Any, data: Path, store: Any, epochs: i
 
 def first_steps(tmp: Path, step_size: int, tiny: bool, log: list[dict[str, Any]]) -> dict[str, Any]:
     """Row 6: the first training step of an architecture already used, warm-model cache on and off."""
-    from core import warm
     from core.config import RunConfig
-    from core.store import Store
+    from core.models import warm
+    from core.store.folders import Store
 
     fig: dict[str, Any] = {}
     # 5. first training step of an architecture already used, warm cache on vs off; on a small
@@ -220,10 +220,10 @@ def head_fit_comparison(store: Any, cfg: Any, n_train: int, epochs: int, log: li
     import keras
     import numpy as np
 
-    from core import features
-    from core.atomic import load_npz
-    from core.fit import HEAD_STEPS_PER_EXECUTION
-    from core.model import build_head
+    from core.models.model import build_head
+    from core.store.atomic import load_npz
+    from core.training import features
+    from core.training.fit import HEAD_STEPS_PER_EXECUTION
 
     (path,) = sorted(store.features_dir.glob("[0-9a-f]*.npz"))[:1]
     feats = load_npz(path)
@@ -258,7 +258,7 @@ def head_fit_comparison(store: Any, cfg: Any, n_train: int, epochs: int, log: li
     with common.measured(log, "head fit, current, warm") as m:
         fit(head)
     out["head_fit_current_warm_s"] = m["seconds"]
-    # not used by core.train (a tf.data shuffle changes the order of batches, so results would differ
+    # not used by core.training.train (a tf.data shuffle changes the order of batches, so results would differ
     # from Keras' NumPy shuffle that every stored run used): what it would gain
     train_ds = features.array_dataset(x, y, 32, shuffle=True)
     val_ds = features.array_dataset(xv, yv, 32)
@@ -270,13 +270,13 @@ def head_fit_comparison(store: Any, cfg: Any, n_train: int, epochs: int, log: li
 
 
 def feature_pass_comparison(cfg: Any, data: Path, store: Any, n: int, log: list[dict[str, Any]]) -> dict[str, Any]:
-    """Images/s of the pooled-feature pass: eager Keras calls (former) vs ``core.features.FeatureFn``."""
+    """Images/s of the pooled-feature pass: eager Keras calls (former) vs ``core.training.features.FeatureFn``."""
     import numpy as np
 
-    from core import features
-    from core.backbones import resolve_weights
-    from core.data import decode_dataset, scan_dataset
-    from core.model import build_classifier
+    from core.data.arrays import decode_dataset, scan_dataset
+    from core.models.backbones import resolve_weights
+    from core.models.model import build_classifier
+    from core.training import features
 
     ds = decode_dataset(scan_dataset(data), cfg.image_size, store.datasets_dir)
     x = np.resize(ds.x_train, (n, *ds.x_train.shape[1:]))
@@ -297,7 +297,7 @@ def feature_pass_comparison(cfg: Any, data: Path, store: Any, n: int, log: list[
 
 
 def activations(record: Any, load_classifier: Any, ds: Any, log: list[dict[str, Any]]) -> dict[str, Any]:
-    """Feature maps and Grad-CAM, cold and warm, through core.activations.Inspector."""
+    """Feature maps and Grad-CAM, cold and warm, through core.explain.activations.Inspector."""
     import numpy as np
 
     out: dict[str, Any] = {}
@@ -310,7 +310,7 @@ def activations(record: Any, load_classifier: Any, ds: Any, log: list[dict[str, 
 
         size = int(model.inputs[0].shape[1])
         image = np.asarray(Image.fromarray(ds.x_test[0]).resize((size, size)))
-    from core.activations import Inspector
+    from core.explain.activations import Inspector
 
     insp = Inspector(model)
     with common.measured(log, "feature maps, cold Inspector") as m:
@@ -332,19 +332,19 @@ def activations(record: Any, load_classifier: Any, ds: Any, log: list[dict[str, 
         times_cam.append(m["seconds"])
     out["feature_maps_warm_s"] = round(float(np.median(times_maps)), 3)
     out["grad_cam_warm_s"] = round(float(np.median(times_cam)), 3)
-    out["activations_via"] = "core.activations.Inspector (default background compile)"
+    out["activations_via"] = "core.explain.activations.Inspector (default background compile)"
     return out
 
 
 
 def explanations(record: Any, image: Any, log: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each method of core.explain on one test image at the default block, first (compiles) and warm (median of
+    """Each method of core.explain.heatmaps on one test image at the default block, first (compiles) and warm (median of
     3), by the run and by the ImageNet backbone; the page's before/after comparison, warm."""
     import numpy as np
 
-    from core.activations import Inspector, imagenet_inspector
-    from core.explain import METHODS, compare, explain
-    from core.runs import load_classifier
+    from core.explain.activations import Inspector, imagenet_inspector
+    from core.explain.heatmaps import METHODS, compare, explain
+    from core.training.runs import load_classifier
 
     run = Inspector(load_classifier(record), classes=record.config["dataset"]["classes"], background_compile=False)
     size = run.image_size
@@ -374,7 +374,7 @@ def projections(record: Any, data: Path, store: Any, log: list[dict[str, Any]]) 
     (nothing projected yet) and again (read from the projection cache), PCA and t-SNE, backbone and run."""
     import sklearn.manifold  # noqa: F401  (imported once per app process; not part of a projection's time)
 
-    from core.projection import project
+    from core.explain.projection import project
 
     cfg = record.config["run"]
     kw = {"backbone": cfg["backbone"], "weights": cfg["weights"], "image_size": cfg["image_size"], "store": store}

@@ -5,8 +5,8 @@
   Keras 3 keeps it as ``keras.src.legacy.preprocessing.image.ImageDataGenerator`` (the public
   ``keras.preprocessing.image`` alias is gone); it reads and decodes every JPEG each epoch and
   transforms image by image with SciPy.
-* SceneLab: ``core.data.make_tf_dataset`` over the decoded uint8 cache with
-  ``core.augment.build_augmenter`` (the same transforms on whole batches, in tf.data).
+* SceneLab: ``core.data.arrays.make_tf_dataset`` over the decoded uint8 cache with
+  ``core.data.augment.build_augmenter`` (the same transforms on whole batches, in tf.data).
 
 Both are drained alone (no model), after two warm-up batches, at each image size. The one-time cost
 SceneLab pays first (decoding every image into the uint8 cache) is printed too.
@@ -53,7 +53,7 @@ def study_iterator(root: Path, size: int, batch: int, seed: int) -> Any:
 
 
 def keras_chain(seed: int) -> Any:
-    """The augmenter SceneLab used before ``core.augment.RandomAffine``: one Keras layer per transform."""
+    """The augmenter SceneLab used before ``core.data.augment.RandomAffine``: one Keras layer per transform."""
     import keras
 
     return keras.Sequential(
@@ -74,9 +74,9 @@ def scenelab_iterator(x: Any, y: Any, batch: int, seed: int, variant: str = "sce
     augmenter's random state)."""
     import tensorflow as tf
 
-    from core.augment import build_augmenter
     from core.config import AugmentConfig
-    from core.data import make_tf_dataset
+    from core.data.arrays import make_tf_dataset
+    from core.data.augment import build_augmenter
 
     aug = keras_chain(seed) if variant == "keras_chain" else build_augmenter(AugmentConfig(**STUDY_AUG), seed)
     if variant != "parallel":
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--min-seconds", type=float, default=5.0, help="time each pipeline for at least this long")
     args = p.parse_args(argv)
     common.quiet()
-    from core.data import decode_dataset, scan_dataset
+    from core.data.arrays import decode_dataset, scan_dataset
 
     sizes = [32] if args.tiny else [int(s) for s in args.sizes.split(",")]
     batches = 3 if args.tiny else args.batches

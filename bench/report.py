@@ -179,8 +179,8 @@ def section_pipeline(p: dict[str, Any]) -> str:
             f"batch {p['batch_size']}, drained alone (no model), {p['dataset']} ({p['images']} training images). "
             "*study*: `ImageDataGenerator(...).flow_from_directory` (Keras 3: "
             "`keras.src.legacy.preprocessing.image`), which reads, decodes and transforms every JPEG with SciPy each "
-            "epoch. *SceneLab*: `core.data.make_tf_dataset` on the decoded uint8 cache with "
-            "`core.augment.build_augmenter`, whose `RandomAffine` composes rotation, shift, shear, zoom and flip into one "
+            "epoch. *SceneLab*: `core.data.arrays.make_tf_dataset` on the decoded uint8 cache with "
+            "`core.data.augment.build_augmenter`, whose `RandomAffine` composes rotation, shift, shear, zoom and flip into one "
             "matrix per image and resamples once (XLA-compiled). *before*: the chain of Keras "
             "RandomFlip/Rotation/Translation/Shear/Zoom layers SceneLab used until now. *parallel map*: SceneLab's pipeline "
             "with the augmentation map run with parallel calls, as before: it raced on the augmenter's random state, so "
@@ -274,7 +274,7 @@ def section_tta(a: dict[str, Any]) -> str:
             "",
             f"Wall time from nothing cached (a fresh process and an empty artifacts folder) to test accuracy ≥ "
             f"{a['target_accuracy']} on {a['dataset']}, EfficientNet-Lite0 with ImageNet weights at {a['image_size']} px "
-            "for both arms. SceneLab arms are `core.train.train` runs (with their own validation split carved from "
+            "for both arms. SceneLab arms are `core.training.train.train` runs (with their own validation split carved from "
             "train); the study arm trains on all training images, its test checks are off the clock, and it keeps "
             f"training until the last budget. **SceneLab ({a['scenelab_best']}) reaches the target {ratio_text} sooner.**",
             "",
@@ -388,7 +388,7 @@ def section_bundled(b: dict[str, Any]) -> str:
         [
             "## First start: the bundled dataset (bench/bundled.py)",
             "",
-            f"`core.bundled.ensure_bundled` in a fresh artifacts folder: sha256 of the {b['zip_bytes'] / 1e6:.1f} MB zip, "
+            f"`core.data.bundled.ensure_bundled` in a fresh artifacts folder: sha256 of the {b['zip_bytes'] / 1e6:.1f} MB zip, "
             f"the safe archive import of {b['images']} images, the validating scan and the rename: **{b['unpack_s']} s** "
             f"(target ≤ {b['targets']['unpack_s']:g} s). Every later call reads the import record: "
             f"{b['second_call_ms']} ms (median; worst {b['second_call_max_ms']} ms), where re-scanning the folder would "

@@ -1,6 +1,6 @@
 """The whole study reproduced: tasks 0-5 with the 30-trial search, from an empty artifacts folder, then again.
 
-The first pass runs ``core.reproduce.reproduce`` in this process (so each run's seconds are known and
+The first pass runs ``core.study.reproduce.reproduce`` in this process (so each run's seconds are known and
 added up per task: a run shared by two tasks counts for the first), after importing TensorFlow (timed
 too). The second pass is what a user types: ``python -m core reproduce ... --json`` in a fresh process,
 every row cached. The table is what the README shows.
@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _one_mode(args: Any, mode: str, data: Path, artifacts: Path, log: list[dict[str, Any]]) -> dict[str, Any]:
     """One mode from whatever the artifacts hold (runs shared with an earlier mode are not trained again)."""
-    from core import reproduce as rp
     from core.config import RunConfig
-    from core.identity import prepare
-    from core.store import Store
-    from core.studyplan import DEFAULT_GRID_SAMPLE
+    from core.store.folders import Store
+    from core.study import reproduce as rp
+    from core.study.plan import DEFAULT_GRID_SAMPLE
+    from core.training.identity import prepare
 
     size = 32 if args.tiny else args.image_size
     trials = 2 if args.tiny else args.trials

@@ -9,7 +9,7 @@ graph tracing are all on the clock (the converted Lite0 weights in ~/.keras/mode
   backbone frozen, then the whole network (BatchNorm frozen), Adadelta at Keras 2's default learning
   rate 1.0 for the head and a tenth of it for the whole network (SceneLab's ``head+full`` convention).
   Test accuracy is checked after every epoch with the clock paused.
-* SceneLab: ``core.train.train`` with one strategy (a run as the app starts it, including its own
+* SceneLab: ``core.training.train.train`` with one strategy (a run as the app starts it, including its own
   held-out validation split): ``head`` — a head on cached pooled features; ``partial`` — the last
   block(s) fine-tuned on cached activations of the frozen prefix (``freeze_blocks``).
 
@@ -61,9 +61,9 @@ STUDY_AUG = dict(
 def run_scenelab(data: str, size: int, strategy: str, tiny: bool) -> dict[str, Any]:
     common.quiet()
     from core.config import RunConfig
-    from core.store import Store
-    from core.train import train
-    from core.warm import WARM
+    from core.models.warm import WARM
+    from core.store.folders import Store
+    from core.training.train import train
 
     spec = STRATEGIES[strategy]
     settings = dict(spec["config"])
@@ -99,8 +99,8 @@ def run_study(
 
     ImageDataGenerator = image_data_generator()  # noqa: N806 - the study's class
 
-    from core.backbones import resolve_weights
-    from core.model import build_classifier, set_base_trainable
+    from core.models.backbones import resolve_weights
+    from core.models.model import build_classifier, set_base_trainable
 
     keras.utils.set_random_seed(0)
     root = Path(data)

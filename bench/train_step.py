@@ -5,7 +5,7 @@ classifier SceneLab trains in phase ``full`` (BatchNorm frozen, Adam, batch 32) 
 weights (speed does not depend on their values), its first step is timed (graph tracing included),
 then steady steps for at least ``--min-seconds``. Partial fine-tuning rows (``--freeze``, float32):
 the first K blocks frozen and their activations cached, so a step runs only the remaining blocks
-and the head (``core.model.build_suffix_classifier``), fed cached prefix activations.
+and the head (``core.models.model.build_suffix_classifier``), fed cached prefix activations.
 
 FLOPs are counted, not guessed: ``tf.compat.v1.profiler`` sums the registered float-operation counts
 of the concrete function of one training step (forward, loss and every gradient, batch 1) and the
@@ -27,9 +27,9 @@ from bench import common
 def _model(backbone: str, size: int, remove_blocks: int, freeze_blocks: int, classes: int = 8) -> Any:
     """The model a training step runs: the whole classifier, or with ``freeze_blocks`` the suffix
     classifier that trains on cached prefix activations (``core.perf``)."""
-    from core import model
-    from core.backbones import ResolvedWeights, get_backbone
-    from core.model import build_classifier, set_base_trainable
+    from core.models import model
+    from core.models.backbones import ResolvedWeights, get_backbone
+    from core.models.model import build_classifier, set_base_trainable
 
     clf = build_classifier(
         backbone, size, classes, weights=ResolvedWeights("none", None, "none"), remove_blocks=remove_blocks

@@ -19,12 +19,12 @@ from typing import Any, NoReturn
 from core.commands import tune_request
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, AugmentConfig, RunConfig
 from core.errors import SceneLabError, os_error_phrase
+from core.explain.methods import EXPLAIN_METHODS, PROJECTION_METHODS
 from core.fields import Setting, flag_of
-from core.methods import EXPLAIN_METHODS, PROJECTION_METHODS
 from core.search.objective import AUTO_REPEATS_CHEAP
 from core.search.samplers import PRUNERS, SAMPLERS
 from core.search.study import DEFAULT_TRIALS, StudyRequest
-from core.studyplan import DEFAULT_GRID_SAMPLE, DEFAULT_TRAINED_BLOCKS, MODES
+from core.study.plan import DEFAULT_GRID_SAMPLE, DEFAULT_TRAINED_BLOCKS, MODES
 
 logger = logging.getLogger("core")
 DATA_HELP = (

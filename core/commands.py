@@ -75,8 +75,8 @@ def _describe(args: Any) -> dict[str, Any]:
     if args.classes < 2:
         raise ConfigError(f"Classes (--classes) must be at least 2 for a classifier; received {args.classes}.")
     RunConfig(backbone=args.backbone, remove_blocks=args.remove_blocks, image_size=args.image_size).validate()
-    from core.backbones import get_backbone
-    from core.model import describe
+    from core.models.backbones import get_backbone
+    from core.models.model import describe
 
     get_backbone(args.backbone).cut_layer(args.remove_blocks)
     return describe(
@@ -91,9 +91,9 @@ def _describe(args: Any) -> dict[str, Any]:
 
 def _train(args: Any) -> dict[str, Any]:
     cfg = config_from_values(run_values(args))  # bad settings: one sentence before TensorFlow loads
-    from core.bundled import default_dataset
-    from core.store import Store
-    from core.train import train
+    from core.data.bundled import default_dataset
+    from core.store.folders import Store
+    from core.training.train import train
 
     artifacts = args.artifacts or default_artifacts()
     data = args.data or default_dataset(artifacts)
@@ -101,7 +101,7 @@ def _train(args: Any) -> dict[str, Any]:
 
 
 def _download(args: Any) -> dict[str, Any]:
-    from core.download import download_data
+    from core.data.download import download_data
 
     counts = download_data(args.to, args.zip, seed=args.seed)
     return {"to": str(Path(args.to).resolve()), "counts": counts}
@@ -121,9 +121,9 @@ def _export(args: Any) -> dict[str, Any]:
     import re
 
     from core.errors import ConfigError, StoreError
-    from core.export import check_destination
-    from core.runs import export_model
-    from core.store import Store
+    from core.store.folders import Store
+    from core.training.export import check_destination
+    from core.training.runs import export_model
 
     store = Store(args.artifacts or default_artifacts())
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.run_id):  # a name inside runs/, never a path
@@ -139,7 +139,7 @@ def _export(args: Any) -> dict[str, Any]:
 
 
 def _import_data(args: Any) -> dict[str, Any]:
-    from core.archive import default_upload_root, import_zip
+    from core.data.archive import default_upload_root, import_zip
     from core.errors import ConfigError
 
     if not 0 <= args.seed < 2**32:
@@ -159,15 +159,15 @@ def _import_data(args: Any) -> dict[str, Any]:
 
 
 def _reproduce(args: Any) -> dict[str, Any]:
-    from core.studyplan import Plan
+    from core.study.plan import Plan
 
     how = Plan(mode=args.mode, repeats=args.repeats, trained_blocks=args.trained_blocks, grid_sample=args.grid_sample,
                trials=args.trials).check()  # before TensorFlow is imported: a bad option is one line  # fmt: skip
     base = config_from_values(run_values(args))
-    from core import reproduce
-    from core.bundled import default_dataset
-    from core.report import write_report
-    from core.store import Store
+    from core.data.bundled import default_dataset
+    from core.store.folders import Store
+    from core.study import reproduce
+    from core.study.report import write_report
 
     store = Store(args.artifacts or default_artifacts())
     data = str(args.data or default_dataset(store.root))
@@ -198,8 +198,8 @@ def _stored_run(store: Any, run_id: str) -> Any:
 
 
 def _explain(args: Any) -> dict[str, Any]:
-    from core.explain import explain_image
-    from core.store import Store
+    from core.explain.heatmaps import explain_image
+    from core.store.folders import Store
 
     store = Store(args.artifacts or default_artifacts())
     record = _stored_run(store, args.run) if args.run else None
@@ -217,9 +217,9 @@ def _explain(args: Any) -> dict[str, Any]:
 
 
 def _project(args: Any) -> dict[str, Any]:
-    from core.backbones import default_backbone
-    from core.projection import project, write_csv
-    from core.store import Store
+    from core.explain.projection import project, write_csv
+    from core.models.backbones import default_backbone
+    from core.store.folders import Store
 
     store = Store(args.artifacts or default_artifacts())
     record = _stored_run(store, args.run) if args.run else None
@@ -227,7 +227,7 @@ def _project(args: Any) -> dict[str, Any]:
     backbone = args.backbone or (run_cfg.backbone if run_cfg else default_backbone())
     weights = args.weights or (run_cfg.weights if run_cfg else "imagenet")
     size = args.image_size or (run_cfg.image_size if run_cfg else 128)
-    from core.bundled import default_dataset
+    from core.data.bundled import default_dataset
 
     data = args.data or default_dataset(store.root)
     proj = project(

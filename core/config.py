@@ -1,7 +1,7 @@
 """Run settings as frozen dataclasses, with a stable hash.
 
 A run is fully described by a :class:`RunConfig`; its id in the artifact store is the hash of that
-config together with the dataset fingerprint and the weights identity (``core.train.run_id_for``).
+config together with the dataset fingerprint and the weights identity (``core.training.train.run_id_for``).
 Every field is declared once here with its :class:`~core.fields.Setting` (label, help, range, CLI
 flag, searchable), from which validation, the CLI options and the pages' widgets are derived.
 """
@@ -176,7 +176,7 @@ AUGMENT_SETTINGS = settings_of(AugmentConfig)
 def hashed_config(cfg: RunConfig) -> dict[str, Any]:
     """The config as it enters a run's id: settings added later (``late``) only when they differ from
     their defaults, so ids of runs stored before they existed stay valid; ``freeze_blocks`` never
-    (``core.train.run_id_for`` adds it where it applies)."""
+    (``core.training.train.run_id_for`` adds it where it applies)."""
     config = cfg.to_dict()
     config.pop("freeze_blocks", None)
     defaults = RunConfig().to_dict()

@@ -1,6 +1,6 @@
 """TensorFlow's process-wide settings: seeds and thread pools.
 
-:func:`seed_all` exists because warm models (``core.warm``) must keep their traced graphs: setting
+:func:`seed_all` exists because warm models (``core.models.warm``) must keep their traced graphs: setting
 TensorFlow's global seed clears its kernel and function caches, which would cost a reused
 DenseNet121 its optimised graph (about 10 s) although nothing random changes.
 """

@@ -34,9 +34,9 @@ from typing import Any
 from core import compat
 from core.config import RunConfig, stable_hash
 from core.errors import SceneLabError
-from core.identity import prepare
-from core.store import Store
-from core.train import TrainingCancelled, TrainResult, train
+from core.store.folders import Store
+from core.training.identity import prepare
+from core.training.train import TrainingCancelled, TrainResult, train
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Pick a trained run (or the ImageNet backbone alone) and an image (a test-set ima
 camera). For a run that started from ImageNet weights the page explains the image twice, side by side:
 by the ImageNet backbone before fine-tuning and by the run after it, at the same block with the same
 method (Grad-CAM, Grad-CAM++, Score-CAM or occlusion), with the difference of the two maps; then the most
-active channels of the block. All the work is in :mod:`core.explain` and :mod:`core.activations`.
+active channels of the block. All the work is in :mod:`core.explain.heatmaps` and :mod:`core.explain.activations`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import streamlit as st
 
 from core.errors import SceneLabError
-from core.explain import METHODS, energy
-from core.render import DIVERGING, channel_grid, overlay, top_channels, top_k
+from core.explain.heatmaps import METHODS, energy
+from core.explain.render import DIVERGING, channel_grid, overlay, top_channels, top_k
 from ui import explain as ux
 from ui.compat import ensure_router
 from ui.settings import settings

@@ -7,10 +7,10 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from core import reference as ref
 from core.config import AUGMENT_SETTINGS, AugmentConfig
 from core.errors import SceneLabError
-from core.studyplan import DEFAULT_GRID_SAMPLE, SMALL, augmentation_grid, main_effects
+from core.study import reference as ref
+from core.study.plan import DEFAULT_GRID_SAMPLE, SMALL, augmentation_grid, main_effects
 from ui import handover, panel
 from ui.charts import draw_curves, effects_chart
 from ui.compat import ensure_router

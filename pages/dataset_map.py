@@ -3,7 +3,7 @@
 The pooled features of every train and test image, projected to 2-D (PCA, t-SNE, or UMAP where umap-learn is
 installed), coloured by true class, with the run's test mistakes marked; the ImageNet backbone (not
 fine-tuned) on the left, a trained run on the right. A click on a point shows its image and rings it in both
-maps. All the work is in :mod:`core.projection`; projections are cached in the artifacts folder.
+maps. All the work is in :mod:`core.explain.projection`; projections are cached in the artifacts folder.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 import streamlit as st
 
 from core.errors import SceneLabError
-from core.projection import METHODS, project
-from core.store import Store
+from core.explain.projection import METHODS, project
+from core.store.folders import Store
 from ui import explain as ux
 from ui.compat import ensure_router
 from ui.datasource import require_dataset

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import reference as ref
+from core.study import reference as ref
 from ui import handover, panel
 from ui.analysis import error_analysis
 from ui.charts import draw_curves

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import reference as ref
 from core.config import AugmentConfig
-from core.studyplan import SMALL, STUDY_BEST_AUG
+from core.study import reference as ref
+from core.study.plan import SMALL, STUDY_BEST_AUG
 from ui import handover, panel
 from ui.charts import chain_chart, draw_curves
 from ui.compat import ensure_router

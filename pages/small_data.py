@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import reference as ref
+from core.study import reference as ref
 from ui import handover, panel
 from ui.charts import draw_curves, sweep_chart
 from ui.compat import ensure_router

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import reference as ref
-from core import reproduce
-from core.bundled import is_bundled
-from core.studyplan import DEFAULT_GRID_SAMPLE, MODE_LABELS, MODES
+from core.data.bundled import is_bundled
+from core.study import reference as ref
+from core.study import reproduce
+from core.study.plan import DEFAULT_GRID_SAMPLE, MODE_LABELS, MODES
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import fmt_eta

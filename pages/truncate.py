@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import reference as ref
-from core.backbones import get_backbone
 from core.errors import SceneLabError
-from core.model import describe
+from core.models.backbones import get_backbone
+from core.models.model import describe
+from core.study import reference as ref
 from ui import handover, panel
 from ui.charts import truncation_chart
 from ui.compat import ensure_router

@@ -52,7 +52,7 @@ def fresh_dataset(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def store(tmp_path: Path):
-    from core.store import Store
+    from core.store.folders import Store
 
     return Store(tmp_path / "artifacts")
 
@@ -63,7 +63,7 @@ def mit64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     that need real images run everywhere, CI included)."""
     if (MIT64 / "train").is_dir():
         return MIT64
-    from core.bundled import ensure_bundled
+    from core.data.bundled import ensure_bundled
 
     return ensure_bundled(tmp_path_factory.mktemp("bundled-artifacts"))
 

@@ -7,11 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from core import activations as act
-from core import backbones, imagenet, render, scan
-from core.backbones import ResolvedWeights
+from core.data.arrays import scan
 from core.errors import WeightsError
-from core.model import build_classifier
+from core.explain.heatmaps import activations as act
+from core.explain.heatmaps import render
+from core.models import backbones, imagenet
+from core.models.backbones import ResolvedWeights
+from core.models.model import build_classifier
 
 NONE = ResolvedWeights("none", None, "test:none")
 
@@ -164,7 +166,7 @@ def test_imagenet_class_names():
 def test_lite0_imagenet_inspector_sees_a_cat(tmp_path, monkeypatch):
     from skimage.data import chelsea
 
-    from core.data import decode_image
+    from core.data.arrays import decode_image
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # the one-off conversion goes to a temp dir
     import io

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from core.backbones import BACKBONES, ResolvedWeights
 from core.config import AugmentConfig, RunConfig
-from core.identity import run_id_for
+from core.models.backbones import BACKBONES, ResolvedWeights
+from core.training.identity import run_id_for
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_FILE_LINES = 400
@@ -92,6 +92,36 @@ def test_core_has_no_import_cycle() -> None:
         if node not in state:
             visit(node)
     assert len(graph) > 20
+
+
+#: core's layers, bottom first: a module may import its own layer and those below, never one above
+LAYERS = ("foundation", "store", "data", "models", "training", "explain", "search", "study", "entry")
+FOUNDATION = {"errors", "config", "fields", "paths", "runtime", "compat"}  # core/*.py that every layer may use
+ENTRY = {"cli", "commands", "worker", "tasks", "__main__"}  # core/*.py that only the app, the CLI and tests use
+
+
+def layer_of(module: str) -> str:
+    """``core.training.phases`` -> ``training``; a top-level module is foundation or an entry point."""
+    parts = module.split(".")
+    head = parts[1] if len(parts) > 1 else "__init__"
+    if head in LAYERS:
+        return head
+    if head in FOUNDATION or head == "__init__":
+        return "foundation"
+    assert head in ENTRY, f"core/{head}.py belongs to no layer: move it into a subpackage or name it in ENTRY/FOUNDATION"
+    return "entry"
+
+
+def test_core_folders_are_its_layers_and_imports_only_go_down() -> None:
+    folders = {p.name for p in (REPO / "core").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(LAYERS) - {"foundation", "entry"}, folders
+    upward = []
+    for path in sources("core"):
+        me = layer_of(module_name(path))
+        for other in (m for m in imported_modules(path) if m.startswith("core.")):
+            if LAYERS.index(layer_of(other)) > LAYERS.index(me):
+                upward.append(f"{path.relative_to(REPO)} ({me}) imports {other} ({layer_of(other)})")
+    assert not upward, "imports that run up the layers:\n" + "\n".join(upward)
 
 
 def test_core_never_imports_streamlit_and_argparse_lives_in_the_cli() -> None:

@@ -1,4 +1,4 @@
-"""Importing a dataset zip (core.archive) and the bundled dataset (core.bundled): layouts, hostile and
+"""Importing a dataset zip (core.data.archive) and the bundled dataset (core.data.bundled): layouts, hostile and
 broken archives, decompression bombs, SIGKILL midway, and two processes at once."""
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from core import archive, bundled
-from core.archive import IMPORT_RECORD, ImportResult, Limits, default_upload_root, import_zip
-from core.data import scan_dataset
+from core.data.archive import IMPORT_RECORD, ImportResult, Limits, default_upload_root, import_zip
+from core.data.arrays import archive, bundled, scan_dataset
 from core.errors import ConfigError, DataRootError, DatasetError
 from tests.zips import CLASSES, jpeg, split_entries, write_zip
 
@@ -277,7 +276,7 @@ def kill(proc: subprocess.Popen) -> None:
 def test_sigkill_midway_leaves_no_destination_and_the_next_import_cleans_up(tmp_path, at):
     src = write_zip(tmp_path / "s.zip", split_entries())
     dest = tmp_path / "out" / "ds"
-    kill(start_paused(f"from core.archive import import_zip; import_zip({str(src)!r}, {str(dest)!r})", at))
+    kill(start_paused(f"from core.data.archive import import_zip; import_zip({str(src)!r}, {str(dest)!r})", at))
     assert not dest.exists()
     (stale,) = leftovers(tmp_path / "out")
     assert stale.startswith(".import-ds-")
@@ -288,7 +287,7 @@ def test_sigkill_midway_leaves_no_destination_and_the_next_import_cleans_up(tmp_
 def test_a_live_import_is_not_cleaned_by_another(tmp_path):
     src = write_zip(tmp_path / "s.zip", split_entries())
     out = tmp_path / "out"
-    proc = start_paused(f"from core.archive import import_zip; import_zip({str(src)!r}, {str(out / 'a')!r})", "import:write")
+    proc = start_paused(f"from core.data.archive import import_zip; import_zip({str(src)!r}, {str(out / 'a')!r})", "import:write")
     try:
         import_zip(src, out / "b")  # the same parent folder, while the other is half-way
         assert any(n.startswith(".import-a-") for n in leftovers(out))
@@ -339,7 +338,7 @@ def test_a_folder_without_the_record_is_moved_aside_not_trusted(tmp_path):
 
 
 def test_two_processes_at_once_end_with_one_valid_folder(tmp_path):
-    code = f"from core.bundled import ensure_bundled; print(ensure_bundled({str(tmp_path / 'art')!r}))"
+    code = f"from core.data.bundled import ensure_bundled; print(ensure_bundled({str(tmp_path / 'art')!r}))"
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -352,7 +351,7 @@ def test_two_processes_at_once_end_with_one_valid_folder(tmp_path):
 
 def test_sigkill_while_unpacking_the_bundled_copy_then_it_completes(tmp_path):
     art = tmp_path / "art"
-    kill(start_paused(f"from core.bundled import ensure_bundled; ensure_bundled({str(art)!r})", "import:commit"))
+    kill(start_paused(f"from core.data.bundled import ensure_bundled; ensure_bundled({str(art)!r})", "import:commit"))
     assert not (art / "bundled" / "mit_split_64").exists()
     assert bundled.is_bundled(bundled.ensure_bundled(art))
     assert sorted(p.name for p in (art / "bundled").iterdir() if not p.name.endswith(".lock")) == ["mit_split_64"]

@@ -75,9 +75,9 @@ def test_warm_model_reuse_gives_identical_results(tiny_dataset, tmp_path, phase,
     import numpy as np
 
     from core.config import RunConfig
-    from core.store import Store
-    from core.train import train
-    from core.warm import WARM
+    from core.models.warm import WARM
+    from core.store.folders import Store
+    from core.training.train import train
 
     cfg = RunConfig(phase=phase, dropout=0.2, **TINY_CFG)
     WARM.clear()
@@ -99,9 +99,9 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
 
     from core.config import RunConfig
     from core.errors import ConfigError
-    from core.runs import load_classifier
-    from core.store import Store
-    from core.train import find_run, train
+    from core.store.folders import Store
+    from core.training.runs import load_classifier
+    from core.training.train import find_run, train
 
     store = Store(tmp_path / "a")
     cfg = RunConfig(phase="full", **TINY_CFG)
@@ -117,7 +117,7 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
     head = cfg.replace(phase="head")
     assert find_run(head.replace(freeze_blocks=1), tiny_dataset, store) is None
     assert train(head, tiny_dataset, store).run_id == train(head.replace(freeze_blocks=1), tiny_dataset, store).run_id
-    from core.data import decode_dataset, scan_dataset
+    from core.data.arrays import decode_dataset, scan_dataset
 
     ds = decode_dataset(scan_dataset(tiny_dataset), 32, store.datasets_dir)
     probs = load_classifier(partial.record).predict(ds.x_test.astype("float32"), verbose=0)
@@ -129,8 +129,8 @@ def test_partial_fine_tuning_on_cached_prefix(tiny_dataset, tmp_path):
 def test_augmentation_is_one_affine_pass_and_deterministic():
     import numpy as np
 
-    from core.augment import build_augmenter, preview
     from core.config import AugmentConfig
+    from core.data.augment import build_augmenter, preview
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 24, 24, 3)).astype(np.uint8)

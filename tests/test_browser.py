@@ -18,7 +18,7 @@ import zipfile
 
 import pytest
 
-from core.backbones import BACKBONES
+from core.models.backbones import BACKBONES
 from tests.apphelpers import streamlit_server
 from tests.browserkit import (
     CHROMIUM,

@@ -15,9 +15,9 @@ import time
 import pytest
 
 from core.config import RunConfig
-from core.explain import METHODS
-from core.store import Store
-from core.train import train
+from core.explain.heatmaps import METHODS
+from core.store.folders import Store
+from core.training.train import train
 from tests.apphelpers import streamlit_server
 from tests.browserkit import BAD_TEXT, CHROMIUM, CHROMIUM_ARGS, SHOTS, go, settle, wider_than_container
 from tests.conftest import make_dataset, make_image

@@ -140,9 +140,9 @@ def test_a_reproduction_runs_ends_and_shows_the_stored_figures(server, browser):
     after = traffic.during(tab, 10)
     assert after == [], f"{len(after)} websocket frames in 10 s after the reproduction ended: a rerun loop"
     # the figures shown are the stored runs' figures
-    from core import reproduce
     from core.config import RunConfig
-    from core.store import Store
+    from core.store.folders import Store
+    from core.study import reproduce
 
     base = RunConfig(backbone="efficientnet_lite0", weights="imagenet", image_size=32)
     how = reproduce.Plan(mode="quick", repeats=2, grid_sample=4, trials=0)

@@ -1,4 +1,4 @@
-"""core.claims: how sure a figure is, and the study's conclusions as verdicts (pure arithmetic, checked by hand)."""
+"""core.study.claims: how sure a figure is, and the study's conclusions as verdicts (pure arithmetic, checked by hand)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import math
 
 import pytest
 
-from core.claims import HOLDS, MISSING, NOT_HERE, TOO_CLOSE, Estimate, difference, estimate, study_claims, t975, verdict
+from core.study.claims import (
+    HOLDS,
+    MISSING,
+    NOT_HERE,
+    TOO_CLOSE,
+    Estimate,
+    difference,
+    estimate,
+    study_claims,
+    t975,
+    verdict,
+)
 
 
 def test_one_run_on_807_test_images_is_uncertain_by_about_two_points() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from core.backbones import keras_models_dir
-from core.backbones.densenet import DENSENET121_NOTOP_FILE
 from core.cli import main
+from core.models.backbones import keras_models_dir
+from core.models.backbones.densenet import DENSENET121_NOTOP_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from core.errors import StoreError
-from core.store import Store
+from core.store.folders import Store
 from tests.apphelpers import streamlit_server
 from tests.browserkit import settle
 from tests.conftest import make_dataset
@@ -106,7 +106,7 @@ def test_the_lock_excludes_threads_and_times_out_with_one_sentence(store):
 DECODE_CHILD = r"""
 import sys
 sys.path.insert(0, sys.argv[3])
-from core.data import decode_dataset, scan_dataset
+from core.data.arrays import decode_dataset, scan_dataset
 ds = decode_dataset(scan_dataset(sys.argv[1]), 32, sys.argv[2])
 print(int(ds.x_train.sum()), len(ds.x_train), len(ds.skipped))
 """

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.data import (
+from core.data.arrays import (
     ImageDecodeError,
     decode_dataset,
     decode_image,

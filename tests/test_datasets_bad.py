@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
-from core.data import decode_dataset, scan_dataset
+from core.data.arrays import decode_dataset, scan_dataset
 from core.errors import DatasetError
 from tests.conftest import SHARED_DATASETS, make_dataset, make_image
 
@@ -137,7 +137,7 @@ def test_stray_hidden_linked_and_special_files_work(fresh_dataset, store):
 
 
 def test_non_ascii_and_non_utf8_names_work_end_to_end(tmp_path, store):
-    from core.train import train
+    from core.training.train import train
 
     names = ("café", "森林", "улица", "tab\there")
     root = tmp_path / "ünïcode ds"
@@ -165,7 +165,7 @@ def test_non_ascii_and_non_utf8_names_work_end_to_end(tmp_path, store):
 
 @pytest.mark.parametrize("n_classes", [2, 200])
 def test_two_and_two_hundred_classes_train(n_classes, tmp_path, store):
-    from core.train import train
+    from core.training.train import train
 
     root = tmp_path / f"c{n_classes}"
     per_train = 4 if n_classes == 2 else 2
@@ -241,7 +241,7 @@ def test_unreadable_image_files_simulated(fresh_dataset, store, monkeypatch):
 UNPRIVILEGED_CHILD = r"""
 import json, os, sys
 sys.path.insert(0, os.getcwd())
-from core.data import decode_dataset, decode_image, scan_dataset
+from core.data.arrays import decode_dataset, decode_image, scan_dataset
 from core.errors import DatasetError
 from PIL import Image
 Image.init()
@@ -308,8 +308,8 @@ def test_a_real_cli_process_answers_a_link_loop_with_one_sentence(tmp_path):
 def test_scene15_gray_trains_as_a_users_own_dataset(tmp_path, monkeypatch):
     if not (SCENE15 / "train").is_dir():
         pytest.skip(f"the real dataset is absent ({SCENE15}); see ../shared/datasets/README.md")
-    from core.store import Store
-    from core.train import train
+    from core.store.folders import Store
+    from core.training.train import train
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     monkeypatch.setenv("SCENELAB_DATA_ROOTS", str(SHARED_DATASETS))  # the restriction lets it in

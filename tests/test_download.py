@@ -1,4 +1,4 @@
-"""Downloading the 256 px originals (core.download) from a local HTTP server: checks, refusals,
+"""Downloading the 256 px originals (core.data.download) from a local HTTP server: checks, refusals,
 progress, interruptions. No test reaches the internet: every URL is 127.0.0.1."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from core import download as dl
-from core.data import scan_dataset
-from core.download import download, download_data, download_original, split_archive
+from core.data.arrays import download as dl
+from core.data.arrays import scan_dataset
+from core.data.download import download, download_data, download_original, split_archive
 from core.errors import DatasetError
 from tests.conftest import make_image
 
@@ -193,7 +193,7 @@ def test_download_to_a_file_is_all_or_nothing(server, tmp_path):
 def test_sigkill_during_the_transfer_leaves_nothing_that_looks_complete(server, tmp_path):
     dest = tmp_path / "data" / "mit8"
     Handler.half_sent.clear()
-    code = f"from core.download import download_original; download_original({str(dest)!r}, url={server + '/slow.zip'!r}, expected_images=80)"
+    code = f"from core.data.download import download_original; download_original({str(dest)!r}, url={server + '/slow.zip'!r}, expected_images=80)"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "no_proxy": "127.0.0.1"})
     try:
         assert Handler.half_sent.wait(60), "the download never started"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import explain as ex
-from core.activations import Inspector
 from core.errors import ConfigError
+from core.explain.activations import Inspector
+from core.explain.heatmaps import heatmaps as ex
 
 SIZE, PATCH = 32, 8
 COLOURS = np.array([(235, 40, 40), (40, 235, 40), (40, 40, 235)], np.float32)  # the class is the patch's colour

@@ -1,4 +1,4 @@
-"""Exports that work elsewhere (``core.export``, ``python -m core export``), and a head-only run that
+"""Exports that work elsewhere (``core.training.export``, ``python -m core export``), and a head-only run that
 refuses a changed weights file (issue 15, item 4).
 
 Each export is loaded in a fresh interpreter started with ``-I`` from another folder (the project is not
@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 
 from core import cli
-from core.backbones import ResolvedWeights, build_base
 from core.config import RunConfig
-from core.data import decode_dataset, scan_dataset
+from core.data.arrays import decode_dataset, scan_dataset
 from core.errors import ConfigError, StoreError, WeightsError
-from core.export import LABELS_FILE, clean_stale
-from core.runs import export_model, load_classifier
-from core.store import Store
-from core.train import train
+from core.models.backbones import ResolvedWeights, build_base
+from core.store.folders import Store
+from core.training.export import LABELS_FILE, clean_stale
+from core.training.runs import export_model, load_classifier
+from core.training.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = RunConfig(backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=2, batch_size=8, val_fraction=0.25)
@@ -161,8 +161,7 @@ def test_the_cli_exports_and_refuses_bad_input_with_one_sentence(runs, capsys, t
 
 
 def test_a_full_disk_midway_is_one_sentence_and_leaves_nothing(runs, tmp_path, monkeypatch):
-    from core import export
-
+    from core.training import export
     def full(serving, tmp, fmt, image_size):
         tmp.write_bytes(b"half a model")
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -231,7 +230,7 @@ def downloads_script(run_path: str) -> None:
 
     import streamlit as st
 
-    from core.store import Store
+    from core.store.folders import Store
     from ui.downloads import export_buttons
 
     path = Path(run_path)

@@ -215,7 +215,7 @@ def vm_bytes():
                 return int(line.split()[1]) * 1024
     return 0
 
-from core.data import ImageDecodeError, decode_dataset, decode_image, scan_dataset
+from core.data.arrays import ImageDecodeError, decode_dataset, decode_image, scan_dataset
 import numpy as np
 from PIL import Image
 Image.init()

@@ -1,4 +1,4 @@
-"""Tests for core.imagenet: the ImageNet class names shipped as core/assets/imagenet_classes.txt."""
+"""Tests for core.models.imagenet: the ImageNet class names shipped as core/assets/imagenet_classes.txt."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from core import imagenet
+from core.models import imagenet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ASSET = REPO / "core" / "assets" / "imagenet_classes.txt"

@@ -1,4 +1,4 @@
-"""``python -m core import-data ZIP --to DIR``: the command-line half of issue 12, item 4, over ``core.archive``.
+"""``python -m core import-data ZIP --to DIR``: the command-line half of issue 12, item 4, over ``core.data.archive``.
 
 The archive rules themselves are tested in ``tests/test_archive.py``; here: what the command prints, that a
 hostile or broken archive exits 2 with one sentence and leaves nothing, and the allowed data roots.
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from core import cli
-from core.archive import IMPORT_RECORD, LOCK_NAME
-from core.data import scan_dataset
-from core.security import DATA_ROOTS_ENV
+from core.data.archive import IMPORT_RECORD, LOCK_NAME
+from core.data.arrays import scan_dataset
+from core.data.security import DATA_ROOTS_ENV
 from tests.zips import CLASSES, jpeg, split_entries, write_zip
 
 REPO = Path(__file__).resolve().parent.parent

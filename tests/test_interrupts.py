@@ -2,7 +2,7 @@
 
 Kill points: the CLI (``python -m core train``) is killed with SIGKILL when its stderr shows it is
 computing backbone features, when the first training epoch is logged, half-way through writing a
-file of the run (``SCENELAB_TEST_PAUSE_AT=write``, a pause point in ``core/store.py``) and after
+file of the run (``SCENELAB_TEST_PAUSE_AT=write``, a pause point in ``core/store/folders.py``) and after
 every file is written but before the rename (``...=commit``); ``-m slow`` adds half-way through
 writing the decoded-image and feature caches. After each kill nothing claims to be complete; the
 restart finishes the run and reuses the caches that were complete.
@@ -36,9 +36,9 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
-from core.data import decode_dataset, scan_dataset
+from core.data.arrays import decode_dataset, scan_dataset
 from core.errors import StoreError
-from core.store import RUN_FILES, Store
+from core.store.folders import RUN_FILES, Store
 from tests.conftest import make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ def cache_files(folder: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def template(tiny_dataset, tmp_path_factory):
     """One trained TINY run (and its caches), trained once; tests copy it with :func:`copy_template`."""
-    from core.train import train
+    from core.training.train import train
 
     root = tmp_path_factory.mktemp("template") / "artifacts"
     result = train(TINY.replace(seed=41), tiny_dataset, Store(root))
@@ -211,7 +211,7 @@ def test_corrupt_decoded_cache_is_reported_and_rebuilt(damage, fresh_dataset, st
     ds = decode_dataset(info, 32, store.datasets_dir)
     (cache,) = store.datasets_dir.glob("*.npz")
     damage(cache)
-    with caplog.at_level(logging.WARNING, logger="core.data"):
+    with caplog.at_level(logging.WARNING, logger="core.data.arrays"):
         again = decode_dataset(info, 32, store.datasets_dir)
     assert "is corrupt" in caplog.text and "rebuilding" in caplog.text
     assert np.array_equal(again.x_train, ds.x_train) and again.skipped == ds.skipped
@@ -232,7 +232,7 @@ def test_tampered_decoded_cache_values_are_not_trusted(fresh_dataset, store, cap
 
 
 def test_corrupt_feature_cache_is_reported_and_rebuilt(tiny_dataset, store, caplog):
-    from core.train import train
+    from core.training.train import train
 
     first = train(TINY, tiny_dataset, store)
     (features,) = cache_files(store.features_dir)
@@ -262,7 +262,7 @@ def test_corrupt_feature_cache_is_reported_and_rebuilt(tiny_dataset, store, capl
     ids=["bad-json", "empty-config", "config-not-object", "deep-json", "bad-csv", "missing-history"],
 )
 def test_damaged_run_is_quarantined_and_reported(file, content, template, tiny_dataset, tmp_path, caplog):
-    from core.train import find_run
+    from core.training.train import find_run
 
     store, record = copy_template(template, tmp_path / "artifacts")
     target = record.path / file
@@ -270,7 +270,7 @@ def test_damaged_run_is_quarantined_and_reported(file, content, template, tiny_d
         target.unlink()
     else:
         target.write_text(content)
-    with caplog.at_level(logging.WARNING, logger="core.store"):
+    with caplog.at_level(logging.WARNING, logger="core.store.folders"):
         assert store.load_run(record.run_id) is None
     assert "is damaged" in caplog.text
     assert list(store.runs_dir.glob(f".corrupt-{record.run_id}-*")) and claimed_runs(store.root) == []
@@ -278,7 +278,7 @@ def test_damaged_run_is_quarantined_and_reported(file, content, template, tiny_d
 
 
 def test_damaged_run_is_retrained(template, tiny_dataset, tmp_path):
-    from core.train import train
+    from core.training.train import train
 
     store, record = copy_template(template, tmp_path / "artifacts")
     (record.path / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
@@ -387,7 +387,7 @@ def test_full_or_read_only_artifacts_is_one_sentence_and_keeps_earlier_results(e
 
 
 def test_unwritable_caches_only_cost_speed(fresh_dataset, tmp_path, monkeypatch, caplog):
-    from core.train import train
+    from core.training.train import train
 
     store = Store(tmp_path / "artifacts")
     with failing_writes(monkeypatch, store.root, errno.ENOSPC, only=("datasets", "features")):
@@ -445,7 +445,7 @@ def _fill(path: Path) -> None:
 
 
 def test_real_full_disk_and_read_only_mount(template, tiny_dataset, tmp_path, monkeypatch):
-    from core.train import train
+    from core.training.train import train
 
     monkeypatch.setenv("SCENELAB_MIN_FREE_MB", "1")  # the whole tmpfs is smaller than the default margin
     with small_tmpfs(tmp_path / "mnt") as mnt:
@@ -479,7 +479,7 @@ def test_real_full_disk_and_read_only_mount(template, tiny_dataset, tmp_path, mo
 HOLD_LOCK = r"""
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from core.store import Store
+from core.store.folders import Store
 with Store(sys.argv[1]).lock(sys.argv[2]):
     print("locked", flush=True)
     time.sleep(600)

@@ -1,4 +1,4 @@
-"""Tests for core.legacy_pth: reading PyTorch's legacy torch.save format without torch, and refusing
+"""Tests for core.models.legacy_pth: reading PyTorch's legacy torch.save format without torch, and refusing
 every file that is not a plain state dict before any of its code can run."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core import lite0
 from core.errors import WeightsError
-from core.legacy_pth import read_legacy_pth
+from core.models import lite0
+from core.models.legacy_pth import read_legacy_pth
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 TOTAL_PARAMS = 4_694_024
@@ -124,7 +124,7 @@ def test_trailing_bytes_are_logged_not_refused(tmp_path: pathlib.Path, caplog: p
     a = _storage("0", FloatStorage, 2)
     path = tmp_path / "trailing.pth"
     path.write_bytes(_tiny_file({"0": (FloatStorage, np.ones(2, np.float32))}, {"x": _Tensor(a, 0, (2,), (1,))}, b"xx"))
-    with caplog.at_level(logging.WARNING, logger="core.legacy_pth"):
+    with caplog.at_level(logging.WARNING, logger="core.models.legacy_pth"):
         assert read_legacy_pth(path)["x"].tolist() == [1.0, 1.0]
     assert "2 unexpected bytes" in caplog.text
 

@@ -1,4 +1,4 @@
-"""Tests for core.lite0: the Keras EfficientNet-Lite0, its weight conversion and its weights file.
+"""Tests for core.models.lite0: the Keras EfficientNet-Lite0, its weight conversion and its weights file.
 
 The legacy .pth reader it uses is tested in test_legacy_pth.py."""
 
@@ -16,9 +16,9 @@ import pytest
 from skimage import data as skdata
 from skimage import transform
 
-from core import lite0
 from core.errors import WeightsError
-from core.legacy_pth import read_legacy_pth
+from core.models import lite0
+from core.models.legacy_pth import read_legacy_pth
 
 FC_PARAMS = 1280 * 1000 + 1000
 TOTAL_PARAMS = 4_694_024

@@ -11,12 +11,12 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
-from core.data import ImageDecodeError
-from core.decode import decode_upload
+from core.data.arrays import ImageDecodeError
+from core.data.decode import decode_upload
 from core.errors import SceneLabError
-from core.explain import METHODS
-from core.store import Store
-from core.train import train
+from core.explain.heatmaps import METHODS
+from core.store.folders import Store
+from core.training.train import train
 
 PAGE = Path(__file__).resolve().parent.parent / "pages" / "activations.py"
 TINY = RunConfig(
@@ -175,7 +175,7 @@ def test_page_without_runs_offers_imagenet_and_says_why_not(tmp_path, tiny_datas
     def missing(*args, **kwargs):
         raise WeightsError("DenseNet121 ImageNet weights are not cached; choose efficientnet_lite0.")
 
-    monkeypatch.setattr("core.activations.resolve_weights", missing)
+    monkeypatch.setattr("core.explain.activations.resolve_weights", missing)
     at = _page(tmp_path / "empty", tiny_dataset).run()
     assert not at.exception, at.exception
     assert at.selectbox(key="act_model").value == "imagenet"
@@ -184,10 +184,10 @@ def test_page_without_runs_offers_imagenet_and_says_why_not(tmp_path, tiny_datas
 
 
 def test_page_bare_imagenet_backbone_shows_feature_maps_only(tmp_path, tiny_dataset, monkeypatch):
-    from core.backbones import ResolvedWeights
+    from core.models.backbones import ResolvedWeights
 
     # stand-in for cached DenseNet121 ImageNet weights: the same path with a random initialisation
-    monkeypatch.setattr("core.activations.resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
+    monkeypatch.setattr("core.explain.activations.resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
     at = _page(tmp_path / "empty", tiny_dataset)
     at.session_state["image_size"] = 48  # a cache key of its own
     at.run()
@@ -229,7 +229,7 @@ def _gallery_script() -> None:
     import numpy as np
     import streamlit as st
 
-    from core.store import Store
+    from core.store.folders import Store
     from ui.gallery import mistakes_gallery
 
     record = Store(st.session_state["artifacts"]).load_run(st.session_state["run_id"])

@@ -205,7 +205,7 @@ def test_start_worker_runs_in_the_background(tiny_dataset: Path, demo) -> None:
 
 def test_a_best_run_trained_elsewhere_says_where_and_trains_here_under_its_id(tiny_dataset: Path, tmp_path: Path) -> None:
     from core.config import RunConfig
-    from core.identity import prepare
+    from core.training.identity import prepare
     from ui.resources import _worker
 
     here = tmp_path / "artifacts-here"

@@ -13,8 +13,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
-from core.store import Store
-from core.train import train
+from core.store.folders import Store
+from core.training.train import train
 from tests.apphelpers import metrics, texts
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The dataset as a map (core.projection) and ``python -m core project|explain`` on tiny generated data."""
+"""The dataset as a map (core.explain.projection) and ``python -m core project|explain`` on tiny generated data."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import json
 import numpy as np
 import pytest
 
-from core import projection as pj
 from core.cli import main
 from core.config import RunConfig
 from core.errors import ConfigError
-from core.store import Store
-from core.train import train
+from core.explain.heatmaps import projection as pj
+from core.store.folders import Store
+from core.training.train import train
 from tests.conftest import make_image
 
 TINY = RunConfig(backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=1, batch_size=8,

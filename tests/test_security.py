@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from core.config import RunConfig
-from core.data import ImageDecodeError, decode_image, scan_dataset
+from core.data.arrays import ImageDecodeError, decode_image, scan_dataset
+from core.data.security import DATA_ROOTS_ENV, allowed_roots, check_data_root
 from core.errors import DataRootError, DatasetError, WeightsError
-from core.security import DATA_ROOTS_ENV, allowed_roots, check_data_root
 from tests.conftest import make_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_the_cli_enforces_the_roots(roots, tmp_path, capsys):
 
 # -- no unsafe deserialisation in the code ------------------------------------------------------------
 SCANNED = ["core", "pages", "app.py", "bench"]
-PICKLE_ALLOWED = {"core/legacy_pth.py"}  # its restricted unpickler allows four globals; tested in test_legacy_pth.py
+PICKLE_ALLOWED = {"core/models/legacy_pth.py"}  # its restricted unpickler allows four globals; tested in test_legacy_pth.py
 
 
 def _python_files() -> list[Path]:
@@ -199,8 +199,7 @@ def test_no_unsafe_deserialisation_anywhere():
 
 
 def test_lite0_unpickler_allows_only_its_globals():
-    from core import legacy_pth
-
+    from core.models import legacy_pth
     allowed = set(legacy_pth._ALLOWED_GLOBALS) if hasattr(legacy_pth, "_ALLOWED_GLOBALS") else None
     source = (REPO / "core" / "legacy_pth.py").read_text()
     assert "def find_class" in source and "pickle.load(" not in source and "pickle.loads(" not in source
@@ -221,8 +220,8 @@ def _evil_model(tmp_path: Path, marker: Path):
 def test_a_keras_file_with_a_lambda_is_refused_and_never_runs(tmp_path, tiny_dataset):
     import keras
 
-    from core.runs import load_classifier
-    from core.store import RunRecord
+    from core.store.folders import RunRecord
+    from core.training.runs import load_classifier
 
     marker = tmp_path / "pwned"
     model = _evil_model(tmp_path, marker)
@@ -248,7 +247,7 @@ def test_a_keras_file_with_a_lambda_is_refused_and_never_runs(tmp_path, tiny_dat
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5", ".pth"])
 def test_malicious_weights_files_are_refused_and_never_run(suffix, tmp_path, tiny_dataset, store):
-    from core.train import train
+    from core.training.train import train
 
     class RunsCommand:
         def __reduce__(self):
@@ -367,7 +366,7 @@ def test_the_secret_patterns_match_what_they_should():
 
 def test_no_secret_or_developer_path_in_the_repository():
     files = repository_files()
-    assert "core/data.py" in files
+    assert "core/data/arrays.py" in files
     problems = [f"{f}: secret-looking file name" for f in files if SECRET_FILE_NAMES.search(f)]
     for rel in files:
         raw = (REPO / rel).read_bytes()
@@ -381,7 +380,7 @@ def test_no_secret_or_developer_path_in_the_repository():
 
 
 def test_arrays_with_pickled_objects_are_never_loaded(tmp_path, caplog):
-    from core.store import load_npz
+    from core.store.folders import load_npz
 
     class Payload:
         def __reduce__(self):

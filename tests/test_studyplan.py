@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core import reproduce
-from core.backbones import get_backbone
 from core.config import RunConfig
 from core.errors import ConfigError
-from core.studyplan import FAITHFUL, FINETUNE, SEED_STEP, finetuned, study_rows
+from core.models.backbones import get_backbone
+from core.study import reproduce
+from core.study.plan import FAITHFUL, FINETUNE, SEED_STEP, finetuned, study_rows
 
 BASE = RunConfig(backbone="efficientnet_lite0", weights="imagenet", image_size=32)
 KEYS = ["t0-finetune", "t0-head", "t1-cut0", "t1-cut1", "t1-cut2", "t1-cut3", "t1-cut1-dense", "t1-cut2-dense",
@@ -83,7 +83,7 @@ def test_a_bad_plan_is_one_sentence(plan: reproduce.Plan, words: str) -> None:
 
 
 def test_the_table_of_an_empty_store_counts_each_run_once(tmp_path: Path, tiny_dataset: Path) -> None:
-    from core.store import Store
+    from core.store.folders import Store
     from ui.study import progress_counts
 
     how = reproduce.Plan(mode="faithful", repeats=2, grid_sample=2, trials=3)

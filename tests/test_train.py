@@ -7,15 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from core import backbones, features, identity
-from core import runs as runs_mod
-from core import store as store_mod
-from core import train as train_mod
 from core.config import AugmentConfig, RunConfig
 from core.errors import ConfigError, WeightsError
-from core.runs import load_classifier
-from core.store import Store
-from core.train import TrainingCancelled, find_run, train
+from core.models import backbones
+from core.store.folders import Store
+from core.store.folders import folders as store_mod
+from core.training import features, identity
+from core.training import runs as runs_mod
+from core.training import train as train_mod
+from core.training.runs import load_classifier
+from core.training.train import TrainingCancelled, find_run, train
 
 TINY = RunConfig(
     backbone="densenet121",
@@ -78,7 +79,7 @@ def test_run_id_depends_on_config_and_dataset_content(tiny_dataset, fresh_datase
 def test_saved_head_reloads_to_same_predictions(tiny_dataset, store):
     result = train(TINY, tiny_dataset, store)
     model = load_classifier(result.record)
-    from core.data import decode_dataset, scan_dataset
+    from core.data.arrays import decode_dataset, scan_dataset
 
     ds = decode_dataset(scan_dataset(tiny_dataset), 32, store.datasets_dir)
     probs = np.asarray(model.predict(ds.x_test.astype("float32"), verbose=0))
@@ -177,7 +178,7 @@ def test_lite0_head_trains_on_tiny_data(tiny_dataset, tmp_path, monkeypatch):
 
 
 def test_augmented_runs_are_reproducible(tiny_dataset, tmp_path):
-    from core.store import Store
+    from core.store.folders import Store
 
     cfg = TINY.replace(augment=AugmentConfig(rotation=20, zoom=0.2, hflip=True), epochs=2, seed=3)
     a = train(cfg, tiny_dataset, Store(tmp_path / "a")).record
@@ -232,7 +233,7 @@ def test_tta_averages_image_and_mirror(tiny_dataset, tmp_path, phase):
     assert tta.run_id != plain.run_id
     # the same seed trains the same weights; only evaluation differs: the mean with the mirror's probabilities
     model = load_classifier(tta.record)
-    from core.data import decode_dataset, scan_dataset
+    from core.data.arrays import decode_dataset, scan_dataset
 
     x = decode_dataset(scan_dataset(tiny_dataset), 32, store.datasets_dir).x_test.astype("float32")
     expected = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
@@ -254,8 +255,7 @@ def test_late_settings_at_default_keep_earlier_run_ids():
 def test_augmented_heads_share_their_epochs_of_augmented_features(tiny_dataset, store):
     """A head with augmentation trains on each epoch's augmented images' features, computed once: a second run
     with the same augmentation and another head (the regularisation variants) computes none again."""
-    from core import augbank
-
+    from core.training import augbank
     augbank._banks.clear()
     aug = TINY.replace(augment=AugmentConfig(zoom=0.2, hflip=True), epochs=3)
     first = train(aug, tiny_dataset, store)

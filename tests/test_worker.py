@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from core import identity
-from core import train as train_mod
 from core.config import RunConfig
-from core.train import train
+from core.training import identity
+from core.training import train as train_mod
+from core.training.train import train
 from core.worker import Worker, error_sentence, estimate_eta
 
 TINY = RunConfig(

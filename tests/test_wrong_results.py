@@ -17,9 +17,9 @@ import pytest
 
 from core.config import SEED_MAX, RunConfig
 from core.errors import ConfigError
-from core.fit import TrainingDiverged
-from core.store import Store
-from core.train import train
+from core.store.folders import Store
+from core.training.fit import TrainingDiverged
+from core.training.train import train
 from core.worker import Worker
 from tests.test_interrupts import _env, kill_when
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.store import RunRecord
+from core.store.folders import RunRecord
 from ui.charts import confusion_chart
 from ui.gallery import mistakes_gallery
 

@@ -1,6 +1,6 @@
 """The dataset part of the sidebar: the folder and its report, the bundled copy, the 256 px download.
 
-A fresh install opens on the bundled 64 px MIT_split (``core.bundled``); with internet the originals
+A fresh install opens on the bundled 64 px MIT_split (``core.data.bundled``); with internet the originals
 (256 px) are one click away: a background task (``core.tasks``) downloads and checks them, the sidebar
 shows its progress and switches to them when they are ready.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.bundled import is_bundled
-from core.data import DatasetInfo
-from core.download import default_original_dest, download_original
+from core.data.arrays import DatasetInfo
+from core.data.bundled import is_bundled
+from core.data.download import default_original_dest, download_original
 from core.errors import SceneLabError
 from ui.format import fmt_eta, shown_path
 from ui.panel import bind
@@ -65,8 +65,8 @@ def require_dataset() -> DatasetInfo:
 
 def known_datasets() -> dict[str, str]:
     """Datasets a user can pick without typing a server path: path -> a name to show."""
-    from core.archive import default_upload_root
-    from core.bundled import bundled_folder
+    from core.data.archive import default_upload_root
+    from core.data.bundled import bundled_folder
 
     found: dict[str, str] = {}
     bundled = bundled_folder(settings()["artifacts"])
@@ -129,7 +129,7 @@ def _report(info: DatasetInfo) -> None:
 
 def upload_control() -> None:
     """A zip of ``train/<class>/`` and ``test/<class>/`` (or of class folders, then split) becomes the dataset."""
-    from core.archive import Limits, default_upload_root, import_zip
+    from core.data.archive import Limits, default_upload_root, import_zip
 
     limits = Limits()
     with st.expander("Add a dataset (.zip)"):

@@ -1,6 +1,6 @@
 """The downloads of one run: its classifier as ``.keras`` and ``.tflite``, and their labels and model cards.
 
-Each file is written by :func:`core.runs.export_model` on the first click (a few seconds for ``.keras``,
+Each file is written by :func:`core.training.runs.export_model` on the first click (a few seconds for ``.keras``,
 ten or more for ``.tflite``: the TFLite converter), then kept in the system's temporary folder under the
 run id and its training time (a run retrained with ``--force`` gets new files), so later clicks, reruns
 and other sessions download at once.
@@ -18,9 +18,9 @@ from typing import Any
 import streamlit as st
 
 from core.errors import SceneLabError, first_line
-from core.export import LABELS_FILE
-from core.runs import export_model
-from core.store import RunRecord
+from core.store.folders import RunRecord
+from core.training.export import LABELS_FILE
+from core.training.runs import export_model
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "scenelab-exports"
 FORMATS = {

@@ -1,6 +1,6 @@
 """What page 6 and the mistakes gallery share: models taken apart once, image sources, block names, maps.
 
-Models are loaded once per process (``st.cache_resource``: an :class:`core.activations.Inspector` per run
+Models are loaded once per process (``st.cache_resource``: an :class:`core.explain.activations.Inspector` per run
 and per ImageNet backbone and size); explanations are cached per image, block, method and class
 (``st.cache_data``), so moving the opacity slider redraws without recomputing.
 """
@@ -16,14 +16,14 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core.activations import Inspector, imagenet_inspector
-from core.decode import UPLOAD_TYPES, decode_image, decode_upload
+from core.data.decode import UPLOAD_TYPES, decode_image, decode_upload
+from core.data.scan import test_images
 from core.errors import SceneLabError, StoreError
-from core.explain import METHODS, Comparison, Explanation, compare, explain
-from core.render import DIVERGING, JET, colorbar
-from core.runs import load_classifier
-from core.scan import test_images
-from core.store import Store
+from core.explain.activations import Inspector, imagenet_inspector
+from core.explain.heatmaps import METHODS, Comparison, Explanation, compare, explain
+from core.explain.render import DIVERGING, JET, colorbar
+from core.store.folders import Store
+from core.training.runs import load_classifier
 
 SOURCE_TEST, SOURCE_UPLOAD, SOURCE_CAMERA = "Test-set image", "Upload a photo", "Camera"
 METHOD_HELP = {

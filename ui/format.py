@@ -15,8 +15,8 @@ import pandas as pd
 import streamlit as st
 
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, RunConfig
-from core.runs import summary_row
-from core.store import RunRecord
+from core.store.folders import RunRecord
+from core.training.runs import summary_row
 from ui.catalog import page_of_run
 from ui.settings import CONFIG_SHARED_KEYS
 

@@ -2,7 +2,7 @@
 
 ``mistakes_gallery(record, indices, root, key=...)`` draws the test images ``indices`` (rows of the run's
 stored predictions) with their top-3 probabilities; a toggle overlays each image's Grad-CAM heatmap of
-the class the run predicted, at the run's default block (:mod:`core.explain`), computed once per image.
+the class the run predicted, at the run's default block (:mod:`core.explain.heatmaps`), computed once per image.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import streamlit as st
 
 from core.errors import SceneLabError
-from core.render import overlay
-from core.store import RunRecord
+from core.explain.render import overlay
+from core.store.folders import RunRecord
 from ui import explain as ux
 from ui.resources import thumbnail
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import streamlit as st
 
-from core.backbones import BACKBONES
 from core.config import RunConfig
 from core.errors import SceneLabError
+from core.models.backbones import BACKBONES
 from ui.catalog import PAGES as CATALOG
 from ui.catalog import page_of_run
 from ui.format import augment_label

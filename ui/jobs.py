@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.config import RunConfig
-from core.store import RunRecord
+from core.store.folders import RunRecord
 from core.worker import Job
 from ui.charts import draw_curves
 from ui.format import fmt_acc, fmt_eta, fmt_seconds, run_name

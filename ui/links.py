@@ -13,10 +13,10 @@ from typing import Any
 
 import streamlit as st
 
-from core.backbones import BACKBONES
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS
 from core.errors import ConfigError
 from core.fields import check_value
+from core.models.backbones import BACKBONES
 from ui.panel import key as value_key
 from ui.settings import CONFIG_SHARED_KEYS, SIZE_TOUCHED
 

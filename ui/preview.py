@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core.augment import preview
 from core.config import AugmentConfig
-from core.data import DatasetInfo, decode_image
+from core.data.arrays import DatasetInfo, decode_image
+from core.data.augment import preview
 from core.errors import SceneLabError
 
 

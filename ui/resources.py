@@ -14,12 +14,12 @@ import numpy as np
 import streamlit as st
 
 from core.config import RunConfig
-from core.data import DatasetInfo, decode_image, scan_dataset
+from core.data.arrays import DatasetInfo, decode_image, scan_dataset
 from core.errors import SceneLabError
-from core.identity import prepare
-from core.runs import runs_like as _runs_like
-from core.store import RunRecord, Store
+from core.store.folders import RunRecord, Store
 from core.tasks import Task, TaskFn
+from core.training.identity import prepare
+from core.training.runs import runs_like as _runs_like
 from core.worker import Worker
 from ui.settings import settings
 

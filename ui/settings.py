@@ -12,10 +12,10 @@ from typing import Any
 
 import streamlit as st
 
-from core.backbones import default_backbone
-from core.bundled import default_dataset
 from core.config import RunConfig
+from core.data.bundled import default_dataset
 from core.errors import SceneLabError
+from core.models.backbones import default_backbone
 from core.paths import default_artifacts
 
 SHARED_KEYS = ("data_root", "backbone", "weights", "image_size", "tta", "seed", "artifacts")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.backbones import BACKBONES, default_backbone, weights_status
 from core.config import RUN_SETTINGS, SEED_MAX
-from core.data import DatasetInfo
-from core.scan import image_size_of
+from core.data.arrays import DatasetInfo
+from core.data.scan import image_size_of
+from core.models.backbones import BACKBONES, default_backbone, weights_status
 from ui.datasource import dataset_section
 from ui.panel import bind
 from ui.resources import get_worker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.store import RunRecord
+from core.store.folders import RunRecord
 from ui.format import fmt_acc, fmt_seconds, result_caption
 
 METRICS = (("train_accuracy", "Train accuracy"), ("val_accuracy", "Validation accuracy"), ("test_accuracy", "Test accuracy"))

@@ -18,14 +18,15 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import reproduce, throughput
 from core.config import RunConfig
 from core.errors import SceneLabError
 from core.search import processes
 from core.search.study import option_flag
-from core.store import Store
-from core.studyplan import MODE_LABELS, MODES, Row
+from core.store.folders import Store
+from core.study import reproduce
+from core.study.plan import MODE_LABELS, MODES, Row
 from core.tasks import TaskCancelled
+from core.training import throughput
 from ui.resources import get_task, get_worker, start_task
 from ui.settings import is_admin, user_name
 
@@ -73,8 +74,8 @@ def cached_estimate(base: RunConfig, data_root: str, store: Store, how: reproduc
 def differences(base: RunConfig, source: str, image_size: int) -> str:
     """The "What differs from the study" box: the data, the backbone, the selection, and per task what each
     mode trains (frozen or fine-tuned, epochs, frozen prefix)."""
-    from core.backbones import get_backbone
-    from core.studyplan import FAITHFUL, FINETUNE, finetuned
+    from core.models.backbones import get_backbone
+    from core.study.plan import FAITHFUL, FINETUNE, finetuned
 
     spec = get_backbone(base.backbone)
     tuned = finetuned(base.replace(phase="head"))

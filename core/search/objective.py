@@ -81,7 +81,7 @@ class Objective:
     def __call__(self, trial: optuna.trial.BaseTrial) -> float:
         import keras
 
-        from core.train import TrainingCancelled, train
+        from core.training.train import TrainingCancelled, train
 
         keras.backend.clear_session()
         _drop_warm_models()
@@ -168,9 +168,9 @@ class Objective:
 
 
 def _drop_warm_models() -> None:
-    """Forget ``core.warm``'s warm compiled models: their graphs went with the cleared session.
+    """Forget ``core.models.warm``'s warm compiled models: their graphs went with the cleared session.
 
     A search seldom reuses one anyway (dropout, optimizer and weight decay are part of their key)."""
-    from core.warm import WARM
+    from core.models.warm import WARM
 
     WARM.clear()

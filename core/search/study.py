@@ -21,17 +21,17 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, RunConfig
+from core.data.scan import scan_dataset
 from core.errors import ConfigError, SceneLabError
 from core.fields import flag_of
 from core.paths import default_artifacts
-from core.scan import scan_dataset
 from core.search.objective import Objective, resolve_repeats
 from core.search.samplers import make_pruner, make_sampler
 from core.search.space import SEARCHABLE, Space, build_space, check_space, read_space_file
 from core.search.storage import open_storage, redact, resolve_storage_url
 from core.search.summaries import SETTINGS_ATTR, best_config, load_study, study_settings, summary, trial_rows
 from core.search.workers import run_worker
-from core.store import Store
+from core.store.folders import Store
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _check_join(req: StudyRequest, stored: dict[str, Any], space_file: dict[str,
 
 def _new_settings(req: StudyRequest, space_file: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
     """The settings a new study is created with, and its data root."""
-    from core.bundled import default_dataset
+    from core.data.bundled import default_dataset
     from core.paths import default_artifacts
 
     data = req.data or default_dataset(req.artifacts or default_artifacts())  # SCENELAB_DATA, else the bundled copy

@@ -1,0 +1,1 @@
+"""Dataset folders, decoding, splits, archives, the bundled copy, fingerprints, augmentation."""

@@ -1,0 +1,1 @@
+"""Activations, CAM methods, projections, pictures."""

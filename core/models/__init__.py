@@ -1,0 +1,1 @@
+"""The backbone registry, builders, surgery, weights, warm compiled models."""

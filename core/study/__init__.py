@@ -1,0 +1,1 @@
+"""The study's plan, its reproduction, the published figures, claims, reports."""
