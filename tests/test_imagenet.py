@@ -80,7 +80,7 @@ def test_missing_or_short_file_gives_generic_names(
     assert names[285] == "ImageNet class 285" and len(names) == 1000
     assert "cannot read the ImageNet class names" in caplog.text
     imagenet._short_names.cache_clear()
-    monkeypatch.setattr(imagenet, "_ASSET_FOLDER", ".")
+    monkeypatch.setattr(imagenet, "_ASSET_FOLDER", "models")
     monkeypatch.setattr(imagenet, "_ASSET_NAME", "imagenet.py")  # a file, but not 1000 names
     assert imagenet.imagenet_class_names()[0] == "ImageNet class 0"
     assert "instead of 1000" in caplog.text
