@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
 from core import activations as act
-from core import backbones, imagenet, render, scan
+from core import imagenet, render, scan
 from core.backbones import ResolvedWeights
 from core.errors import WeightsError
 from core.model import build_classifier
@@ -187,14 +185,21 @@ def test_lite0_imagenet_inspector_sees_a_cat(tmp_path, monkeypatch):
     assert inspector.layers[-1] == "top_activation"
 
 
-def test_densenet_imagenet_without_weights_is_one_sentence(monkeypatch):
-    def missing() -> object:
-        raise WeightsError("DenseNet121 ImageNet weights are not cached; use efficientnet_lite0.")
+def test_densenet_imagenet_without_weights_is_one_sentence(tmp_path, monkeypatch):
+    """Nothing cached (an empty KERAS_HOME) and the download failing as it does offline: the registry's own
+    sentence, naming the missing file and the offline backbone, reaches the caller."""
+    import keras
 
-    spec = dataclasses.replace(backbones.BACKBONES["densenet121"], imagenet_weights=missing)
-    monkeypatch.setitem(backbones.BACKBONES, "densenet121", spec)
-    with pytest.raises(WeightsError, match="not cached"):
+    def offline(*args: object, **kwargs: object) -> str:
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(WeightsError) as exc:
         act.imagenet_inspector("densenet121", 32)
+    sentence = str(exc.value)
+    assert sentence.startswith("DenseNet121 ImageNet weights are not cached (") and "\n" not in sentence
+    assert str(tmp_path / "keras" / "models") in sentence and "efficientnet_lite0" in sentence
 
 
 def test_densenet_imagenet_backbone_gives_feature_maps_only(monkeypatch):
