@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core import activations as act
-from core import imagenet, render, scan
+from core import imagenet, metrics, render, scan
 from core.backbones import ResolvedWeights
 from core.errors import WeightsError
 from core.model import build_classifier
@@ -147,9 +147,9 @@ def test_top_channels_and_top_k():
     maps[:, :, 1] = 2.0
     assert render.top_channels(maps, 2) == [3, 1]
     probs = np.array([0.1, 0.6, 0.3])
-    assert render.top_k(probs, ["a", "b", "c"], k=2) == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
+    assert metrics.top_k(probs, ["a", "b", "c"], k=2) == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
     with pytest.raises(ValueError, match="Received: 2 names"):
-        render.top_k(probs, ["a", "b"])
+        metrics.top_k(probs, ["a", "b"])
 
 
 def test_imagenet_class_names():
@@ -178,7 +178,7 @@ def test_lite0_imagenet_inspector_sees_a_cat(tmp_path, monkeypatch):
     assert probs.shape == (1000,)
     top3 = [int(i) for i in np.argsort(-probs)[:3]]
     assert any(281 <= i <= 285 for i in top3), top3  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-    ranked = render.top_k(probs, inspector.classes, 3)
+    ranked = metrics.top_k(probs, inspector.classes, 3)
     assert len(ranked) == 3 and ranked[0][1] >= ranked[1][1]
     heat, cls = inspector.grad_cam(img)
     assert cls == top3[0] and heat.shape == (7, 7) and heat.max() == pytest.approx(1.0)
