@@ -160,7 +160,9 @@ def head_epoch_seconds(store: Any, backbone: str) -> float | None:
         per: dict[str, list[float]] = {}
         for record in store.list_runs():
             cfg, m = record.config.get("run", {}), record.metrics
-            cached = cfg.get("phase") == "head" and not any(v for k, v in cfg.get("augment", {}).items() if k != "hflip")
+            cached = cfg.get("phase") == "head" and not any(
+                v for k, v in cfg.get("augment", {}).items() if k != "hflip"
+            )
             if cached and m.get("seconds") and m.get("epochs_run"):
                 spent = float(m["seconds"]) - float(m.get("feature_seconds") or 0.0)
                 per.setdefault(str(cfg.get("backbone")), []).append(max(0.0, spent) / int(m["epochs_run"]))

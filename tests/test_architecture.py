@@ -102,6 +102,16 @@ def test_core_never_imports_streamlit_and_argparse_lives_in_the_cli() -> None:
             assert "argparse" not in imports, f"{path}: argparse code belongs in core/cli.py"
 
 
+def test_nothing_in_core_imports_the_command_line_but_the_entry_point() -> None:
+    """core.cli and core.commands sit on top of core: only ``python -m core`` (core/__main__.py) and each other
+    import them, so the search's worker processes and the engine never run back up the layers."""
+    top = {"core.cli", "core.commands"}
+    for path in sources("core"):
+        if module_name(path) in top | {"core.__main__"}:
+            continue
+        assert not imported_modules(path) & top, f"{path} imports the command line"
+
+
 def test_pages_start_and_signal_no_processes() -> None:
     for path in sources("pages", "app.py"):
         imports = imported_modules(path)
@@ -247,3 +257,6 @@ def test_the_search_draws_hyperparameters_only() -> None:
         with pytest.raises(ConfigError, match=f"Unknown search parameter.*{name}"):
             check_space({name: [1, 2]})
     assert {"optimizer", "lr", "dropout", "batch_size"} <= set(SEARCHABLE)
+    from core.search.space import DEFAULT_SPACE
+
+    assert set(DEFAULT_SPACE) <= set(SEARCHABLE)  # the study's sweep searches only what may be searched

@@ -61,7 +61,9 @@ def check_train_step(f: dict) -> None:
         ("float32", 32, 3), ("mixed_bfloat16", 32, 3)]  # fmt: skip
     for r in results:  # GFLOP/s is images/s times the counted GFLOP per image; shares of the two peaks
         assert r["achieved_gflops"] == pytest.approx(r["images_per_s"] * r["train_gflop_per_image"], rel=0.02, abs=0.2)
-        assert r["fraction_of_nominal_peak"] == pytest.approx(r["achieved_gflops"] / f["nominal_fp32_peak_gflops"], abs=2e-3)
+        assert r["fraction_of_nominal_peak"] == pytest.approx(
+            r["achieved_gflops"] / f["nominal_fp32_peak_gflops"], abs=2e-3
+        )
         assert r["train_gflop_per_image"] > 2 * r["forward_gflop_per_image"] > 0  # backward costs about twice forward
         assert r["steps"] >= 1
     best = max(results, key=lambda r: r["achieved_gflops"])
@@ -121,7 +123,9 @@ def test_benchmarks_md_is_the_reports_output():
     proc = subprocess.run([sys.executable, "-m", "bench.report", "bench/results"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == (REPO / "BENCHMARKS.md").read_text(), "regenerate: python -m bench.report bench/results > BENCHMARKS.md"
+    assert proc.stdout == (REPO / "BENCHMARKS.md").read_text(), (
+        "regenerate: python -m bench.report bench/results > BENCHMARKS.md"
+    )
 
 
 def test_the_report_names_each_sections_machine_from_its_results(tmp_path):

@@ -145,3 +145,27 @@ def test_a_worker_request_survives_its_command_line():
     assert again == request
     assert request.explicit["train_per_class"] is None and request.explicit["aug_hflip"] is True
     assert request.explicit["early_stopping_patience"] == 3 and request.cfg.image_size == 64
+
+
+@pytest.mark.parametrize(("name", "raw", "want"), [
+    ("dense_1024", "on", True), ("dense_1024", "No", False), ("train_per_class", "all", None), ("train_per_class", "50", 50),
+    ("epochs", "7", 7), ("lr", "1e-3", 1e-3), ("full_lr", "none", None), ("tta", "1", True),
+])  # fmt: skip
+def test_the_command_line_and_a_link_read_a_value_alike(name, raw, want):
+    from core.config import RUN_SETTINGS
+    from core.fields import flag_of
+    from ui.links import _parse
+
+    args = build_parser().parse_args(["train", flag_of(name, RUN_SETTINGS[name]), raw])
+    assert getattr(args, name) == want == _parse(name, raw)
+
+
+def test_a_bad_value_is_the_same_sentence_on_the_command_line_and_in_a_link(capsys):
+    from core.errors import ConfigError
+    from ui.links import _parse
+
+    with pytest.raises(ConfigError, match=r"Epochs \(--epochs\) must be a whole number; received 'abc'"):
+        _parse("epochs", "abc")
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "abc"])
+    assert "Epochs (--epochs) must be a whole number; received 'abc'" in capsys.readouterr().err

@@ -26,7 +26,12 @@ class FakeStore:
 
     def add(self, backbone: str, seconds: float, feature_seconds: float, epochs: int, **run: object) -> None:
         cfg = {"backbone": backbone, "phase": "head", "augment": {"hflip": False, "zoom": 0.0}, **run}
-        self.records.append(SimpleNamespace(config={"run": cfg}, metrics={"seconds": seconds, "feature_seconds": feature_seconds, "epochs_run": epochs}))
+        self.records.append(
+            SimpleNamespace(
+                config={"run": cfg},
+                metrics={"seconds": seconds, "feature_seconds": feature_seconds, "epochs_run": epochs},
+            )
+        )
         stamp = self.runs_dir.stat().st_mtime + len(self.records)
         os.utime(self.runs_dir, (stamp, stamp))  # a new run folder renamed in changes the folder's mtime
 
@@ -38,8 +43,12 @@ def test_search_trial_estimate_is_rough_until_this_machine_has_trained_a_head(tm
     store.add("efficientnet_lite0", seconds=10.0, feature_seconds=4.0, epochs=30)  # 0.2 s per epoch
     store.add("efficientnet_lite0", seconds=3.0, feature_seconds=0.0, epochs=10)  # 0.3
     store.add("efficientnet_lite0", seconds=2.0, feature_seconds=0.0, epochs=20)  # 0.1
-    store.add("efficientnet_lite0", seconds=99.0, feature_seconds=0.0, epochs=1, augment={"zoom": 0.2})  # not on features
-    store.add("efficientnet_lite0", seconds=99.0, feature_seconds=0.0, epochs=1, phase="head+full")  # trains the backbone
+    store.add(
+        "efficientnet_lite0", seconds=99.0, feature_seconds=0.0, epochs=1, augment={"zoom": 0.2}
+    )  # not on features
+    store.add(
+        "efficientnet_lite0", seconds=99.0, feature_seconds=0.0, epochs=1, phase="head+full"
+    )  # trains the backbone
     store.add("densenet121", seconds=99.0, feature_seconds=0.0, epochs=1)  # another backbone
     seconds, measured = throughput.search_trial_seconds(cfg, store, repeats=3)
     assert measured is True and seconds == pytest.approx(0.2 * 30 * 3)

@@ -16,8 +16,16 @@ from core.backbones.registry import BackboneSpec, keras_models_dir, register
 # core.lite0 imports Keras (5 s), so it is imported where a network is built or loaded: the registry, and the
 # backbone names it declares, stay cheap for the command line and the configs (tests/test_architecture.py
 # checks these stage ends against core.lite0.LITE0_STAGE_ENDS).
-STAGE_ENDS = ("block1a_project_bn", "block2b_add", "block3b_add", "block4c_add", "block5c_add", "block6d_add",
-              "block7a_project_bn", "top_activation")
+STAGE_ENDS = (
+    "block1a_project_bn",
+    "block2b_add",
+    "block3b_add",
+    "block4c_add",
+    "block5c_add",
+    "block6d_add",
+    "block7a_project_bn",
+    "top_activation",
+)
 
 WEIGHTS_FILE = "efficientnet_lite0_imagenet.weights.h5"  # the converted full model (with its top)
 _BLOCK = re.compile(r"^(block\d+[a-z])_(project_bn|add)$")
