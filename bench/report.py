@@ -1,25 +1,28 @@
 """BENCHMARKS.md from the JSON lines the benchmarks printed: ``python -m bench.report bench/results``.
 
-Every figure in the report comes from a results file; nothing is typed in by hand.
+Every figure in the report comes from a results file, the machine each section ran on included (its ``machine``
+record: the CPU as /proc/cpuinfo names it); nothing is typed in by hand. ``tests/test_bench.py`` checks that
+BENCHMARKS.md is this module's output. A benchmark's section is one :class:`Section` in :data:`SECTIONS`.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import NOMINAL_PEAK_GFLOPS
 
-ORDER = ("reproduce", "bundled", "pipeline", "train_step", "time_to_accuracy", "latency", "search")
 EXPLAIN_NAMES = {"gradcam_warm_s": "Grad-CAM", "gradcampp_warm_s": "Grad-CAM++", "scorecam_warm_s": "Score-CAM (64 channels)",
                  "occlusion_warm_s": "occlusion (100 positions)"}  # fmt: skip
 
 
 def load(results: Path) -> dict[str, dict[str, Any]]:
     out = {}
-    for name in ORDER:
+    for name in (section.name for section in SECTIONS):
         path = results / f"{name}.json"
         if path.exists() and path.read_text().strip():
             out[name] = json.loads(path.read_text().strip().splitlines()[-1])
@@ -41,34 +44,52 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def machine_name(m: dict[str, Any]) -> str:
+    """A machine as its results file names it: the CPU model string, its family/model and cores."""
+    return f"{m.get('cpu')} (family/model {m.get('cpu_family_model')}), {m.get('cores')} cores"
+
+
 def load_line(fig: dict[str, Any]) -> str:
     ld = fig.get("load", {})
     return (
-        f"Measured {fig.get('date')}; other processes used {ld.get('others_cores_mean')} cores on average "
+        f"Ran on {machine_name(fig.get('machine', {}))}, measured {fig.get('date')}; other processes used {ld.get('others_cores_mean')} cores on average "
         f"(at most {ld.get('others_cores_max')}) of the 2 while timing; 1-minute load average up to "
         f"{ld.get('loadavg_1m_max')}. Command: `{fig.get('command')}`."
     )
 
 
 def section_machine(figs: dict[str, dict[str, Any]]) -> str:
-    any_fig = next(iter(figs.values()))
-    m = any_fig["machine"]
+    """Every machine the results ran on, each with the sections measured there (from each file's own record)."""
+    machines: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for section in SECTIONS:
+        if section.name in figs:
+            m = figs[section.name].get("machine", {})
+            machines.setdefault(machine_name(m), (m, []))[1].append(section.title)
     lines = [
-        "## Machine",
+        "## Machines",
         "",
-        f"- CPU: {m['cpu']} (family/model {m['cpu_family_model']}: AMD Zen 4), {m['cores']} cores, "
-        f"{m['memory_gib']} GiB; vector extensions: {', '.join(m['isa'])} (no AMX).",
-        f"- Python {m['python']}, TensorFlow {m.get('tensorflow')} (CPU, oneDNN), Keras {m.get('keras')}.",
-        f"- fp32 peak used for fractions: the issue's {NOMINAL_PEAK_GFLOPS:.0f} GFLOP/s (2 cores x 2.1 GHz x 64 "
-        "FLOP/cycle). Zen 4 executes a 512-bit FMA as two 256-bit halves (32 fp32 FLOP/cycle/core), so the "
-        "real ceiling is the *measured* one below.",
+        f"The sections ran on {len(machines)} machine{'s' if len(machines) != 1 else ''}, each named from its own "
+        "results file (`machine` in `bench/results/<name>.json`: the CPU model string, family/model and flags as "
+        "/proc/cpuinfo reports them):",
+        "",
     ]
+    for name, (m, titles) in machines.items():
+        lines.append(
+            f"- {name}, {m.get('memory_gib')} GiB; vector-extension flags reported: {', '.join(m.get('isa', []))}; "
+            f"Python {m.get('python')}, TensorFlow {m.get('tensorflow')}, Keras {m.get('keras')}. "
+            f"Sections: {'; '.join(titles)}."
+        )
+    lines.append(
+        f"- fp32 peak used for fractions: the issue's {NOMINAL_PEAK_GFLOPS:.0f} GFLOP/s (2 cores x 2.1 GHz x 64 "
+        "FLOP/cycle); what a machine reaches is the *measured* ceiling below."
+    )
     ts = figs.get("train_step")
     if ts:
         c = ts["measured_ceiling_gflops"]
         lines.append(
-            f"- Measured ceiling here (best of three large convolutions and two matrix products, "
-            f"`measured_ceiling` in bench/train_step.py): fp32 {c['float32']} GFLOP/s, bf16 {c['bfloat16']} GFLOP/s."
+            f"- Measured ceiling on {machine_name(ts.get('machine', {}))} (best of three large convolutions and two "
+            f"matrix products, `measured_ceiling` in bench/train_step.py): fp32 {c['float32']} GFLOP/s, bf16 "
+            f"{c['bfloat16']} GFLOP/s."
         )
     lines.append(
         "- The machine was shared with other engineers' test runs. Every benchmark records the CPU that *other* "
@@ -78,82 +99,72 @@ def section_machine(figs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# -- the targets table: one row function per benchmark, called in SECTIONS' order ---------------------------
+Row = list[Any]
+
+
+def targets_pipeline(p: dict[str, Any]) -> list[Row]:
+    return [["input pipeline vs ImageDataGenerator", f"{p['dataset']}, study augmentations, {size} px", f"{r['ratio']}x",
+             "≥ 3x", r["ratio"] >= 3] for size, r in p["sizes"].items()]  # fmt: skip
+
+
+def targets_train_step(t: dict[str, Any]) -> list[Row]:
+    b = t["best"]
+    f32 = t.get("best_fp32_fraction_of_nominal_peak")
+    measured = f"{b['achieved_gflops']} GFLOP/s = {100 * b['fraction_of_nominal_peak']:.0f}% of {NOMINAL_PEAK_GFLOPS:.0f}"
+    measured += f" (best fp32: {100 * f32:.0f}%)" if f32 is not None else ""
+    where = f"DenseNet121 -{b['remove_blocks']} blocks, {b['image_size']} px, {b['precision']}"
+    return [["best training step, share of fp32 peak", where, measured, "≥ 40%, or bf16 above it",
+             b["fraction_of_nominal_peak"] >= 0.4]]  # fmt: skip
+
+
+def targets_tta(a: dict[str, Any]) -> list[Row]:
+    ratio = a["ratio"]
+    shown = "–" if ratio is None else (f"≥ {ratio}x" if a["ratio_is_lower_bound"] else f"{ratio}x")
+    return [[f"time to test accuracy ≥ {a['target_accuracy']}", f"{a['dataset']}, EfficientNet-Lite0 ImageNet, "
+             f"{a['image_size']} px", shown, "≥ 5x sooner", ratio is not None and ratio >= 5]]  # fmt: skip
+
+
+def targets_latency(lat: dict[str, Any]) -> list[Row]:
+    names = {
+        "show_cached_run_s": "show a cached run",
+        "head_retrain_warm_s": "retrain a head on cached features",
+        "preview_redraw_s": "redraw the augmentation preview",
+        "feature_maps_warm_s": "activation maps, warm",
+        "repeat_arch_first_step_s": "first step, architecture already used",
+        **{k: f"{v}, warm" for k, v in EXPLAIN_NAMES.items()},
+        "projection_cold_s": "projection of every image, features cached, first time",
+        "projection_cached_s": "projection of every image, cached",
+    }
+    projected = f"{lat.get('dataset')}, {lat.get('projection_images')} images, {lat['head_runs']}, PCA and t-SNE"
+    where = {
+        **{k: f"{lat['head_runs']}, {lat.get('explain_block')}" for k in EXPLAIN_NAMES},
+        "projection_cold_s": projected,
+        "projection_cached_s": projected,
+        "show_cached_run_s": lat["head_runs"],
+        "head_retrain_warm_s": lat["head_runs"],
+        "preview_redraw_s": f"{lat['dataset']}, {lat['preview']}",
+        "feature_maps_warm_s": lat["head_runs"],
+        "repeat_arch_first_step_s": lat["first_step_runs_model"],
+    }
+    return [[names[key], where[key], f"{lat.get(key)} s", f"≤ {target} s", lat["met"][key]]
+            for key, target in lat["targets"].items() if key in lat["met"]]  # fmt: skip
+
+
+def targets_reproduce(r: dict[str, Any]) -> list[Row]:
+    where = f"{r['dataset']}, {r['backbone']}, {r['image_size']} px, {r['trials']} trials"
+    return [[label, where, f"{r[key]} s", f"≤ {r['targets'][key]:g} s", r[key] <= r["targets"][key]]
+            for key, label in (("first_s", "the whole study reproduced, empty artifacts"),
+                               ("second_s", "the whole study again, every row cached"))]  # fmt: skip
+
+
+def targets_bundled(b: dict[str, Any]) -> list[Row]:
+    return [["unpack the bundled dataset (first start)", f"{b['dataset']}, {b['images']} images", f"{b['unpack_s']} s",
+             f"≤ {b['targets']['unpack_s']:g} s", b["unpack_s"] <= b["targets"]["unpack_s"]]]  # fmt: skip
+
+
 def summary(figs: dict[str, dict[str, Any]]) -> str:
-    rows: list[list[Any]] = []
-    p = figs.get("pipeline")
-    if p:
-        for size, r in p["sizes"].items():
-            rows.append(
-                [
-                    "input pipeline vs ImageDataGenerator",
-                    f"{p['dataset']}, study augmentations, {size} px",
-                    f"{r['ratio']}x",
-                    "≥ 3x",
-                    r["ratio"] >= 3,
-                ]
-            )
-    t = figs.get("train_step")
-    if t:
-        b = t["best"]
-        f32 = t.get("best_fp32_fraction_of_nominal_peak")
-        rows.append(
-            [
-                "best training step, share of fp32 peak",
-                f"DenseNet121 -{b['remove_blocks']} blocks, {b['image_size']} px, {b['precision']}",
-                f"{b['achieved_gflops']} GFLOP/s = {100 * b['fraction_of_nominal_peak']:.0f}% of {NOMINAL_PEAK_GFLOPS:.0f}"
-                + (f" (best fp32: {100 * f32:.0f}%)" if f32 is not None else ""),
-                "≥ 40%, or bf16 above it",
-                b["fraction_of_nominal_peak"] >= 0.4,
-            ]
-        )
-    a = figs.get("time_to_accuracy")
-    if a:
-        ratio = a["ratio"]
-        rows.append(
-            [
-                f"time to test accuracy ≥ {a['target_accuracy']}",
-                f"{a['dataset']}, EfficientNet-Lite0 ImageNet, {a['image_size']} px",
-                "–" if ratio is None else (f"≥ {ratio}x" if a["ratio_is_lower_bound"] else f"{ratio}x"),
-                "≥ 5x sooner",
-                ratio is not None and ratio >= 5,
-            ]
-        )
-    lat = figs.get("latency")
-    if lat:
-        names = {
-            "show_cached_run_s": "show a cached run",
-            "head_retrain_warm_s": "retrain a head on cached features",
-            "preview_redraw_s": "redraw the augmentation preview",
-            "feature_maps_warm_s": "activation maps, warm",
-            "repeat_arch_first_step_s": "first step, architecture already used",
-            **{k: f"{v}, warm" for k, v in EXPLAIN_NAMES.items()},
-            "projection_cold_s": "projection of every image, features cached, first time",
-            "projection_cached_s": "projection of every image, cached",
-        }
-        projected = f"{lat.get('dataset')}, {lat.get('projection_images')} images, {lat['head_runs']}, PCA and t-SNE"
-        where = {
-            **{k: f"{lat['head_runs']}, {lat.get('explain_block')}" for k in EXPLAIN_NAMES},
-            "projection_cold_s": projected,
-            "projection_cached_s": projected,
-            "show_cached_run_s": lat["head_runs"],
-            "head_retrain_warm_s": lat["head_runs"],
-            "preview_redraw_s": f"{lat['dataset']}, {lat['preview']}",
-            "feature_maps_warm_s": lat["head_runs"],
-            "repeat_arch_first_step_s": lat["first_step_runs_model"],
-        }
-        for key, target in lat["targets"].items():
-            if key in lat["met"]:
-                rows.append([names[key], where[key], f"{lat.get(key)} s", f"≤ {target} s", lat["met"][key]])
-    r = figs.get("reproduce")
-    if r:
-        where = f"{r['dataset']}, {r['backbone']}, {r['image_size']} px, {r['trials']} trials"
-        for key, label in (("first_s", "the whole study reproduced, empty artifacts"),
-                           ("second_s", "the whole study again, every row cached")):  # fmt: skip
-            rows.append([label, where, f"{r[key]} s", f"≤ {r['targets'][key]:g} s", r[key] <= r["targets"][key]])
-    b = figs.get("bundled")
-    if b:
-        rows.append(["unpack the bundled dataset (first start)", f"{b['dataset']}, {b['images']} images",
-                     f"{b['unpack_s']} s", f"≤ {b['targets']['unpack_s']:g} s", b["unpack_s"] <= b["targets"]["unpack_s"]])  # fmt: skip
+    rows = [row for section in SECTIONS if section.name in figs for row in section.targets(figs[section.name])]
     return "## Targets\n\n" + md_table(["figure", "dataset / backbone / size", "measured", "target", "met"], rows)
 
 
@@ -427,9 +438,30 @@ def section_search(s: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    results = Path(argv[0] if argv else Path(__file__).parent / "results")
+@dataclass(frozen=True)
+class Section:
+    """One benchmark in the report: ``bench/results/<name>.json``, its section, its rows of the targets table."""
+
+    name: str
+    title: str  # how the machine list names the section
+    render: Callable[[dict[str, Any]], str]
+    targets: Callable[[dict[str, Any]], list[Row]] = lambda fig: []
+
+
+#: The report's sections in order (a new benchmark adds one entry here).
+SECTIONS: list[Section] = [
+    Section("reproduce", "the whole study reproduced", section_reproduce, targets_reproduce),
+    Section("bundled", "first start", section_bundled, targets_bundled),
+    Section("pipeline", "1. input pipeline", section_pipeline, targets_pipeline),
+    Section("train_step", "2. training step", section_train_step, targets_train_step),
+    Section("time_to_accuracy", "3. time to accuracy", section_tta, targets_tta),
+    Section("latency", "4. interactive latencies", section_latency, targets_latency),
+    Section("search", "search", section_search),
+]
+
+
+def report(results: Path) -> str:
+    """BENCHMARKS.md's text for the results folder ``results``."""
     figs = load(results)
     if not figs:
         raise SystemExit(f"No results in {results}; run bash bench/run_all.sh first.")
@@ -444,22 +476,16 @@ def main(argv: list[str] | None = None) -> None:
         "",
         summary(figs),
     ]
-    sections = {
-        "reproduce": section_reproduce,
-        "bundled": section_bundled,
-        "pipeline": section_pipeline,
-        "train_step": section_train_step,
-        "time_to_accuracy": section_tta,
-        "latency": section_latency,
-        "search": section_search,
-    }
-    for name in ORDER:
-        if name in figs:
-            parts += ["", sections[name](figs[name])]
+    parts += [text for section in SECTIONS if section.name in figs for text in ("", section.render(figs[section.name]))]
     notes = results / "NOTES.md"
     if notes.exists():
         parts += ["", notes.read_text().strip()]
-    print("\n".join(parts).rstrip() + "\n")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    print(report(Path(argv[0] if argv else Path(__file__).parent / "results")), end="")
 
 
 if __name__ == "__main__":

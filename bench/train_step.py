@@ -10,8 +10,8 @@ and the head (``core.models.model.build_suffix_classifier``), fed cached prefix 
 FLOPs are counted, not guessed: ``tf.compat.v1.profiler`` sums the registered float-operation counts
 of the concrete function of one training step (forward, loss and every gradient, batch 1) and the
 figure is scaled by the batch. GFLOP/s is compared with the issue's fp32 peak (2 cores x 2.1 GHz x 64
-FLOP/cycle = 269 GFLOP/s) and with a ceiling measured here on large convolutions and matrix
-products (on this Zen 4 CPU 512-bit FMAs issue as two 256-bit halves, so 32 fp32 FLOP/cycle/core).
+FLOP/cycle = 269 GFLOP/s) and with a ceiling measured on the same machine on large convolutions and
+matrix products (what the CPU reaches, whatever its nominal width).
 
     python -m bench.train_step [--tiny] [--sizes 128,224] [--cuts 0,1,2,3] [--precisions float32,mixed_bfloat16]
 """

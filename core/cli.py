@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from core.commands import tune_request
-from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, AugmentConfig, RunConfig
-from core.errors import SceneLabError, os_error_phrase
+from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, SHARED_SETTINGS, AugmentConfig, entry_defaults
+from core.errors import ConfigError, SceneLabError, os_error_phrase
 from core.explain.methods import EXPLAIN_METHODS, PROJECTION_METHODS
-from core.fields import Setting, flag_of
+from core.fields import Setting, flag_of, parse_text
 from core.search.objective import AUTO_REPEATS_CHEAP
 from core.search.samplers import PRUNERS, SAMPLERS
 from core.search.study import DEFAULT_TRIALS, StudyRequest
@@ -41,35 +41,32 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _bool(value: str) -> bool:
-    v = value.lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+def _text_type(name: str, info: Setting, prefix: str) -> Any:
+    """argparse's ``type`` for a setting: :func:`core.fields.parse_text`, the parser links use too."""
+
+    def parse(raw: str) -> Any:
+        try:
+            return parse_text(name, info, raw, prefix)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+
+    parse.__name__ = info.kind  # argparse names the type in its own messages
+    return parse
 
 
-def _opt_int(value: str) -> int | None:
-    return None if value.lower() in ("none", "all", "") else int(value)
-
-
-def _opt_float(value: str) -> float | None:
-    return None if value.lower() in ("none", "") else float(value)
-
-
-def _add_setting(p: argparse.ArgumentParser, name: str, info: Setting, default: Any, *, prefix: str = "") -> None:
-    """One option for one run setting, from its metadata; ``dest`` is the field (``aug_<field>``)."""
+def _add_setting(p: argparse.ArgumentParser, name: str, info: Setting, default: Any, *, prefix: str = "",
+                 help: str | None = None) -> None:
+    """One option for one run setting, from its metadata; ``dest`` is the field (``aug_<field>``). Every option
+    named like a setting is made here (tests/test_architecture.py checks), so its flag, type and parser are
+    the declaration's; ``help`` replaces the setting's own where the option means something narrower."""
     dest = f"{prefix.replace('-', '_')}{name}"
-    kwargs: dict[str, Any] = {"dest": dest, "default": default, "help": f"{info.label}: {info.help}"}
+    kwargs: dict[str, Any] = {"dest": dest, "default": default, "help": help or f"{info.label}: {info.help}"}
     if info.kind == "bool":
-        kwargs.update(type=_bool, nargs="?", const=True, metavar="{true,false}")
+        kwargs.update(type=_text_type(name, info, prefix), nargs="?", const=True, metavar="{true,false}")
     elif info.kind == "choice":
         kwargs.update(choices=info.choices)
-    elif info.kind == "int":
-        kwargs["type"] = _opt_int if info.optional else int
-    elif info.kind == "float":
-        kwargs["type"] = _opt_float if info.optional else float
+    elif info.kind in ("int", "float"):
+        kwargs["type"] = _text_type(name, info, prefix)
     if name == "early_stopping_patience":
         kwargs["metavar"] = "PATIENCE"
     p.add_argument(flag_of(name, info, prefix), **kwargs)
@@ -78,22 +75,25 @@ def _add_setting(p: argparse.ArgumentParser, name: str, info: Setting, default: 
 def add_run_options(p: argparse.ArgumentParser, *, suppress: bool = False) -> None:
     """Every run setting as an option (``suppress``: an option not given is absent from the namespace,
     so ``tune`` can tell a fixed parameter from one left to the search)."""
-    run_defaults, aug_defaults = RunConfig().to_dict(), dataclasses.asdict(AugmentConfig())
+    run_defaults, aug_defaults = entry_defaults(), dataclasses.asdict(AugmentConfig())
     for name, info in RUN_SETTINGS.items():
         _add_setting(p, name, info, argparse.SUPPRESS if suppress else run_defaults[name])
     for name, info in AUGMENT_SETTINGS.items():
         _add_setting(p, name, info, argparse.SUPPRESS if suppress else aug_defaults[name], prefix="aug-")
 
 
+def _add_run_setting(p: argparse.ArgumentParser, name: str, default: Any, help: str | None = None) -> None:
+    """One run setting as an option of a command that is not a training (``describe``, ``project``...)."""
+    _add_setting(p, name, RUN_SETTINGS[name], default, help=help)
+
+
 # -- the parser ---------------------------------------------------------------------------------------------
 def _add_describe(sub: Any) -> None:
     p = sub.add_parser("describe", help="parameter counts of a (truncated) backbone + head")
-    p.add_argument("--backbone", default="densenet121")
-    p.add_argument("--remove-blocks", type=int, default=0)
-    p.add_argument("--dense-1024", action="store_true")
-    p.add_argument("--batch-norm", action="store_true")
+    defaults = entry_defaults()
+    for name in ("backbone", "remove_blocks", "dense_1024", "batch_norm", "image_size"):
+        _add_run_setting(p, name, defaults[name])
     p.add_argument("--classes", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--json", action="store_true")
 
 
@@ -109,7 +109,7 @@ def _add_download(sub: Any) -> None:
     p = sub.add_parser("download-data", help="download the 8-scene images and split them")
     p.add_argument("--to", required=True, help="destination folder (must be new or empty)")
     p.add_argument("--zip", default=None, help="use an already downloaded zip instead")
-    p.add_argument("--seed", type=int, default=0)
+    _add_run_setting(p, "seed", 0, help="seed of the stratified train/test split")
     p.add_argument("--json", action="store_true")
 
 
@@ -199,7 +199,7 @@ def _add_import(sub: Any) -> None:
         help="new or empty destination folder (default: <upload root>/<zip name>; see SCENELAB_DATA_ROOTS)",
     )
     p.add_argument("--test-fraction", type=float, default=0.3, help="test share when the zip holds class folders only")
-    p.add_argument("--seed", type=int, default=0, help="seed of that split")
+    _add_run_setting(p, "seed", 0, help="seed of that split")
     p.add_argument("--json", action="store_true")
 
 
@@ -208,15 +208,17 @@ def _add_reproduce(sub: Any) -> None:
                        description="Train every run of the study's table that is not stored yet (cheapest first), "
                        "complete the task-5 search, and print the study's figures beside ours.")  # fmt: skip
     p.add_argument("--data", default=None, help=DATA_HELP)
-    for name in ("backbone", "weights", "image_size", "seed", "tta"):
-        _add_setting(p, name, RUN_SETTINGS[name], RunConfig().to_dict()[name])
+    defaults = entry_defaults()
+    for name in SHARED_SETTINGS:
+        _add_run_setting(p, name, defaults[name])
     p.add_argument("--mode", choices=list(MODES), default="quick",
                    help="quick: heads on the frozen backbone (task 0 fine-tunes for 2 epochs); faithful: every row "
                    "fine-tuned as the study did (the head, then the last blocks)")
     p.add_argument("--repeats", type=int, default=1, help="seeds per row (the table shows their mean and a 95%% interval)")
     p.add_argument("--trained-blocks", type=int, default=DEFAULT_TRAINED_BLOCKS,
                    help="faithful mode: blocks fine-tuned from the end of each (cut) network; the rest stays frozen")
-    p.add_argument("--trials", type=int, default=30, help="trials of the task-5 search (0: no search)")
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                   help=f"trials of the task-5 search (default {DEFAULT_TRIALS}; 0: no search)")
     p.add_argument("--grid-sample", type=int, default=DEFAULT_GRID_SAMPLE,
                    help=f"points of the augmentation grid, a seeded sample (default {DEFAULT_GRID_SAMPLE}; 128: all)")
     p.add_argument("--estimate", action="store_true", help="only say how long the missing rows will take")
@@ -227,9 +229,11 @@ def _add_reproduce(sub: Any) -> None:
 def _add_explain(sub: Any) -> None:
     p = sub.add_parser("explain", help="where a model looks in one image: a heatmap overlay and its predictions")
     p.add_argument("--run", default=None, help="a stored run's id (else --backbone with its ImageNet top)")
-    p.add_argument("--backbone", default=None, help="the ImageNet backbone, not fine-tuned (efficientnet_lite0)")
-    p.add_argument("--weights", default="imagenet", help="with --backbone: imagenet (a model with its ImageNet top)")
-    p.add_argument("--image-size", type=int, default=None, help="with --backbone: image size in pixels (default 128)")
+    defaults = entry_defaults()
+    _add_run_setting(p, "backbone", None, help=f"without --run: the ImageNet backbone, not fine-tuned (default "
+                     f"{defaults['backbone']}, which has its ImageNet top)")
+    _add_run_setting(p, "weights", "imagenet", help="without --run: imagenet (a model with its ImageNet top)")
+    _add_run_setting(p, "image_size", None, help=f"without --run: pixels (default {defaults['image_size']})")
     p.add_argument("--image", required=True, help="the image file (JPEG, PNG, BMP, GIF, WEBP or TIFF)")
     p.add_argument("--block", default=None, help="the block to explain (default: a middle block, e.g. block5c_add)")
     p.add_argument("--method", choices=list(EXPLAIN_METHODS), default="gradcam")
@@ -241,12 +245,13 @@ def _add_explain(sub: Any) -> None:
 def _add_project(sub: Any) -> None:
     p = sub.add_parser("project", help="every image's features as a 2-D map (one CSV row per image)")
     p.add_argument("--data", default=None, help=DATA_HELP)
-    p.add_argument("--backbone", default=None, help="default: the run's, else the registry's default")
-    p.add_argument("--weights", default=None, help="imagenet (default), none or a weights file; default: the run's")
-    p.add_argument("--image-size", type=int, default=None, help="pixels (default: the run's, else 128)")
+    defaults = entry_defaults()
+    _add_run_setting(p, "backbone", None, help=f"default: the run's, else {defaults['backbone']}")
+    _add_run_setting(p, "weights", None, help="imagenet, none or a weights file (default: the run's, else imagenet)")
+    _add_run_setting(p, "image_size", None, help=f"pixels (default: the run's, else {defaults['image_size']})")
     p.add_argument("--run", default=None, help="a stored run's id: project what it learned, mark its test mistakes")
     p.add_argument("--method", choices=list(PROJECTION_METHODS), default="pca")
-    p.add_argument("--seed", type=int, default=0)
+    _add_run_setting(p, "seed", 0, help="seed of the projection (t-SNE)")
     p.add_argument("--out", required=True, help="where to write the CSV (x, y, class, split, predicted, path)")
     _add_artifacts_and_json(p)
 

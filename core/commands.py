@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, AugmentConfig, RunConfig
+from core.config import AUGMENT_SETTINGS, ENTRY_DEFAULTS, RUN_SETTINGS, AugmentConfig, RunConfig, entry_config
 from core.errors import ConfigError
 from core.paths import default_artifacts
 from core.search.study import TUNE_DEFAULTS, StudyRequest
@@ -19,10 +19,11 @@ logger = logging.getLogger("core")
 
 
 def config_from_values(values: dict[str, Any]) -> RunConfig:
-    """A RunConfig from option values keyed by field (``aug_<field>`` for augmentation); validated."""
+    """A RunConfig from option values keyed by field (``aug_<field>`` for augmentation); validated. A setting
+    not given takes the entry points' default (``core.config.ENTRY_DEFAULTS``), as in the app."""
     run = {k: v for k, v in values.items() if k in RUN_SETTINGS}
     aug = {k[4:]: v for k, v in values.items() if k.startswith("aug_") and k[4:] in AUGMENT_SETTINGS}
-    return RunConfig(augment=AugmentConfig(**aug), **run).validate()
+    return entry_config(augment=AugmentConfig(**aug), **run).validate()
 
 
 def run_values(args: Any) -> dict[str, Any]:
@@ -207,9 +208,9 @@ def _explain(args: Any) -> dict[str, Any]:
         args.image,
         args.out,
         run=record,
-        backbone=args.backbone,
+        backbone=args.backbone or (None if record else ENTRY_DEFAULTS["backbone"]),
         weights=args.weights,
-        image_size=args.image_size,
+        image_size=args.image_size or (None if record else ENTRY_DEFAULTS["image_size"]),
         block=args.block,
         method=args.method,
         class_name=args.class_name,
@@ -218,15 +219,15 @@ def _explain(args: Any) -> dict[str, Any]:
 
 def _project(args: Any) -> dict[str, Any]:
     from core.explain.projection import project, write_csv
-    from core.models.backbones import default_backbone
     from core.store.folders import Store
 
     store = Store(args.artifacts or default_artifacts())
     record = _stored_run(store, args.run) if args.run else None
     run_cfg = RunConfig.from_dict(record.config["run"]) if record is not None else None
-    backbone = args.backbone or (run_cfg.backbone if run_cfg else default_backbone())
-    weights = args.weights or (run_cfg.weights if run_cfg else "imagenet")
-    size = args.image_size or (run_cfg.image_size if run_cfg else 128)
+    start = run_cfg or entry_config()
+    backbone = args.backbone or start.backbone
+    weights = args.weights or start.weights
+    size = args.image_size or start.image_size
     from core.data.bundled import default_dataset
 
     data = args.data or default_dataset(store.root)

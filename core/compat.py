@@ -77,6 +77,13 @@ def convert_variables_to_constants(concrete_function: Any) -> Any:
     return convert_variables_to_constants_v2(concrete_function)
 
 
+def output_layer(tensor: Any) -> Any:
+    """The layer that made a symbolic Keras tensor (``tensor._keras_history[0]``), or None for a tensor no
+    layer made; a functional model's last layer in ``model.layers`` need not be its output layer."""
+    history = getattr(tensor, "_keras_history", None)
+    return history[0] if history is not None else None
+
+
 # -- Optuna ----------------------------------------------------------------------------------------------
 def study_storage(study: Any) -> Any:
     """The storage object behind an ``optuna.Study`` (``study._storage``)."""

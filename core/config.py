@@ -16,6 +16,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.fields import setting, settings_of, validate_fields
+from core.models.backbones import DEFAULT_BACKBONE, STUDY_BACKBONE
 
 OPTIMIZERS = ("sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamax", "nadam")
 PHASES = ("head", "full", "head+full")
@@ -63,23 +64,26 @@ class AugmentConfig:
 class RunConfig:
     """Everything that determines a training run's result."""
 
-    backbone: str = setting("densenet121", "Backbone", "The ImageNet network the run starts from: densenet121 "
-                            "(the study's) or efficientnet_lite0 (its weights ship with pip).", "str", shared=True)
+    # backbone, weights, image size, test-time flip, seed and the data they read are the study's fixed
+    # conditions, not hyperparameters: the search never draws them (searchable=False)
+    backbone: str = setting(STUDY_BACKBONE, "Backbone", "The ImageNet network the run starts from: densenet121 "
+                            "(the study's) or efficientnet_lite0 (its weights ship with pip).", "str", shared=True,
+                            searchable=False)
     weights: str = setting("imagenet", "Weights", "imagenet, none (random initial weights), or the path of a "
-                           "weights file.", "str", shared=True)
+                           "weights file.", "str", shared=True, searchable=False)
     remove_blocks: int = setting(0, "Blocks removed", "Blocks cut off the end of the backbone (0 keeps it whole).",
                                  "int", low=0, high=3)
     freeze_blocks: int = setting(0, "Frozen first blocks", "When the backbone trains, keep its first K blocks frozen, "
                                  "compute their output once (cached) and train only the rest; 0 trains every block.",
                                  "int", low=0, ui_max=3)
     image_size: int = setting(224, "Image size", "Images are resized to this square size.", "int",
-                              low=32, high=512, unit="px", shared=True)
+                              low=32, high=512, unit="px", shared=True, searchable=False, link="size")
     train_per_class: int | None = setting(None, "Training images per class", "Draw this many training images "
                                           "per class (the study's small set is 50); all when empty.", "int",
-                                          low=1, optional=True, none_label="all")
+                                          low=1, optional=True, none_label="all", searchable=False)
     val_fraction: float = setting(0.15, "Validation fraction", "Share of each class held out of train for "
                                   "validation (early stopping, reduce-LR and the search look only at it).", "float",
-                                  low=0.0, high=0.9, low_open=True, high_open=True)
+                                  low=0.0, high=0.9, low_open=True, high_open=True, searchable=False)
     phase: str = setting("head", "What to train", "head: the new head on the frozen backbone; full: every layer; "
                          "head+full: the head, then the whole network (the study's task 0).", "choice", choices=PHASES)
     epochs: int = setting(20, "Epochs", "Epochs of training (of the head phase for head+full).", "int", low=1,
@@ -115,9 +119,9 @@ class RunConfig:
                                       step=0.05, ui_min=0.05, ui_max=0.95)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     tta: bool = setting(False, "Test-time flip", "Validation and test predictions average each image with its "
-                        "mirror image.", "bool", late=True, shared=True)
+                        "mirror image.", "bool", late=True, shared=True, searchable=False)
     seed: int = setting(0, "Seed", "Seeds the validation split, the small set, initial weights and shuffling.",
-                        "int", low=0, high=SEED_MAX, shared=True)
+                        "int", low=0, high=SEED_MAX, shared=True, searchable=False)
 
     # -- validation -----------------------------------------------------------------------------
     def validate(self) -> RunConfig:
@@ -171,6 +175,26 @@ class RunConfig:
 
 RUN_SETTINGS = settings_of(RunConfig)
 AUGMENT_SETTINGS = settings_of(AugmentConfig)
+#: The settings every page shares (the sidebar; a link's shared part), in declaration order.
+SHARED_SETTINGS = tuple(name for name, info in RUN_SETTINGS.items() if info.shared)
+
+#: The image size every entry point starts from: 128 px is Lite0's fastest size that keeps its accuracy on the
+#: 64 px bundled images (shown larger). RunConfig's own default (224) enters stored run ids, so it stays.
+DEFAULT_IMAGE_SIZE = 128
+#: Where every entry point's defaults differ from RunConfig's field defaults (which enter run ids and so never
+#: change): the offline backbone at 128 px. The CLI's options, the app's sidebar and links read this, so a run
+#: started anywhere without those settings is the same run.
+ENTRY_DEFAULTS: dict[str, Any] = {"backbone": DEFAULT_BACKBONE, "image_size": DEFAULT_IMAGE_SIZE}
+
+
+def entry_defaults() -> dict[str, Any]:
+    """Every run setting's default as the entry points start from it (``augment`` as a dict)."""
+    return {**RunConfig().to_dict(), **ENTRY_DEFAULTS}
+
+
+def entry_config(**changes: Any) -> RunConfig:
+    """The run an entry point starts from, with ``changes`` (not validated)."""
+    return RunConfig(**{**ENTRY_DEFAULTS, **changes})
 
 
 def hashed_config(cfg: RunConfig) -> dict[str, Any]:

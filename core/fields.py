@@ -48,6 +48,7 @@ class Setting:
     unit: str = ""
     late: bool = False
     shared: bool = False  # set once for every page (the sidebar), not per page
+    link: str = ""  # its parameter in a page's link (the field name when empty)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -70,6 +71,42 @@ def settings_of(cls: Any) -> dict[str, Setting]:
 def flag_of(name: str, info: Setting, prefix: str = "") -> str:
     """The command-line option of a setting, e.g. ``--full-lr`` or ``--aug-zoom``."""
     return info.flag or f"--{prefix}{name.replace('_', '-')}"
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+NONE_WORDS = ("", "none", "all")
+
+
+def parse_text(name: str, info: Setting, raw: str, prefix: str = "") -> Any:
+    """A setting's value from text (a command-line option, a link's parameter): one parser, so a value
+    the CLI takes means the same in a link. Converts only; :func:`check_value` checks the range.
+    Raises :class:`ConfigError` with one sentence."""
+    text = raw.strip()
+    if info.optional and text.lower() in NONE_WORDS:
+        return None
+    try:
+        if info.kind == "int":
+            return int(text)
+        if info.kind == "float":
+            return float(text)
+    except ValueError:
+        kind = "a whole number" if info.kind == "int" else "a number"
+        raise ConfigError(f"{info.label} ({flag_of(name, info, prefix)}) must be {kind}; received {raw!r}.") from None
+    if info.kind == "bool":
+        if text.lower() in TRUE_WORDS:
+            return True
+        if text.lower() in FALSE_WORDS:
+            return False
+        raise ConfigError(f"{info.label} ({flag_of(name, info, prefix)}) must be true or false; received {raw!r}.")
+    return raw
+
+
+def to_text(value: Any) -> str:
+    """A setting's value as :func:`parse_text` reads it back (``None`` as ``none``, booleans as true/false)."""
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _num(value: float) -> str:

@@ -69,6 +69,15 @@ def isolate_keras_sessions() -> None:
     compat.replace_clear_session(clear_session)
 
 
+def log_failure(what: str, exc: BaseException) -> None:
+    """A SceneLab error is the user's to fix (its sentence, as a warning); any other is a bug, so its
+    traceback goes to the log even though the page shows one sentence."""
+    if isinstance(exc, SceneLabError):
+        logger.warning("%s: %s", what, exc)
+    else:
+        logger.error("%s", what, exc_info=exc)
+
+
 def error_sentence(exc: BaseException) -> str:
     """One sentence for the UI: a SceneLab error's own message, else the exception's type and first line."""
     if isinstance(exc, SceneLabError):
@@ -167,7 +176,8 @@ class Worker:
         try:
             prep = prepare(cfg, root)
             run_id = prep.run_id
-        except Exception as exc:  # noqa: BLE001 - becomes a failed job with one sentence
+        except Exception as exc:  # noqa: BLE001 - becomes a failed job with one sentence; the traceback is logged
+            log_failure(f"Run of {cfg.backbone} on {root} could not be prepared", exc)
             now = time.time()
             job = Job(
                 id=f"invalid-{stable_hash({'cfg': cfg.to_dict(), 'root': root}, 10)}",
@@ -299,10 +309,7 @@ class Worker:
             job._update(status="cancelled", message="cancelled; nothing was saved", finished=time.time())
             return
         except Exception as exc:  # noqa: BLE001 - one sentence for the page, the traceback for the log
-            if isinstance(exc, SceneLabError):
-                logger.warning("Run %s failed: %s", job.id, exc)
-            else:
-                logger.exception("Run %s failed", job.id)
+            log_failure(f"Run {job.id} failed", exc)
             job._update(status="failed", error=error_sentence(exc), message="failed", finished=time.time())
             return
         job._update(

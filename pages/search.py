@@ -10,7 +10,7 @@ trial, trials, charts); storage, workers and optuna-dashboard sit under "Advance
 
 from __future__ import annotations
 
-import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.config import RUN_SETTINGS, RunConfig
+from core.cli import parse_tune
+from core.config import RUN_SETTINGS, SHARED_SETTINGS, RunConfig
 from core.errors import SceneLabError, first_line
 from core.search import processes
 from core.search.objective import AUTO_REPEATS_CHEAP
+from core.search.samplers import PRUNERS, SAMPLERS
+from core.search.space import DEFAULT_SPACE
 from core.search.storage import dashboard_command, default_storage_url, open_storage, redact, resolve_storage_url
+from core.search.study import DEFAULT_TRIALS, TUNE_DEFAULTS, option_argv
 from core.search.summaries import (
     MIN_TRIALS_FOR_IMPORTANCE,
     best_config,
@@ -43,9 +47,10 @@ from ui.compat import ensure_router
 from ui.resources import get_store
 from ui.settings import settings
 
+logger = logging.getLogger(__name__)
 P = "search"
 NEW = "+ New study…"
-FIXABLE = ("optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm")
+FIXABLE = tuple(DEFAULT_SPACE)  # the study's swept parameters, as core.search.space declares them
 FIX = f"{P}_value"  # the panel page name of the fixed values' widgets (keys search_value_<field>)
 TABLE_COLUMNS = {  # technical name -> (header, tooltip)
     "number": ("Trial", "number: the trial's number in the study"),
@@ -65,6 +70,7 @@ TABLE_COLUMNS = {  # technical name -> (header, tooltip)
 def one_sentence(exc: BaseException) -> str:
     if isinstance(exc, SceneLabError):
         return str(exc)
+    logger.error("The search page could not read the study storage", exc_info=exc)
     text = first_line(exc) if str(exc).strip() else ""
     return f"The study storage could not be read ({type(exc).__name__}{': ' + text if text else ''})."
 
@@ -164,7 +170,8 @@ def charts_view(study: Any, df: pd.DataFrame, inter: pd.DataFrame, params: list[
         st.altair_chart(alt.vconcat(*rows).properties(title="Slice plots: validation accuracy against each parameter"), key=f"{P}_slice_chart")
 
 
-def study_view(url: str, name: str, artifacts: str, data_root: str) -> None:
+def study_view(url: str, name: str, artifacts: str, data_root: str) -> dict[str, Any] | None:
+    """The study, answer first; its summary figures (None when its storage could not be read)."""
     try:
         study = load_study(open_storage(url), name)
         figures = summary(study)
@@ -173,7 +180,7 @@ def study_view(url: str, name: str, artifacts: str, data_root: str) -> None:
         cfg = best_config(study)
     except Exception as exc:  # noqa: BLE001 - one sentence, never a traceback
         st.error(one_sentence(exc))
-        return
+        return None
     settings_ = study_settings(study) or {}
     summary_view(figures, settings_)
     workers = processes.live_workers(artifacts, name)
@@ -185,12 +192,13 @@ def study_view(url: str, name: str, artifacts: str, data_root: str) -> None:
     best_view(figures, cfg, data_root)
     if df.empty:
         st.info("No trials yet; the first one starts once the worker has loaded TensorFlow (a few seconds).")
-        return
+        return figures
     params = [c for c in df.columns if c not in TABLE_COLUMNS and c != "cached"]
     st.subheader("Trials")
     table_view(df, params)
     charts_view(study, df, inter, params, settings_.get("space", {}))
     reference_view(df)
+    return figures
 
 
 def reference_view(df: pd.DataFrame) -> None:
@@ -230,13 +238,13 @@ def new_study_form(s: dict[str, Any], url: str, artifacts: str, names: list[str]
         )
         c1, c2, c3, c4 = st.columns(4)
         name = c1.text_input("Study name", value="search-1", key=f"{P}_new_name")
-        trials = c2.number_input("Trials", min_value=1, max_value=500, value=30, step=1, key=f"{P}_new_trials")
-        sampler = c3.selectbox("Sampler", ["tpe", "random"], key=f"{P}_new_sampler", help="random is what the study's W&B sweep did",
+        trials = c2.number_input("Trials", min_value=1, max_value=500, value=DEFAULT_TRIALS, step=1, key=f"{P}_new_trials")
+        sampler = c3.selectbox("Sampler", SAMPLERS, key=f"{P}_new_sampler", help="random is what the study's W&B sweep did",
                                format_func=lambda v: {"tpe": "TPE (Optuna's default)", "random": "Random (the study's)"}[v])
-        pruner = c4.selectbox("Pruner", ["median", "none"], key=f"{P}_new_pruner", format_func=str.capitalize,
+        pruner = c4.selectbox("Pruner", PRUNERS, key=f"{P}_new_pruner", format_func=str.capitalize,
                               help="Median: a trial whose validation accuracy falls below the median of earlier trials at the same epoch is stopped.")
-        epochs = c1.number_input("Epochs per trial", min_value=1, max_value=200, value=30, key=f"{P}_new_epochs")
-        hflip = c2.checkbox("Flip augmentation", value=True, key=f"{P}_new_hflip",
+        epochs = c1.number_input("Epochs per trial", min_value=1, max_value=200, value=TUNE_DEFAULTS["epochs"], key=f"{P}_new_epochs")
+        hflip = c2.checkbox("Flip augmentation", value=TUNE_DEFAULTS["aug_hflip"], key=f"{P}_new_hflip",
                             help="Heads train on the cached features of each image and of its mirror image: the study's flip, at no cost per epoch.")
         repeats = c3.number_input(
             "Seeds per trial", min_value=1, max_value=20, value=AUTO_REPEATS_CHEAP, key=f"{P}_new_repeats",
@@ -254,25 +262,20 @@ def new_study_form(s: dict[str, Any], url: str, artifacts: str, names: list[str]
         submitted = st.form_submit_button("Start", type="primary", key=f"{P}_start")
     if submitted:
         start_study(s, url, artifacts, names, name.strip(), fix,
-                    ["--trials", str(int(trials)), "--sampler", sampler, "--pruner", pruner, "--aug-hflip", str(hflip).lower(),
-                     "--repeats", str(int(repeats)), "--epochs", str(int(epochs))])  # fmt: skip
+                    ["--trials", str(int(trials)), "--sampler", sampler, "--pruner", pruner, "--repeats", str(int(repeats)),
+                     *option_argv({"aug_hflip": hflip, "epochs": int(epochs)})])  # fmt: skip
 
 
 def start_study(s: dict[str, Any], url: str, artifacts: str, names: list[str], name: str, fix: dict[str, Any], extra: list[str]) -> None:
-    argv = [
-        "--data", s["data_root"], "--study", name, "--storage", url, "--artifacts", artifacts, "--backbone", s["backbone"],
-        "--weights", s["weights"], "--image-size", str(s["image_size"]), "--seed", str(s["seed"]),
-        "--tta", str(s["tta"]).lower(), "--phase", "head", *extra, "--json",
-    ]  # fmt: skip
-    for param, value in fix.items():
-        argv += [f"--{param.replace('_', '-')}", str(value)]
+    argv = ["--data", s["data_root"], "--study", name, "--storage", url, "--artifacts", artifacts, "--phase", "head",
+            *option_argv({k: s[k] for k in SHARED_SETTINGS}), *extra, *option_argv(fix), "--json"]  # fmt: skip
     if not name:
         st.error("Give the study a name.")
     elif name in names:
         st.error(f"A study named {name!r} exists already; pick it in the list above to add a worker, or choose another name.")
     else:
         try:
-            processes.start_worker(argv, artifacts, name)
+            processes.start_worker(parse_tune(argv))
         except SceneLabError as exc:
             st.error(str(exc))
         except SystemExit:
@@ -287,7 +290,7 @@ def workers_view(pick: str, url: str, storage: Any, artifacts: str, studies: lis
     workers = processes.live_workers(artifacts, pick)
     st.markdown("**Workers of this app** (each runs trials in the background until the study holds its trials)")
     c1, c2, c3 = st.columns([1, 1, 1])
-    target = next((r["target"] for r in studies if r["study"] == pick and r["target"]), 30)
+    target = next((r["target"] for r in studies if r["study"] == pick and r["target"]), DEFAULT_TRIALS)
     more = c1.number_input("Trials in total", min_value=1, max_value=1000, value=int(target), key=f"{P}_more_trials")
     if c2.button("Start a worker", key=f"{P}_add_worker", help="Start two to see Optuna's multi-worker mode."):
         try:
@@ -295,7 +298,7 @@ def workers_view(pick: str, url: str, storage: Any, artifacts: str, studies: lis
             stored = study_settings(load_study(storage, pick)) or {}
             if not Path(str(stored.get("data_root", ""))).is_dir():  # made on another machine: the sidebar's copy
                 argv += ["--data", s["data_root"]]
-            processes.start_worker(argv, artifacts, pick)
+            processes.start_worker(parse_tune(argv))
         except SceneLabError as exc:
             st.error(str(exc))
         else:
@@ -369,26 +372,22 @@ with advanced:
     workers_view(pick, url, storage, artifacts, studies, s)
 try:  # where "Train it here" finds the dataset: the study's folder, or the sidebar's copy when made elsewhere
     stored_root = str((study_settings(load_study(storage, pick)) or {}).get("data_root", ""))
+    active = bool(processes.live_workers(artifacts, pick)) or any(r["running"] for r in studies if r["study"] == pick)
 except Exception:  # noqa: BLE001 - the view below says why in one sentence
-    stored_root = ""
+    logger.exception("Could not read study %r", pick)
+    stored_root, active = "", False
 data_root = stored_root if stored_root and Path(stored_root).is_dir() else s["data_root"]
 with top:
     if st.session_state.get(f"{P}_other_id"):
         st.warning(st.session_state.pop(f"{P}_other_id"))
     jobs.live_progress(P)  # "Train it here"
-try:
-    active = bool(processes.live_workers(artifacts, pick)) or any(r["running"] for r in studies if r["study"] == pick)
-except Exception:  # noqa: BLE001
-    active = False
 
 
 @st.fragment(run_every=2.0 if active else None)
 def live() -> None:
-    study_view(url, pick, artifacts, data_root)
-    if active and not processes.live_workers(artifacts, pick):
-        with contextlib.suppress(Exception):
-            if not summary(load_study(storage, pick))["n_trials_running"]:
-                st.rerun()  # the workers are done: redraw the page once, without polling
+    figures = study_view(url, pick, artifacts, data_root)
+    if active and figures and not figures["n_trials_running"] and not processes.live_workers(artifacts, pick):
+        st.rerun()  # the workers are done: redraw the page once, without polling
 
 
 with top:

@@ -13,6 +13,10 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent
+# every process a test starts loads tests/hooks/sitecustomize.py: SCENELAB_TEST_PAUSE_AT pauses it at a checkpoint
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(REPO / "tests" / "hooks"), str(REPO), os.environ.get("PYTHONPATH", "")) if p
+)
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 MIT64 = SHARED_DATASETS / "mit_split_64"
 COLOURS = {"coast": (40, 90, 200), "forest": (30, 140, 40), "street": (120, 120, 120)}

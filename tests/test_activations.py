@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
-from core.data.arrays import scan
+from core.data import scan
 from core.errors import WeightsError
-from core.explain.heatmaps import activations as act
-from core.explain.heatmaps import render
-from core.models import backbones, imagenet
+from core.explain import activations as act
+from core.explain import render
+from core.models import imagenet
 from core.models.backbones import ResolvedWeights
 from core.models.model import build_classifier
+from core.training import metrics
 
 NONE = ResolvedWeights("none", None, "test:none")
 
@@ -151,9 +150,9 @@ def test_top_channels_and_top_k():
     maps[:, :, 1] = 2.0
     assert render.top_channels(maps, 2) == [3, 1]
     probs = np.array([0.1, 0.6, 0.3])
-    assert render.top_k(probs, ["a", "b", "c"], k=2) == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
+    assert metrics.top_k(probs, ["a", "b", "c"], k=2) == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
     with pytest.raises(ValueError, match="Received: 2 names"):
-        render.top_k(probs, ["a", "b"])
+        metrics.top_k(probs, ["a", "b"])
 
 
 def test_imagenet_class_names():
@@ -182,21 +181,28 @@ def test_lite0_imagenet_inspector_sees_a_cat(tmp_path, monkeypatch):
     assert probs.shape == (1000,)
     top3 = [int(i) for i in np.argsort(-probs)[:3]]
     assert any(281 <= i <= 285 for i in top3), top3  # tabby, tiger cat, Persian, Siamese, Egyptian cat
-    ranked = render.top_k(probs, inspector.classes, 3)
+    ranked = metrics.top_k(probs, inspector.classes, 3)
     assert len(ranked) == 3 and ranked[0][1] >= ranked[1][1]
     heat, cls = inspector.grad_cam(img)
     assert cls == top3[0] and heat.shape == (7, 7) and heat.max() == pytest.approx(1.0)
     assert inspector.layers[-1] == "top_activation"
 
 
-def test_densenet_imagenet_without_weights_is_one_sentence(monkeypatch):
-    def missing() -> object:
-        raise WeightsError("DenseNet121 ImageNet weights are not cached; use efficientnet_lite0.")
+def test_densenet_imagenet_without_weights_is_one_sentence(tmp_path, monkeypatch):
+    """Nothing cached (an empty KERAS_HOME) and the download failing as it does offline: the registry's own
+    sentence, naming the missing file and the offline backbone, reaches the caller."""
+    import keras
 
-    spec = dataclasses.replace(backbones.BACKBONES["densenet121"], imagenet_weights=missing)
-    monkeypatch.setitem(backbones.BACKBONES, "densenet121", spec)
-    with pytest.raises(WeightsError, match="not cached"):
+    def offline(*args: object, **kwargs: object) -> str:
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(WeightsError) as exc:
         act.imagenet_inspector("densenet121", 32)
+    sentence = str(exc.value)
+    assert sentence.startswith("DenseNet121 ImageNet weights are not cached (") and "\n" not in sentence
+    assert str(tmp_path / "keras" / "models") in sentence and "efficientnet_lite0" in sentence
 
 
 def test_densenet_imagenet_backbone_gives_feature_maps_only(monkeypatch):

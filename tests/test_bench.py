@@ -45,18 +45,116 @@ def run_tiny(name: str) -> tuple[dict, str]:
     return json.loads(last), proc.stdout
 
 
+def check_pipeline(f: dict) -> None:
+    assert list(f["sizes"]) == ["32"] and f["batch_size"] == 8  # what --tiny asks for
+    (size,) = f["sizes"].values()
+    for arm in ("scenelab_", "keras_chain_", "parallel_"):  # each ratio is its arm's images/s over the study's
+        ratio = size["ratio" if arm == "scenelab_" else f"{arm}ratio"]
+        assert ratio == pytest.approx(size[f"{arm}images_per_s"] / size["study_images_per_s"], abs=0.01), arm
+    assert f["ratio"] == size["ratio"] and f["target_ratio"] == 3.0
+    assert size["scenelab_decode_once_s"] > 0 and size["study_first_batch_s"] > 0
+
+
+def check_train_step(f: dict) -> None:
+    results = f["results"]
+    assert [(r["precision"], r["image_size"], r["remove_blocks"]) for r in results] == [
+        ("float32", 32, 3), ("mixed_bfloat16", 32, 3)]  # fmt: skip
+    for r in results:  # GFLOP/s is images/s times the counted GFLOP per image; shares of the two peaks
+        assert r["achieved_gflops"] == pytest.approx(r["images_per_s"] * r["train_gflop_per_image"], rel=0.02, abs=0.2)
+        assert r["fraction_of_nominal_peak"] == pytest.approx(
+            r["achieved_gflops"] / f["nominal_fp32_peak_gflops"], abs=2e-3
+        )
+        assert r["train_gflop_per_image"] > 2 * r["forward_gflop_per_image"] > 0  # backward costs about twice forward
+        assert r["steps"] >= 1
+    best = max(results, key=lambda r: r["achieved_gflops"])
+    assert (f["best"]["precision"], f["best"]["achieved_gflops"]) == (best["precision"], best["achieved_gflops"])
+    assert f["measured_ceiling_gflops"]["float32"] > 0 and f["measured_ceiling_gflops"]["bfloat16"] > 0
+
+
+def check_bundled(f: dict) -> None:
+    assert f["images"] == 1881 + 807  # the bundled MIT_split, train and test
+    assert f["second_call_ms"] <= f["second_call_max_ms"] and f["second_call_ms"] < f["rescan_ms"]
+    assert f["second_call_ms"] / 1000 < f["unpack_s"]  # the import record is read, not the zip unpacked again
+    assert f["targets"]["unpack_s"] == 10.0
+
+
+def check_time_to_accuracy(f: dict) -> None:
+    arms = [*f["scenelab"], f["study"]]
+    assert all(0.0 <= arm["test_accuracy"] <= 1.0 for arm in arms)
+    for arm in f["scenelab"]:
+        assert arm["feature_seconds"] < arm["train_seconds_in_core"] <= arm["seconds"]
+        assert arm["timeline"][-1] == [arm["seconds"], arm["test_accuracy"]]
+    assert f["scenelab_best"] in [arm["arm"] for arm in f["scenelab"]]
+    assert list(f["accuracy_within_budget"]) == [f"{b:g}" for b in f["budgets_seconds"]]
+    assert (f["ratio"] is None) == (f["study_seconds_to_target"] is None or f["scenelab_seconds_to_target"] is None)
+
+
+def check_latency(f: dict) -> None:
+    for warm, cold in (("show_cached_run_s", "first_head_run_s"), ("head_retrain_warm_s", "head_retrain_cold_s"),
+                       ("preview_redraw_s", "preview_first_s"), ("feature_maps_warm_s", "feature_maps_cold_s"),
+                       ("grad_cam_warm_s", "grad_cam_cold_s"), ("repeat_arch_first_step_s", "first_step_new_arch_s"),
+                       ("projection_pca_cached_s", "projection_pca_cold_s"),
+                       ("projection_tsne_cached_s", "projection_tsne_cold_s")):  # fmt: skip
+        assert f[warm] < f[cold], (warm, f[warm], cold, f[cold])  # the cached or warm path is the faster one
+    assert f["feature_pass_traced_images_per_s"] > f["feature_pass_traced_first_images_per_s"]  # tracing paid once
+    assert f["head_retrain_warm_model"] is True
+    assert f["met"] == {k: f[k] <= target for k, target in f["targets"].items()}
+
+
+CHECKS = {"pipeline": check_pipeline, "train_step": check_train_step, "bundled": check_bundled,
+          "time_to_accuracy": check_time_to_accuracy, "latency": check_latency}  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_bench_tiny_prints_json(name):
     figures, stdout = run_tiny(name)
     assert figures["bench"] == name and figures["tiny"] is True
     missing = (COMMON_KEYS | EXPECTED[name]) - set(figures)
     assert not missing, missing
-    assert figures["machine"]["cores"] >= 1
-    assert "others_cores_mean" in figures["load"]
+    assert figures["machine"]["cores"] >= 1 and figures["machine"]["cpu"]  # the report names the machine from it
+    assert 0 <= figures["load"]["others_cores_mean"] <= figures["load"]["others_cores_max"]
     assert len(stdout.strip().splitlines()) >= 3  # a table before the JSON line
-    if name == "pipeline":
-        (size,) = figures["sizes"].values()
-        assert size["study_images_per_s"] > 0 and size["scenelab_images_per_s"] > 0
+    CHECKS[name](figures)
+
+
+# -- the report ---------------------------------------------------------------------------------------------------
+def test_benchmarks_md_is_the_reports_output():
+    """BENCHMARKS.md is exactly what ``python -m bench.report bench/results`` prints: no figure typed by hand."""
+    proc = subprocess.run([sys.executable, "-m", "bench.report", "bench/results"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (REPO / "BENCHMARKS.md").read_text(), (
+        "regenerate: python -m bench.report bench/results > BENCHMARKS.md"
+    )
+
+
+def test_the_report_names_each_sections_machine_from_its_results(tmp_path):
+    from bench.report import SECTIONS, report
+
+    for name in ("pipeline", "bundled"):
+        figures = json.loads((REPO / "bench" / "results" / f"{name}.json").read_text().strip().splitlines()[-1])
+        figures["machine"] = {**figures["machine"], "cpu": f"Test CPU of {name}", "cpu_family_model": "1/2"}
+        (tmp_path / f"{name}.json").write_text(json.dumps(figures) + "\n")
+    text = report(tmp_path)
+    assert "The sections ran on 2 machines" in text
+    titles = {s.name: s.title for s in SECTIONS}
+    for name in ("pipeline", "bundled"):
+        assert f"Test CPU of {name} (family/model 1/2), " in text and f"Sections: {titles[name]}." in text
+        assert f"Ran on Test CPU of {name} (family/model 1/2)" in text
+    for claim in ("Zen", "AMX", "Xeon", "EPYC"):  # only what a results file says
+        assert claim not in text
+
+
+def test_the_notes_name_modules_and_names_that_exist():
+    import importlib
+    import re
+
+    notes = (REPO / "bench" / "results" / "NOTES.md").read_text()
+    for path in set(re.findall(r"`((?:core|bench|tests)/[\w/]+\.py)", notes)):
+        assert (REPO / path).is_file(), path
+    for dotted in set(re.findall(r"`(core(?:\.\w+)+)", notes)):
+        module, _, attr = dotted.rpartition(".")
+        assert hasattr(importlib.import_module(module), attr), dotted
 
 
 # -- the speedups the benchmarks measure keep results exact ---------------------------------------------

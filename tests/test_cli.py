@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main
-from core.models.backbones import keras_models_dir
-from core.models.backbones.densenet import DENSENET121_NOTOP_FILE
+from core.cli import build_parser, main, parse_tune
+from core.config import DEFAULT_IMAGE_SIZE, ENTRY_DEFAULTS, SHARED_SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +45,7 @@ def test_describe_densenet_parameter_counts(blocks, expected, capsys):
 
 
 def test_describe_dense_1024_head(capsys):
-    main(["describe", "--remove-blocks", "3", "--dense-1024", "--json"])
+    main(["describe", "--backbone", "densenet121", "--remove-blocks", "3", "--dense-1024", "--json"])
     out = _last_json(capsys.readouterr().out)
     assert out["head_params"] == 128 * 1024 + 1024 + 1024 * 8 + 8
 
@@ -69,7 +68,8 @@ def test_train_json_then_cached(tiny_dataset, tmp_path):
     "args, match",
     [
         (["train", "--data", "/no/such/folder"], "does not exist"),
-        (["train", "--data", ".", "--lr", "abc"], "invalid float"),
+        (["train", "--data", ".", "--lr", "abc"], "Learning rate (--lr) must be a number; received 'abc'"),
+        (["train", "--data", ".", "--dense-1024", "maybe"], "(--dense-1024) must be true or false"),
         (["train", "--data", ".", "--optimizer", "lion"], "invalid choice"),
         (["train", "--data", "{tiny}", "--remove-blocks", "5", "--weights", "none"], "--remove-blocks"),
         (["train", "--data", "{tiny}", "--weights", "/no/weights.h5"], "does not exist"),
@@ -86,13 +86,86 @@ def test_bad_input_exits_2_with_one_sentence(args, match, tiny_dataset, capsys):
     assert len(err) == 1 and match in err[0], err
 
 
+def _fresh_offline(tmp_path: Path) -> dict:
+    """A fresh install without internet: empty HOME and KERAS_HOME, every download sent to a closed port."""
+    (tmp_path / "home").mkdir()
+    closed = "http://127.0.0.1:9"
+    return {"HOME": str(tmp_path / "home"), "KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": closed,
+            "HTTP_PROXY": closed, "https_proxy": closed, "http_proxy": closed}
+
+
 def test_densenet_imagenet_offline_is_one_sentence(tiny_dataset, tmp_path):
-    if (keras_models_dir() / DENSENET121_NOTOP_FILE).exists():
-        pytest.skip("DenseNet121 ImageNet weights are cached on this machine")
-    # an empty KERAS_HOME and no reachable server: the offline answer, not a traceback
-    r = run_cli("train", "--data", str(tiny_dataset), "--weights", "imagenet", "--artifacts", str(tmp_path),
-                env={"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9"})
+    # its own empty KERAS_HOME and no reachable server: the offline answer, not a traceback, whatever ~/.keras holds
+    r = run_cli("train", "--data", str(tiny_dataset), "--backbone", "densenet121", "--weights", "imagenet",
+                "--artifacts", str(tmp_path), env=_fresh_offline(tmp_path))
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("scenelab: DenseNet121 ImageNet weights are not cached")
     assert "Traceback" not in r.stderr
+
+
+def test_a_fresh_offline_install_trains_with_no_run_settings_given(tiny_dataset, tmp_path):
+    """``python -m core train`` with no backbone, weights or size: the offline default, on a machine with nothing
+    cached and no internet (--data and --epochs only keep it fast)."""
+    r = run_cli("train", "--data", str(tiny_dataset), "--epochs", "2", "--artifacts", str(tmp_path / "a"), "--json",
+                env=_fresh_offline(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = _last_json(r.stdout)
+    assert out["cached"] is False and out["epochs_run"] == 2 and 0.0 <= out["test_accuracy"] <= 1.0
+    config = json.loads((tmp_path / "a" / "runs" / out["run_id"] / "config.json").read_text())["run"]
+    assert (config["backbone"], config["weights"], config["image_size"]) == (ENTRY_DEFAULTS["backbone"], "imagenet", 128)
+
+
+def test_every_entry_point_starts_from_the_same_backbone_and_size():
+    from core.models.backbones import default_backbone, get_backbone
+    from ui.settings import DEFAULTS
+
+    parser = build_parser()
+    want = (ENTRY_DEFAULTS["backbone"], DEFAULT_IMAGE_SIZE)
+    assert get_backbone(want[0]).offline  # a fresh install without internet can train it
+    for command in ("train", "describe", "reproduce"):
+        args = parser.parse_args([command] if command != "train" else [command])
+        assert (args.backbone, args.image_size) == want, command
+    request = parse_tune(["--study", "s"])
+    assert (request.cfg.backbone, request.cfg.image_size) == want and request.explicit == {}
+    assert (DEFAULTS["backbone"](), DEFAULTS["image_size"]()) == want == (default_backbone(), want[1])
+    for name in SHARED_SETTINGS:  # the app's sidebar starts where the command line does
+        assert DEFAULTS[name]() == getattr(parser.parse_args(["train"]), name), name
+
+
+def test_a_worker_request_survives_its_command_line():
+    """The app starts search workers with ``tune_argv(request)``; parsing it back gives the same request."""
+    from core.search.study import tune_argv
+
+    argv = ["--study", "s", "--data", "/d", "--trials", "7", "--sampler", "random", "--repeats", "2", "--backbone",
+            "densenet121", "--image-size", "64", "--tta", "false", "--train-per-class", "all", "--aug-hflip",
+            "--full-lr", "none", "--early-stopping", "3"]
+    request = parse_tune(argv)
+    again = parse_tune(tune_argv(request))
+    assert again == request
+    assert request.explicit["train_per_class"] is None and request.explicit["aug_hflip"] is True
+    assert request.explicit["early_stopping_patience"] == 3 and request.cfg.image_size == 64
+
+
+@pytest.mark.parametrize(("name", "raw", "want"), [
+    ("dense_1024", "on", True), ("dense_1024", "No", False), ("train_per_class", "all", None), ("train_per_class", "50", 50),
+    ("epochs", "7", 7), ("lr", "1e-3", 1e-3), ("full_lr", "none", None), ("tta", "1", True),
+])  # fmt: skip
+def test_the_command_line_and_a_link_read_a_value_alike(name, raw, want):
+    from core.config import RUN_SETTINGS
+    from core.fields import flag_of
+    from ui.links import _parse
+
+    args = build_parser().parse_args(["train", flag_of(name, RUN_SETTINGS[name]), raw])
+    assert getattr(args, name) == want == _parse(name, raw)
+
+
+def test_a_bad_value_is_the_same_sentence_on_the_command_line_and_in_a_link(capsys):
+    from core.errors import ConfigError
+    from ui.links import _parse
+
+    with pytest.raises(ConfigError, match=r"Epochs \(--epochs\) must be a whole number; received 'abc'"):
+        _parse("epochs", "abc")
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "abc"])
+    assert "Epochs (--epochs) must be a whole number; received 'abc'" in capsys.readouterr().err

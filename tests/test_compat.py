@@ -94,9 +94,34 @@ def test_tensorflow_graph_freezing_and_the_studys_generator() -> None:
 
 
 def test_streamlit_pages_manager() -> None:
+    """The class attribute ensure_router reads and clears: set to True by the first manager of an app with a
+    pages/ folder (ours), shared by every manager, and left False once cleared."""
+    from pathlib import Path
+
     from ui.compat import pages_manager
 
     manager = pages_manager()
-    assert isinstance(manager.uses_pages_directory, (bool, type(None))), (
+    assert "uses_pages_directory" in vars(manager), (
         "streamlit.runtime.pages_manager.PagesManager.uses_pages_directory is gone: ui/compat.ensure_router needs it"
     )
+    saved = manager.uses_pages_directory
+    try:
+        manager.uses_pages_directory = None
+        first = manager(main_script_path=str(Path(__file__).resolve().parent.parent / "app.py"))
+        assert manager.uses_pages_directory is True and first.uses_pages_directory is True
+        manager.uses_pages_directory = False  # what ensure_router does: the next manager keeps it
+        manager(main_script_path=str(Path(__file__).resolve().parent.parent / "app.py"))
+        assert manager.uses_pages_directory is False
+    finally:
+        manager.uses_pages_directory = saved
+
+
+def test_keras_output_layer_of_a_functional_model() -> None:
+    import keras
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(hidden))
+    assert compat.output_layer(model.outputs[0]).name == "out"
+    assert compat.output_layer(hidden).name == "hidden"
+    assert compat.output_layer(keras.ops.ones((1,))) is None  # a plain tensor made by no layer

@@ -24,7 +24,16 @@ def test_search_bench_tiny_prints_json() -> None:
     assert len(lines) >= 4  # a table before the JSON line
     assert figures["bench"] == "search" and figures["tiny"] is True
     assert {"arms", "speedup_2_workers", "overhead_ms_per_trial", "why", "load", "machine", "command"} <= set(figures)
-    for name in ("sqlite/1", "sqlite/2"):
-        arm = figures["arms"][name]
-        assert arm["trials"] == figures["trials"] and arm["trials_per_min"] > 0 and sum(arm["per_worker"]) == arm["trials"]
-    assert figures["overhead_ms_per_trial"]["sqlite"] > 0 and figures["overhead_ms_per_trial"]["memory"] > 0
+    assert (figures["trials"], figures["epochs"], figures["image_size"]) == (2, 2, 32)  # what --tiny asks for
+    arms = figures["arms"]
+    for name, workers in (("sqlite/1", 1), ("sqlite/2", 2)):
+        arm = arms[name]
+        assert arm["workers"] == workers == len(arm["per_worker"]) and arm["surplus"] == 0
+        assert arm["trials"] == figures["trials"] == sum(arm["per_worker"])  # every trial asked for ran once
+        assert arm["span_s"] <= arm["wall_s"] and arm["mean_trial_s"] <= arm["span_s"] * workers
+        assert arm["trials_per_min"] == pytest.approx(60 * arm["trials"] / arm["span_s"], rel=0.05)
+        assert 0 <= arm["cores_used"] <= workers
+    speedup = arms["sqlite/2"]["trials_per_min"] / arms["sqlite/1"]["trials_per_min"]
+    assert figures["speedup_2_workers"]["sqlite"] == pytest.approx(speedup, abs=0.01)
+    # a trial's storage calls cost more on SQLite (a file, locks, fsync) than in memory
+    assert figures["overhead_ms_per_trial"]["sqlite"] > figures["overhead_ms_per_trial"]["memory"] > 0

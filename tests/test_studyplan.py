@@ -66,9 +66,9 @@ def test_each_mode_searches_in_its_own_study(tmp_path: Path, tiny_dataset: Path)
     space = json.loads(Path(faithful.space_file).read_text())
     blocks = get_backbone(BASE.backbone).blocks
     assert space == {"freeze_blocks": {"type": "categorical", "choices": [blocks - 2, blocks - 1]}}
-    from ui.study import search_argv
+    from core.search.study import tune_argv
 
-    argv = search_argv(faithful)
+    argv = tune_argv(faithful)
     assert argv[argv.index("--phase") + 1] == "head+full" and argv[argv.index("--space") + 1] == faithful.space_file
 
 

@@ -192,16 +192,15 @@ def test_pruning_stops_training_and_stores_nothing(tiny_dataset: Path, store) ->
 
 def test_failing_trial_is_marked_with_its_reason_and_the_study_goes_on(tiny_dataset: Path, store) -> None:
     fixed = dict(FIXED)
-    missing = str(tiny_dataset.parent / "no-such.weights.h5")
-    space = space_mod.build_space({"weights": [missing, "none"]}, fixed)
-    assert list(space) == ["weights"]
-    objective = objective_mod.Objective(TINY.replace(**fixed), space, tiny_dataset, store)
+    space = space_mod.build_space({"freeze_blocks": [1, 0]}, fixed)
+    assert list(space) == ["freeze_blocks"]
+    objective = objective_mod.Objective(TINY.replace(phase="full", **fixed), space, tiny_dataset, store)
     study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
-    study.enqueue_trial({"weights": missing})  # a valid setting whose file is not there: the run fails
-    study.enqueue_trial({"weights": "none"})
+    study.enqueue_trial({"freeze_blocks": 1})  # valid alone, but the cut network keeps one block only: the run fails
+    study.enqueue_trial({"freeze_blocks": 0})
     mine = workers_mod.run_worker(study, objective, 1)
     failed, done = study.trials
-    assert failed.state == TrialState.FAIL and "no-such.weights.h5" in failed.user_attrs["fail_reason"]
+    assert failed.state == TrialState.FAIL and "Frozen first blocks" in failed.user_attrs["fail_reason"]
     assert done.state == TrialState.COMPLETE
     assert mine == {"complete": 1, "pruned": 0, "failed": 1, "surplus": 0}
 

@@ -101,16 +101,30 @@ def test_bad_dataset_path_fails_with_one_sentence(tmp_path, store):
     assert worker.get(job.id) is job
 
 
-def test_unexpected_error_is_one_line(tiny_dataset, store, monkeypatch):
+def test_unexpected_error_is_one_line_and_its_traceback_is_logged(tiny_dataset, store, monkeypatch, caplog):
     def broken(*a, **k):
         raise RuntimeError("out of cheese\nline two")
 
     monkeypatch.setattr("core.worker.train", broken)
     worker = Worker(store)
-    job = worker.wait(worker.submit(TINY, tiny_dataset).id, timeout=30)
+    with caplog.at_level("ERROR", logger="core.worker"):
+        job = worker.wait(worker.submit(TINY, tiny_dataset).id, timeout=30)
     assert job.status == "failed"
     assert job.error == "Training failed: RuntimeError: out of cheese"
     assert error_sentence(ValueError()) == "Training failed: ValueError"
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is RuntimeError]
+    assert len(logged) == 1 and job.id in logged[0].getMessage()
+
+
+def test_an_unexpected_error_preparing_a_run_is_logged(tiny_dataset, store, monkeypatch, caplog):
+    def broken(*a, **k):
+        raise KeyError("no such thing")
+
+    monkeypatch.setattr("core.worker.prepare", broken)
+    with caplog.at_level("ERROR", logger="core.worker"):
+        job = Worker(store).submit(TINY, tiny_dataset)
+    assert job.status == "failed" and job.error == "Training failed: KeyError: 'no such thing'"
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [KeyError]
 
 
 def test_finished_jobs_are_bounded(tiny_dataset, store):

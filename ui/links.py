@@ -15,34 +15,20 @@ import streamlit as st
 
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS
 from core.errors import ConfigError
-from core.fields import check_value
+from core.fields import check_value, parse_text
 from core.models.backbones import BACKBONES
 from ui.panel import key as value_key
 from ui.settings import CONFIG_SHARED_KEYS, SIZE_TOUCHED
 
 WRITTEN = "_url_written"  # what this session last wrote to the URL (a change is a link being opened)
 IGNORED = "_url_ignored"
-SHARED_PARAMS = {"backbone": "backbone", "weights": "weights", "size": "image_size", "tta": "tta", "seed": "seed"}
+SHARED_PARAMS = {RUN_SETTINGS[name].link or name: name for name in CONFIG_SHARED_KEYS}  # link parameter -> setting
 
 
 def _parse(name: str, raw: str) -> Any:
     """A URL string as the setting's value; ConfigError with one sentence when it is not one."""
     info = RUN_SETTINGS.get(name) or AUGMENT_SETTINGS[name]
-    if info.optional and raw in ("", "none", "all"):
-        return None
-    try:
-        if info.kind == "int":
-            value: Any = int(raw)
-        elif info.kind == "float":
-            value = float(raw)
-        elif info.kind == "bool":
-            if raw.lower() not in ("1", "0", "true", "false", "on", "off"):
-                raise ValueError(raw)
-            value = raw.lower() in ("1", "true", "on")
-        else:
-            value = raw
-    except ValueError:
-        raise ConfigError(f"{info.label} must be a {info.kind}; the link has {raw!r}.") from None
+    value = parse_text(name, info, raw)  # the command line's parser: a value means the same in both
     check_value(name, info, value)
     return value
 

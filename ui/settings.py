@@ -12,14 +12,13 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import RunConfig
+from core.config import SHARED_SETTINGS, RunConfig, entry_defaults
 from core.data.bundled import default_dataset
 from core.errors import SceneLabError
-from core.models.backbones import default_backbone
 from core.paths import default_artifacts
 
-SHARED_KEYS = ("data_root", "backbone", "weights", "image_size", "tta", "seed", "artifacts")
-CONFIG_SHARED_KEYS = ("backbone", "weights", "image_size", "tta", "seed")
+CONFIG_SHARED_KEYS = SHARED_SETTINGS  # the run settings declared shared (core.config), in their order
+SHARED_KEYS = ("data_root", *CONFIG_SHARED_KEYS, "artifacts")
 WEIGHT_CHOICES = ("imagenet", "none")
 IMAGE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256)
 SIZE_TOUCHED = "_image_size_chosen"  # the size was chosen (slider, link, opened run): datasets no longer set it
@@ -41,11 +40,7 @@ def _artifacts() -> str:
 
 DEFAULTS: dict[str, Callable[[], Any]] = {  # each computed only when the session lacks it
     "data_root": lambda: _default_data(str(st.session_state.get("artifacts") or _artifacts())),
-    "backbone": default_backbone,
-    "weights": lambda: "imagenet",
-    "image_size": lambda: 128,
-    "tta": lambda: False,
-    "seed": lambda: 0,
+    **{name: (lambda name=name: entry_defaults()[name]) for name in CONFIG_SHARED_KEYS},  # as every entry point
     "artifacts": _artifacts,
 }
 

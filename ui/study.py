@@ -21,7 +21,6 @@ import streamlit as st
 from core.config import RunConfig
 from core.errors import SceneLabError
 from core.search import processes
-from core.search.study import option_flag
 from core.store.folders import Store
 from core.study import reproduce
 from core.study.plan import MODE_LABELS, MODES, Row
@@ -67,7 +66,7 @@ def _estimate(base: dict[str, Any], data_root: str, artifacts: str, how: reprodu
 
 
 def cached_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> float | None:
-    measured = throughput.is_measured(base.backbone, base.image_size, Path(store.root))
+    measured = throughput.known(base.backbone, base.image_size, Path(store.root)) is not None
     return _estimate(base.to_dict(), str(data_root), str(store.root), how, (*_stamp(store), measured))
 
 
@@ -179,7 +178,7 @@ def progress_counts(results: list[reproduce.RowResult]) -> tuple[int, int, int, 
 def known_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> float | None:
     """The estimate when this machine's throughput for the backbone and size is known (else None: measuring
     takes seconds, which a page rerun must not spend; :func:`measure_speed` does it in the background)."""
-    if not throughput.is_measured(base.backbone, base.image_size, Path(store.root)):
+    if not throughput.known(base.backbone, base.image_size, Path(store.root)) is not None:
         return None
     try:
         return reproduce.estimate(base, data_root, store, how=how)
@@ -227,16 +226,6 @@ def _captured_worker() -> Any:
     return _WORKER["worker"]
 
 
-def search_argv(req: Any) -> list[str]:
-    """``core tune``'s arguments for the reproduction's search (its explicit options and space file)."""
-    argv = ["--study", req.study, "--data", str(req.data), "--trials", str(req.trials), "--artifacts", req.artifacts_root]
-    for option, value in req.explicit.items():
-        argv += [option_flag(option), str(value).lower() if isinstance(value, bool) else str(value)]
-    if req.space_file:
-        argv += ["--space", req.space_file]
-    return [*argv, "--json"]
-
-
 def _token() -> str:
     """This browser session's token (who started the reproduction may cancel it)."""
     return st.session_state.setdefault("_study_token", uuid.uuid4().hex)
@@ -254,7 +243,7 @@ def start_reproduction(base: RunConfig, data_root: str, store: Store, how: repro
         if how.trials:
             req = reproduce.search_request(base, data_root, str(store.root), how.trials, how.mode, how.trained_blocks)
             if not processes.live_workers(req.artifacts_root, req.study):
-                processes.start_worker(search_argv(req), req.artifacts_root, req.study)
+                processes.start_worker(req)
             while processes.live_workers(req.artifacts_root, req.study):
                 if should_stop():
                     processes.stop_workers(req.artifacts_root, req.study)

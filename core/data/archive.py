@@ -9,8 +9,8 @@ cleaner takes it exclusively, so a live import is never hit). Files are not fsyn
 for 2688 files here, against 0.7 s for the whole import). Refused in one sentence, leaving nothing:
 not a zip, encrypted, ``..``/absolute/drive/backslash paths, symbolic links, bombs (caps on the bytes
 really produced while streaming, never the header's sizes), no images, an unknown layout; hidden
-files and non-images are skipped and listed. Test hook: ``SCENELAB_TEST_PAUSE_AT=import:write``
-(after the first file) or ``import:commit`` (before the rename) pauses so a test can kill there.
+files and non-images are skipped and listed. Checkpoints (``core.store.atomic.checkpoint``): ``import:write``
+(after the first file) and ``import:commit`` (before the rename), where the tests kill the process.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from core.data.scan import IMAGE_EXTENSIONS, SPLITS, Skipped, scan_dataset
 from core.data.security import allowed_roots, check_data_root
 from core.errors import ConfigError, DataRootError, DatasetError, first_line, os_error_phrase
 from core.paths import REPO
-from core.store.atomic import pause_point
+from core.store.atomic import checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def staged_folder(dest: str | os.PathLike[str], *, what: str = "destination fold
             raise _unwritable(parent, exc) from exc
         try:
             yield tmp
-            pause_point("import:commit")
+            checkpoint("import:commit")
             try:
                 os.rename(tmp, target)  # replaces an empty folder; refuses a non-empty one
             except OSError as exc:
@@ -360,7 +360,7 @@ def _unpack(zf: zipfile.ZipFile, placed: list[Placed], tmp: Path, budget: Budget
             folder.mkdir(parents=True, exist_ok=True)
             extract_entry(zf, info, folder / name, budget)
             if done == 1:
-                pause_point("import:write")
+                checkpoint("import:write")
         except FileExistsError:
             skipped.append(Skipped(info.filename, "duplicate entry (same file name twice in the zip)"))
         except OSError as exc:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from core.compat import output_layer
 from core.models.backbones import build_base, get_backbone, resolve_weights, spec_of_model
 from core.models.compiling import Compiler
 from core.models.imagenet import IMAGENET_CLASSES, imagenet_class_names
@@ -71,10 +72,8 @@ def conv_layers(classifier: Any) -> list[str]:
 
 
 def _output_layer_name(model: Any) -> str:
-    history = getattr(model.outputs[0], "_keras_history", None)
-    if history is not None:
-        return str(history[0].name)
-    return str(model.layers[-1].name)
+    layer = output_layer(model.outputs[0])
+    return str((layer if layer is not None else model.layers[-1]).name)
 
 
 # -- the inspector ------------------------------------------------------------------------------------

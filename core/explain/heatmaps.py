@@ -33,14 +33,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from core.config import DEFAULT_IMAGE_SIZE
 from core.data.decode import ImageDecodeError, decode_image
 from core.errors import ConfigError
+from core.explain import render
 from core.explain.activations import Inspector, imagenet_inspector
-from core.explain.heatmaps import render
 from core.explain.methods import EXPLAIN_METHODS
 from core.models.backbones import get_backbone
 from core.store.atomic import atomic_write_bytes
 from core.store.folders import RunRecord
+from core.training.metrics import top_k
 from core.training.runs import load_classifier
 
 __all__ = ["METHODS", "Comparison", "Explanation", "class_index_of", "compare", "difference", "explain", "explain_image",
@@ -244,7 +246,7 @@ def inspector_for(
             f"{spec.label} with {weights} weights has no classification head, so there is no class to explain; "
             "give a trained run (--run) or a backbone with its ImageNet top (efficientnet_lite0, weights imagenet)."
         )
-    return imagenet_inspector(backbone, image_size or 128, background_compile=False)
+    return imagenet_inspector(backbone, image_size or DEFAULT_IMAGE_SIZE, background_compile=False)
 
 
 def explain_image(
@@ -274,7 +276,7 @@ def explain_image(
     atomic_write_bytes(path, buf.getvalue())
     h, w = e.heatmap.shape
     return {
-        "top": [{"class": c, "probability": round(p, 4)} for c, p in render.top_k(e.probs, classes, top)],
+        "top": [{"class": c, "probability": round(p, 4)} for c, p in top_k(e.probs, classes, top)],
         "class": classes[e.class_index], "class_index": e.class_index, "block": e.layer,
         "block_name": inspector.block_name(e.layer), "block_size": list(inspector.layer_shape(e.layer)[:2]),
         "map_size": [h, w], "method": method, "method_name": METHODS[method],

@@ -1,4 +1,4 @@
-"""Pictures from arrays, without matplotlib: colour maps, heatmap overlays, channel grids, top-k lists.
+"""Pictures from arrays, without matplotlib: colour maps, heatmap overlays, channel grids.
 
 The colour maps (a jet-like map for heatmaps, a viridis-like one for feature maps, a blue-white-red one
 for signed differences) are small numpy look-up tables; :func:`colorbar` draws one as a legend strip.
@@ -12,14 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-
-def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
-    """The ``k`` most probable classes with their probabilities, most probable first."""
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    if len(classes) != len(p):
-        raise ValueError(f"Expected one class name per probability ({len(p)}). Received: {len(classes)} names")
-    order = np.argsort(-p, kind="stable")[: max(0, int(k))]
-    return [(str(classes[i]), float(p[i])) for i in order]
+from core.training.metrics import top_k  # noqa: F401 - moved to core.training.metrics; kept here until pages/activations.py imports it there
 
 
 def _lut(anchors: Sequence[tuple[float, tuple[int, int, int]]]) -> np.ndarray:

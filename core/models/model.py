@@ -215,13 +215,13 @@ def count_trainable(model: Any) -> int:
 
 
 def describe(
-    backbone: str = "densenet121",
+    backbone: str,
     remove_blocks: int = 0,
     *,
     classes: int = 8,
     dense_1024: bool = False,
     batch_norm: bool = False,
-    image_size: int = 224,
+    image_size: int,
 ) -> dict[str, Any]:
     """Parameter counts of a classifier without loading any weights (instant for the UI)."""
     import keras

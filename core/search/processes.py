@@ -15,9 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.cli import parse_tune
 from core.paths import REPO
-from core.search.study import prepare_study
+from core.search.study import StudyRequest, prepare_study, tune_argv
 from core.search.workers import pid_alive
 
 
@@ -55,10 +54,10 @@ def live_workers(artifacts: str, name: str) -> list[int]:
     return [p for p in pids if pid_alive(p) and _is_tune_worker(p)]
 
 
-def check_and_create(argv: list[str]) -> None:
-    """Validate a worker's arguments here and create the study, so errors show at once as one sentence
+def check_and_create(req: StudyRequest) -> None:
+    """Validate a worker's request here and create the study, so errors show at once as one sentence
     (:class:`~core.errors.SceneLabError`) instead of in a log."""
-    prepare_study(parse_tune(argv))
+    prepare_study(req)
 
 
 def launch_worker(argv: list[str], artifacts: str, name: str) -> int:
@@ -82,10 +81,13 @@ def launch_worker(argv: list[str], artifacts: str, name: str) -> int:
     return proc.pid
 
 
-def start_worker(argv: list[str], artifacts: str, name: str) -> int:
-    """:func:`check_and_create`, then :func:`launch_worker`."""
-    check_and_create(argv)
-    return launch_worker(argv, artifacts, name)
+def start_worker(req: StudyRequest) -> int:
+    """:func:`check_and_create`, then :func:`launch_worker` with the arguments that ask for ``req``.
+
+    It takes the parsed request (``core.cli.parse_tune`` turns a command line into one), so this module
+    needs nothing from the command-line layer above it."""
+    check_and_create(req)
+    return launch_worker(tune_argv(req), req.artifacts_root, req.study)
 
 
 def stop_workers(artifacts: str, name: str) -> int:

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, RunConfig
 from core.data.scan import scan_dataset
 from core.errors import ConfigError, SceneLabError
-from core.fields import flag_of
+from core.fields import flag_of, to_text
 from core.paths import default_artifacts
 from core.search.objective import Objective, resolve_repeats
 from core.search.samplers import make_pruner, make_sampler
@@ -78,6 +78,22 @@ def option_flag(option: str) -> str:
     if option.startswith("aug_") and option[4:] in AUGMENT_SETTINGS:
         return flag_of(option[4:], AUGMENT_SETTINGS[option[4:]], "aug-")
     return flag_of(option, RUN_SETTINGS[option])
+
+
+def option_argv(options: dict[str, Any]) -> list[str]:
+    """Run options (keys as in :attr:`StudyRequest.explicit`) as ``tune`` arguments, flags from the declaration."""
+    return [text for option, value in options.items() for text in (option_flag(option), to_text(value))]
+
+
+def tune_argv(req: StudyRequest) -> list[str]:
+    """The ``python -m core tune`` arguments that ask for ``req`` (``core.cli.parse_tune`` reads them back):
+    what the app's background workers are started with."""
+    argv = ["--study", req.study]
+    others = {"--data": req.data, "--trials": req.trials, "--storage": req.storage, "--timeout": req.timeout,
+              "--sampler": req.sampler, "--pruner": req.pruner, "--space": req.space_file, "--repeats": req.repeats,
+              "--artifacts": req.artifacts}  # fmt: skip
+    argv += [text for flag, value in others.items() if value is not None for text in (flag, str(value))]
+    return [*argv, *option_argv(req.explicit), "--json"]
 
 
 def create_or_resume(

@@ -5,11 +5,10 @@ either the old file or the whole new one. Every write failure (a full disk, a re
 :class:`~core.errors.StoreError` of one sentence. Cache files are read without pickle; a corrupt one is
 reported, deleted and rebuilt, never trusted.
 
-For the interruption tests, ``SCENELAB_TEST_PAUSE_AT=write:<file name>`` (half-way through writing that
-file), ``write:<folder>`` (any file of ``datasets/`` or ``features/``), ``write`` (the first file written
-into a run's temporary folder) or ``commit`` (every file written, before the rename; see ``core.store.folders``)
-makes the process print ``scenelab-test: paused at ...`` on stderr and sleep, so a test can kill it at
-exactly that point. Unset, it costs one dictionary lookup.
+Writing passes named *checkpoints* (``write:<file name>`` half-way through a file, ``commit`` before a run
+folder's rename, ``import:...``, ``export:...``): listeners added with :func:`add_checkpoint_hook` see them.
+SceneLab adds none; the interruption tests add one that pauses the process there so they can kill it at
+exactly that point (``tests/hooks/sitecustomize.py``). Without a listener a checkpoint is an empty loop.
 """
 
 from __future__ import annotations
@@ -19,11 +18,10 @@ import io
 import json
 import logging
 import os
-import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -31,7 +29,9 @@ from core.errors import StoreError, first_line, os_error_phrase
 
 logger = logging.getLogger(__name__)
 
-PAUSE_ENV = "SCENELAB_TEST_PAUSE_AT"
+#: A checkpoint listener: (name, other names the same point answers to, inside a run's temporary folder).
+CheckpointHook = Callable[[str, tuple[str, ...], bool], None]
+_HOOKS: list[CheckpointHook] = []
 
 
 def store_error(path: Path, exc: OSError) -> StoreError:
@@ -42,39 +42,39 @@ def store_error(path: Path, exc: OSError) -> StoreError:
     )
 
 
-def pause_point(name: str, *aliases: str, in_run: bool = False) -> None:
-    """Test hook: sleep at ``name`` (or one of its ``aliases``) when ``SCENELAB_TEST_PAUSE_AT`` asks for it."""
-    want = os.environ.get(PAUSE_ENV)
-    if not want:
-        return
-    if not (want in (name, *aliases) or (want == "write" and in_run and name.startswith("write:"))):
-        return
-    sys.stderr.write(f"scenelab-test: paused at {name if want == 'write' else want} ({name})\n")
-    sys.stderr.flush()
-    time.sleep(float(os.environ.get("SCENELAB_TEST_PAUSE_S", "120")))
+def add_checkpoint_hook(hook: CheckpointHook) -> None:
+    """Call ``hook`` at every checkpoint from now on (for the interruption tests)."""
+    _HOOKS.append(hook)
 
 
-def _write_file(fh: io.BufferedWriter | Any, data: bytes, path: Path) -> None:
-    if os.environ.get(PAUSE_ENV):  # write half, pause, write the rest
+def checkpoint(name: str, *aliases: str, in_run: bool = False) -> None:
+    """A named point in writing stored files: every listener is called with it (none unless one was added)."""
+    for hook in _HOOKS:
+        hook(name, aliases, in_run)
+
+
+def _write_file(fh: IO[bytes], data: bytes, path: Path) -> None:
+    if _HOOKS:  # write half, pass the checkpoint, write the rest: a listener sees a half-written file
         half = len(data) // 2
         fh.write(data[:half])
         fh.flush()
         # "write:<file name>", or "write:<folder>" for any file in artifacts/<folder>/ (datasets, features)
-        pause_point(f"write:{path.name}", f"write:{path.parent.name}", in_run=path.parent.name.startswith(".tmp-"))
+        checkpoint(f"write:{path.name}", f"write:{path.parent.name}", in_run=path.parent.name.startswith(".tmp-"))
         fh.write(data[half:])
     else:
         fh.write(data)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and a rename."""
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None], prefix: str, suffix: str) -> None:
+    """``write`` into a temporary file ``<prefix>*<suffix>`` in ``path``'s folder, fsync, rename onto ``path``; a
+    failure leaves no temporary file and becomes the one-sentence :class:`StoreError`."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
-                _write_file(fh, data, path)
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -84,6 +84,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             raise
     except OSError as exc:
         raise store_error(path, exc) from exc
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and a rename."""
+    path = Path(path)
+    _atomic_write(path, lambda fh: _write_file(fh, data, path), f".{path.name}.", ".tmp")
 
 
 def atomic_write_json(path: Path, payload: Any) -> None:
@@ -93,26 +99,16 @@ def atomic_write_json(path: Path, payload: Any) -> None:
 def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
     """Save arrays uncompressed (fast to load) through a temporary file, fsync and a rename."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                if os.environ.get(PAUSE_ENV):
-                    buf = io.BytesIO()
-                    np.savez(buf, **arrays)
-                    _write_file(fh, buf.getvalue(), path)
-                else:
-                    np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    except OSError as exc:
-        raise store_error(path, exc) from exc
+
+    def write(fh: IO[bytes]) -> None:
+        if _HOOKS:  # whole in memory first, so a listener sees the file half-written
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            _write_file(fh, buf.getvalue(), path)
+        else:
+            np.savez(fh, **arrays)
+
+    _atomic_write(path, write, f".{path.stem}.", ".npz")
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray] | None:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import StoreError, first_line
-from core.store.atomic import fsync_dir, load_npz, pause_point, store_error
+from core.store.atomic import checkpoint, fsync_dir, load_npz, store_error
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ class Store:
                         with open(f, "rb") as fh:
                             os.fsync(fh.fileno())
                 fsync_dir(tmp)
-                pause_point("commit")
+                checkpoint("commit")
                 if replace and target.is_dir():
                     self._swap_in(run_id, tmp, target)
                 else:
@@ -271,7 +271,7 @@ class Store:
             _LIVE_TMP.add(str(aside))  # no clean-up of this process may put it back meanwhile
         try:
             os.rename(target, aside / "run")
-            pause_point("replace")
+            checkpoint("replace")
             os.rename(tmp, target)
             fsync_dir(self.runs_dir)
         finally:

@@ -32,7 +32,7 @@ from typing import Any
 
 from core.errors import ConfigError, SceneLabError, StoreError, first_line, os_error_phrase
 from core.paths import REPO
-from core.store.atomic import fsync_dir, pause_point
+from core.store.atomic import checkpoint, fsync_dir
 from core.store.folders import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def write_export(record: RunRecord, model: Any, dest: str | os.PathLike[str]) ->
         with _staged(path) as tmp_model, _staged(labels) as tmp_labels, _staged(card) as tmp_card:
             _write_model(serving, tmp_model, fmt, image_size)
             size, digest = _finish(tmp_model)
-            pause_point("export:model")
+            checkpoint("export:model")
             tmp_labels.write_text("\n".join(classes) + "\n")
             payload = model_card(record, fmt, path, digest, size, tta)
             tmp_card.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")

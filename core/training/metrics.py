@@ -1,13 +1,23 @@
-"""A trained run's figures from its predictions: accuracies, confusion matrix, per-class accuracy."""
+"""Figures from predictions: a ranking of one image's classes; a run's accuracies, confusion matrix, per-class accuracy."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from core.config import RunConfig
 from core.data.arrays import DecodedDataset, Splits
+
+
+def top_k(probs: np.ndarray, classes: Sequence[str], k: int = 3) -> list[tuple[str, float]]:
+    """The ``k`` most probable classes with their probabilities, most probable first (ties keep class order)."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if len(classes) != len(p):
+        raise ValueError(f"Expected one class name per probability ({len(p)}). Received: {len(classes)} names")
+    order = np.argsort(-p, kind="stable")[: max(0, int(k))]
+    return [(str(classes[i]), float(p[i])) for i in order]
 
 
 def kept_epoch(cfg: RunConfig, history: list[dict[str, float]]) -> int:

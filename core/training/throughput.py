@@ -3,7 +3,9 @@
 :func:`measure` times a few forward passes and training steps of the backbone at one image size (random
 weights: speed does not depend on them) and keeps the figures in ``<artifacts>/throughput.json``, so it
 runs once per machine, backbone and size. :func:`run_cost` turns a prepared run into seconds from them:
-feature passes (skipped when cached), head epochs, epochs through the frozen or trained network.
+feature passes (skipped when cached), head epochs, epochs through the frozen or trained network. A head on
+cached features costs what this machine's stored head runs of the backbone cost per epoch
+(:func:`head_epoch_seconds`); before there is one it is a rough constant, and the cost says so (``measured``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from core.store.atomic import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
-HEAD_RUN_S = 3.0  # building, compiling and fitting a head on cached features (BENCHMARKS.md §4)
+HEAD_RUN_S = 3.0  # a rough head run on cached features (BENCHMARKS.md §4) until this machine has stored one
 BATCH = 16
 
 
@@ -38,25 +40,27 @@ class Cost:
     seconds: float
     feature_key: str | None = None  # the feature cache a run computes first (shared by later runs)
     feature_seconds: float = 0.0
+    measured: bool = True  # False: part of it is the rough constant HEAD_RUN_S (no head run stored here yet)
 
 
-def _cache(root: Path) -> Path:
+def measured_cache(root: Path) -> Path:
+    """The file of measured throughputs (``backbone@size`` -> images/s) under the artifacts folder ``root``."""
     return root / "throughput.json"
 
 
-def is_measured(backbone: str, image_size: int, root: Path) -> bool:
-    """Whether :func:`measure` would answer from the cache (no model built)."""
+def known(backbone: str, image_size: int, root: Path) -> Throughput | None:
+    """The measured throughput when this machine has it, without measuring (which takes seconds)."""
     try:
-        known = json.loads(_cache(root).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(known, dict) and isinstance(known.get(f"{backbone}@{image_size}"), dict)
+        figures = json.loads(measured_cache(root).read_text()).get(f"{backbone}@{image_size}")
+        return Throughput(float(figures["infer"]), float(figures["train"]))
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return None
 
 
 def measure(backbone: str, image_size: int, root: Path) -> Throughput:
     """Images/s through ``backbone`` at ``image_size``: measured once, then read from ``root``'s cache."""
     key = f"{backbone}@{image_size}"
-    path = _cache(root)
+    path = measured_cache(root)
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -120,15 +124,55 @@ def run_cost(prep: Any, store: Any, speed: Throughput | None = None) -> Cost:
     key = features_key(cfg, prep.info.fingerprint, prep.weights)
     feature_seconds = 0.0
     seconds = 0.0
+    measured = True
     if cfg.phase in ("head", "head+full"):
         if cfg.uses_feature_cache:
             passes = 2 if (cfg.augment.hflip or cfg.tta) else 1
             if not (Path(store.features_dir) / f"{key}.npz").exists():
                 feature_seconds = passes * n_all / speed.infer
-            seconds += HEAD_RUN_S
+            per_epoch = head_epoch_seconds(store, cfg.backbone)
+            seconds += per_epoch * cfg.epochs if per_epoch is not None else HEAD_RUN_S
+            measured = per_epoch is not None
         else:  # augmented images through the frozen backbone every epoch
             seconds += cfg.epochs * n_train / speed.infer + n_eval / speed.infer
     if cfg.phase in ("full", "head+full"):
         epochs = cfg.epochs if cfg.phase == "full" else cfg.resolved_full_epochs
         seconds += epochs * n_train / speed.train + n_eval * (2 if cfg.tta else 1) / speed.infer
-    return Cost(seconds + feature_seconds, key if feature_seconds else None, feature_seconds)
+    return Cost(seconds + feature_seconds, key if feature_seconds else None, feature_seconds, measured)
+
+
+_HEAD_EPOCHS: dict[tuple[str, float], dict[str, float]] = {}  # (runs folder, its mtime) -> backbone -> s/epoch
+
+
+def head_epoch_seconds(store: Any, backbone: str) -> float | None:
+    """Median seconds per epoch of the heads trained on cached features of ``backbone`` stored in ``store``
+    (what this machine measured; feature passes left out), or None when it has none yet. Read once per
+    change of the runs folder (a new run renames a folder into it)."""
+    runs_dir = Path(store.runs_dir)
+    try:
+        stamp = (str(runs_dir), runs_dir.stat().st_mtime)
+    except OSError:
+        return None
+    if stamp not in _HEAD_EPOCHS:
+        per: dict[str, list[float]] = {}
+        for record in store.list_runs():
+            cfg, m = record.config.get("run", {}), record.metrics
+            cached = cfg.get("phase") == "head" and not any(
+                v for k, v in cfg.get("augment", {}).items() if k != "hflip"
+            )
+            if cached and m.get("seconds") and m.get("epochs_run"):
+                spent = float(m["seconds"]) - float(m.get("feature_seconds") or 0.0)
+                per.setdefault(str(cfg.get("backbone")), []).append(max(0.0, spent) / int(m["epochs_run"]))
+        _HEAD_EPOCHS.clear()
+        _HEAD_EPOCHS[stamp] = {name: float(np.median(v)) for name, v in per.items()}
+    return _HEAD_EPOCHS[stamp].get(backbone)
+
+
+def search_trial_seconds(cfg: RunConfig, store: Any, repeats: int = 1) -> tuple[float, bool]:
+    """Seconds one search trial of base config ``cfg`` takes here (``repeats`` heads on cached features, each
+    ``cfg.epochs`` epochs; pruning only shortens it) and whether that comes from this machine's stored head
+    runs (True) or is the rough constant (False)."""
+    per_epoch = head_epoch_seconds(store, cfg.backbone)
+    if per_epoch is None:
+        return HEAD_RUN_S * repeats, False
+    return per_epoch * cfg.epochs * repeats, True

@@ -22,7 +22,6 @@ from core.models.backbones.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BackboneSpec,
-    default_backbone,
     get_backbone,
     keras_models_dir,
     register,
@@ -33,6 +32,8 @@ __all__ = [
     "BACKBONES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DEFAULT_BACKBONE",
+    "STUDY_BACKBONE",
     "BackboneSpec",
     "ResolvedWeights",
     "build_base",
@@ -46,6 +47,20 @@ __all__ = [
     "spec_of_model",
     "weights_status",
 ]
+
+#: ``RunConfig``'s default backbone, the study's. It enters the id of every run stored with the default, so it
+#: never changes; no entry point starts from it (``DEFAULT_BACKBONE``).
+STUDY_BACKBONE = _densenet.SPEC.name
+#: What every entry point (the app, ``python -m core train``/``tune``/``reproduce``/``describe``/``project``,
+#: links) starts from: its ImageNet weights ship with pip, so a fresh offline install trains at once, where
+#: DenseNet121's need a download.
+DEFAULT_BACKBONE = _lite0.SPEC.name
+
+
+def default_backbone() -> str:
+    """The backbone a session or command starts from when none is given (:data:`DEFAULT_BACKBONE`)."""
+    return DEFAULT_BACKBONE
+
 
 # -- weights ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -12,7 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from core.models.backbones.registry import BackboneSpec, keras_models_dir, register
-from core.models.lite0 import LITE0_STAGE_ENDS, build_lite0, imagenet_weights_file, load_imagenet
+
+# core.models.lite0 imports Keras (5 s), so it is imported where a network is built or loaded: the registry, and the
+# backbone names it declares, stay cheap for the command line and the configs (tests/test_architecture.py
+# checks these stage ends against core.models.lite0.LITE0_STAGE_ENDS).
+STAGE_ENDS = (
+    "block1a_project_bn",
+    "block2b_add",
+    "block3b_add",
+    "block4c_add",
+    "block5c_add",
+    "block6d_add",
+    "block7a_project_bn",
+    "top_activation",
+)
 
 WEIGHTS_FILE = "efficientnet_lite0_imagenet.weights.h5"  # the converted full model (with its top)
 _BLOCK = re.compile(r"^(block\d+[a-z])_(project_bn|add)$")
@@ -20,6 +33,8 @@ _TOP = "top_activation"
 
 
 def _build(image_size: int) -> Any:
+    from core.models.lite0 import build_lite0
+
     return build_lite0((image_size, image_size, 3), include_top=False)
 
 
@@ -30,6 +45,8 @@ def _preprocess() -> Any:
 
 
 def _imagenet() -> Path:
+    from core.models.lite0 import imagenet_weights_file
+
     return imagenet_weights_file(keras_models_dir())
 
 
@@ -38,6 +55,8 @@ def _cached() -> bool:
 
 
 def _load(model: Any, path: Path) -> None:
+    from core.models.lite0 import load_imagenet
+
     if path.name == WEIGHTS_FILE:  # the converted full model with its top: copied by layer name
         load_imagenet(model, path.parent)
     else:
@@ -47,6 +66,8 @@ def _load(model: Any, path: Path) -> None:
 def _imagenet_top(image_size: int) -> tuple[Any, list[Any]]:
     """The ImageNet network without its pooling and top, and the weights of its 1000-way Dense top."""
     import keras
+
+    from core.models.lite0 import build_lite0, load_imagenet
 
     full = build_lite0((image_size, image_size, 3), include_top=True)
     load_imagenet(full, keras_models_dir())
@@ -88,7 +109,7 @@ SPEC = register(
         build=_build,
         preprocess=_preprocess,
         # full (head conv), minus the head conv and stage 7, minus stage 6 too, minus stage 5 too
-        cut_layers=(LITE0_STAGE_ENDS[-1], LITE0_STAGE_ENDS[5], LITE0_STAGE_ENDS[4], LITE0_STAGE_ENDS[3]),
+        cut_layers=(STAGE_ENDS[-1], STAGE_ENDS[5], STAGE_ENDS[4], STAGE_ENDS[3]),
         block_word="stage",
         block_outputs=block_outputs,
         imagenet_weights=_imagenet,

@@ -89,12 +89,3 @@ def spec_of_model(model: Any) -> BackboneSpec | None:
         if model.name == spec.name or model.name.startswith(f"{spec.name}_cut"):
             return spec
     return None
-
-
-def default_backbone() -> str:
-    """The first registered backbone whose ImageNet weights are at hand: DenseNet121 (the study's) once
-    they are cached, else the offline EfficientNet-Lite0."""
-    for spec in BACKBONES.values():
-        if spec.offline or spec.imagenet_cached():
-            return spec.name
-    return next(iter(BACKBONES))
