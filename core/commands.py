@@ -173,10 +173,10 @@ def _reproduce(args: Any) -> dict[str, Any]:
     store = Store(args.artifacts or default_artifacts())
     data = str(args.data or default_dataset(store.root))
     if args.estimate:
-        seconds = reproduce.estimate(base, data, store, how=how)
+        seconds, measured = reproduce.estimate_detail(base, data, store, how)
         missing = reproduce.missing_runs(base, data, store, how=how)
-        return {"estimated_seconds": round(seconds), "runs_missing": len(missing), "mode": how.mode,
-                "repeats": how.repeats}  # fmt: skip
+        return {"estimated_seconds": round(seconds), "measured": measured, "runs_missing": len(missing),
+                "mode": how.mode, "repeats": how.repeats}  # fmt: skip
     done = reproduce.reproduce(base, data, store, how=how)
     rows = reproduce.table(base, data, store, how=how)
     claims = [c.as_dict() for c in reproduce.claims(rows)]

@@ -89,10 +89,12 @@ def estimates_line() -> str:
         if missing == 0:
             parts.append(f"{m}: every run stored")
             continue
-        seconds = cached_estimate(base, s["data_root"], store, plans[m])
-        unknown |= seconds is None
-        when = f"about {fmt_eta(seconds)}" if seconds is not None else "measuring this machine's speed…"
-        if seconds is None and speed is not None and speed.status == "failed":
+        found = cached_estimate(base, s["data_root"], store, plans[m])
+        unknown |= found is None
+        when = "measuring this machine's speed…"
+        if found is not None:
+            when = f"about {fmt_eta(found[0])}" if found[1] else f"roughly {fmt_eta(found[0])} (no such run measured here yet)"
+        if found is None and speed is not None and speed.status == "failed":
             when = f"no estimate ({speed.error})"
         parts.append(f"{m}: {counts[1] - counts[0]} runs and {max(0, counts[3] - counts[2])} search trials missing, {when}")
     if unknown and speed is None:

@@ -61,11 +61,12 @@ def cached_table(base: RunConfig, data_root: str, store: Store, how: reproduce.P
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _estimate(base: dict[str, Any], data_root: str, artifacts: str, how: reproduce.Plan,
-              stamp: tuple[int, ...]) -> float | None:  # fmt: skip
+              stamp: tuple[int, ...]) -> tuple[float, bool] | None:  # fmt: skip
     return known_estimate(RunConfig.from_dict(base), data_root, Store(artifacts), how)
 
 
-def cached_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> float | None:
+def cached_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> tuple[float, bool] | None:
+    """(seconds, measured) of the mode's missing runs, or None until this machine's speed is known."""
     measured = throughput.known(base.backbone, base.image_size, Path(store.root)) is not None
     return _estimate(base.to_dict(), str(data_root), str(store.root), how, (*_stamp(store), measured))
 
@@ -175,13 +176,13 @@ def progress_counts(results: list[reproduce.RowResult]) -> tuple[int, int, int, 
     return len(stored), len(every), (search.done if search else 0), (search.runs if search else 0)
 
 
-def known_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> float | None:
+def known_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> tuple[float, bool] | None:
     """The estimate when this machine's throughput for the backbone and size is known (else None: measuring
     takes seconds, which a page rerun must not spend; :func:`measure_speed` does it in the background)."""
     if not throughput.known(base.backbone, base.image_size, Path(store.root)) is not None:
         return None
     try:
-        return reproduce.estimate(base, data_root, store, how=how)
+        return reproduce.estimate_detail(base, data_root, store, how)
     except SceneLabError:
         return None
 

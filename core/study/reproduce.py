@@ -254,23 +254,29 @@ def _order(prep: Prepared, store: Store) -> tuple[int, int, int, float]:
     return kind, cfg.remove_blocks if kind == 0 else 0, -cfg.freeze_blocks, run_cost(prep, store).seconds
 
 
-def _trial_seconds(req: StudyRequest, data_root: str, store: Store) -> float:
-    """One search trial's cost from this machine's measured throughput (its run, times its seeds)."""
+def _trial_seconds(req: StudyRequest, data_root: str, store: Store) -> tuple[float, bool]:
+    """One search trial's cost from this machine's measured throughput (its run, times its seeds; pruning
+    only shortens it) and whether that is measured here rather than rough."""
     from core.search.objective import resolve_repeats
 
     prep = prepare(req.cfg, data_root)
     cost = run_cost(prep, store)
-    return (cost.seconds - cost.feature_seconds) * resolve_repeats(req.repeats, req.cfg)
+    return (cost.seconds - cost.feature_seconds) * resolve_repeats(req.repeats, req.cfg), cost.measured
 
 
 def estimate(base: RunConfig, data_root: str, store: Store, *, trials: int = DEFAULT_TRIALS,
              grid_sample: int = DEFAULT_GRID_SAMPLE, how: Plan | None = None) -> float:  # fmt: skip
     """Seconds the missing rows will take on this machine (measured throughput of the backbone at this size);
     a feature cache that several runs share is counted once."""
-    how = how or Plan(grid_sample=grid_sample, trials=trials)
-    total, computed = 0.0, set()
+    return estimate_detail(base, data_root, store, how=how or Plan(grid_sample=grid_sample, trials=trials))[0]
+
+
+def estimate_detail(base: RunConfig, data_root: str, store: Store, how: Plan) -> tuple[float, bool]:
+    """(seconds, measured): measured is False when part of it is a rough share, not this machine's own runs."""
+    total, computed, measured = 0.0, set(), True
     for prep in missing_runs(base, data_root, store, how=how):
         cost = run_cost(prep, store)
+        measured = measured and cost.measured
         shared = cost.feature_key in computed
         total += cost.seconds - (cost.feature_seconds if shared else 0.0)
         if cost.feature_key:
@@ -278,8 +284,10 @@ def estimate(base: RunConfig, data_root: str, store: Store, *, trials: int = DEF
     if how.trials:
         req = search_request(base, data_root, str(store.root), how.trials, how.mode, how.trained_blocks)
         done = search_result(req, None, how.mode).done
-        total += max(0, how.trials - done) * _trial_seconds(req, data_root, store)
-    return total
+        trial, trial_measured = _trial_seconds(req, data_root, store)
+        total += max(0, how.trials - done) * trial
+        measured = measured and (trial_measured or done >= how.trials)
+    return total, measured
 
 
 def reproduce(

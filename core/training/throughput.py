@@ -137,8 +137,53 @@ def run_cost(prep: Any, store: Any, speed: Throughput | None = None) -> Cost:
             seconds += cfg.epochs * n_train / speed.infer + n_eval / speed.infer
     if cfg.phase in ("full", "head+full"):
         epochs = cfg.epochs if cfg.phase == "full" else cfg.resolved_full_epochs
-        seconds += epochs * n_train / speed.train + n_eval * (2 if cfg.tta else 1) / speed.infer
+        per_image, known_suffix = _train_image_seconds(cfg, prep, store, speed)
+        seconds += epochs * n_train * per_image + n_eval * (2 if cfg.tta else 1) / speed.infer
+        measured = measured and known_suffix
     return Cost(seconds + feature_seconds, key if feature_seconds else None, feature_seconds, measured)
+
+
+def _train_image_seconds(cfg: RunConfig, prep: Any, store: Any, speed: Throughput) -> tuple[float, bool]:
+    """Seconds per training image and epoch of the network phase: the whole network at its measured speed, or
+    the trainable suffix after a frozen prefix, from this machine's stored runs of the same depth (else a rough
+    share of the whole network's time: the trained blocks' share of the blocks, which overstates it)."""
+    if not prep.freeze_blocks:
+        return 1.0 / speed.train, True
+    seen = suffix_image_seconds(store, cfg.backbone, cfg.image_size, cfg.remove_blocks, prep.freeze_blocks)
+    if seen is not None:
+        return seen, True
+    from core.models.backbones import get_backbone
+
+    blocks = get_backbone(cfg.backbone).blocks
+    return (blocks - cfg.remove_blocks - prep.freeze_blocks) / blocks / speed.train, False
+
+
+_SUFFIX: dict[tuple[str, float], dict[tuple[str, int, int, int], float]] = {}
+
+
+def suffix_image_seconds(store: Any, backbone: str, size: int, remove: int, freeze: int) -> float | None:
+    """Median seconds per image and epoch of the stored partial fine-tuning runs of this depth (their whole
+    time over their network epochs and training images: the head's epochs on cached features are small)."""
+    runs_dir = Path(store.runs_dir)
+    try:
+        stamp = (str(runs_dir), runs_dir.stat().st_mtime)
+    except OSError:
+        return None
+    if stamp not in _SUFFIX:
+        per: dict[tuple[str, int, int, int], list[float]] = {}
+        for record in store.list_runs():
+            cfg, m = record.config.get("run", {}), record.metrics
+            if cfg.get("phase") not in ("full", "head+full") or not cfg.get("freeze_blocks") or not m.get("n_train"):
+                continue
+            epochs = cfg.get("epochs") if cfg.get("phase") == "full" else (cfg.get("full_epochs") or cfg.get("epochs"))
+            spent = float(m.get("seconds") or 0.0) - float(m.get("feature_seconds") or 0.0)
+            key = (str(cfg.get("backbone")), int(cfg.get("image_size")), int(cfg.get("remove_blocks") or 0),
+                   int(cfg["freeze_blocks"]))  # fmt: skip
+            if spent > 0 and epochs:
+                per.setdefault(key, []).append(spent / (int(epochs) * int(m["n_train"])))
+        _SUFFIX.clear()
+        _SUFFIX[stamp] = {k: float(np.median(v)) for k, v in per.items()}
+    return _SUFFIX[stamp].get((backbone, size, remove, freeze))
 
 
 _HEAD_EPOCHS: dict[tuple[str, float], dict[str, float]] = {}  # (runs folder, its mtime) -> backbone -> s/epoch
