@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict
@@ -64,7 +65,7 @@ def augmented_epochs(
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]  # which images, exactly
     base = stable_hash({"f": features_key, "a": asdict(augment), "s": seed, "x": digest})
     out = []
-    total = epochs * len(images)
+    total, t0 = epochs * len(images), time.monotonic()
     for e in range(epochs):
         key = f"{base}-{e}"
         bank = _recall(key)
@@ -75,7 +76,8 @@ def augmented_epochs(
                 batch = augmenter(images[start : start + BATCH].astype("float32"), training=True)
                 parts.append(fn(np.asarray(batch, dtype="float32")))
                 if progress is not None:
-                    progress({"event": "features", "done": e * len(images) + start + len(parts[-1]), "total": total})
+                    done = e * len(images) + start + len(parts[-1])
+                    progress({"event": "features", "done": done, "total": total, "elapsed": time.monotonic() - t0})
             bank = np.concatenate(parts)
             _remember(key, bank)
         out.append(bank)
