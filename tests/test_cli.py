@@ -103,7 +103,7 @@ def test_densenet_imagenet_offline_is_one_sentence(tiny_dataset, tmp_path):
 TRAIN_PATHS = {
     "head on cached features": ["--phase", "head"],
     "head, flips only (mirror features)": ["--phase", "head", "--aug-hflip"],
-    "head, augmentation beyond flips (per-epoch feature banks)": ["--phase", "head", "--aug-hflip", "--aug-zoom", "0.2"],
+    "head, augmented (per-epoch feature banks)": ["--phase", "head", "--aug-hflip", "--aug-zoom", "0.2"],
     "suffix on cached prefix activations": ["--phase", "full", "--freeze-blocks", "1"],
     "suffix on augmented prefix banks": ["--phase", "full", "--freeze-blocks", "1", "--aug-hflip", "--aug-zoom", "0.2"],
     "whole network": ["--phase", "full"],
