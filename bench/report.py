@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench import aug_finetune
 from bench.common import NOMINAL_PEAK_GFLOPS
 
-ORDER = ("reproduce", "bundled", "pipeline", "train_step", "time_to_accuracy", "latency", "search")
+ORDER = ("reproduce", "bundled", "pipeline", "train_step", "time_to_accuracy", "latency", "search", "aug_finetune")
 EXPLAIN_NAMES = {"gradcam_warm_s": "Grad-CAM", "gradcampp_warm_s": "Grad-CAM++", "scorecam_warm_s": "Score-CAM (64 channels)",
                  "occlusion_warm_s": "occlusion (100 positions)"}  # fmt: skip
 
@@ -154,6 +155,8 @@ def summary(figs: dict[str, dict[str, Any]]) -> str:
     if b:
         rows.append(["unpack the bundled dataset (first start)", f"{b['dataset']}, {b['images']} images",
                      f"{b['unpack_s']} s", f"≤ {b['targets']['unpack_s']:g} s", b["unpack_s"] <= b["targets"]["unpack_s"]])  # fmt: skip
+    if figs.get("aug_finetune"):
+        rows.append(aug_finetune.target_row(figs["aug_finetune"]))
     return "## Targets\n\n" + md_table(["figure", "dataset / backbone / size", "measured", "target", "met"], rows)
 
 
@@ -452,6 +455,7 @@ def main(argv: list[str] | None = None) -> None:
         "time_to_accuracy": section_tta,
         "latency": section_latency,
         "search": section_search,
+        "aug_finetune": lambda f: aug_finetune.section(f, md_table, load_line),
     }
     for name in ORDER:
         if name in figs:

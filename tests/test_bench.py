@@ -17,6 +17,7 @@ EXPECTED = {
     "pipeline": {"sizes", "ratio", "target_ratio", "augmentation", "batch_size"},
     "train_step": {"results", "best", "nominal_fp32_peak_gflops", "measured_ceiling_gflops", "threads"},
     "bundled": {"unpack_s", "second_call_ms", "images", "targets"},
+    "aug_finetune": {"arms", "ratio", "target_ratio", "met", "freeze_blocks", "image_size", "epochs"},
     "time_to_accuracy": {"scenelab", "study", "ratio", "target_accuracy", "accuracy_within_budget", "image_size"},
     "latency": {
         "show_cached_run_s",
@@ -54,6 +55,9 @@ def test_bench_tiny_prints_json(name):
     assert figures["machine"]["cores"] >= 1
     assert "others_cores_mean" in figures["load"]
     assert len(stdout.strip().splitlines()) >= 3  # a table before the JSON line
+    if name == "aug_finetune":
+        assert set(figures["arms"]) == {"plain", "augmented"} and figures["ratio"] > 0
+        assert all(arm["epochs_run"] == figures["epochs"] for arm in figures["arms"].values())
     if name == "pipeline":
         (size,) = figures["sizes"].values()
         assert size["study_images_per_s"] > 0 and size["scenelab_images_per_s"] > 0
