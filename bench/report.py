@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import aug_finetune
 from bench.common import NOMINAL_PEAK_GFLOPS
 
 EXPLAIN_NAMES = {"gradcam_warm_s": "Grad-CAM", "gradcampp_warm_s": "Grad-CAM++", "scorecam_warm_s": "Score-CAM (64 channels)",
@@ -457,6 +458,8 @@ SECTIONS: list[Section] = [
     Section("time_to_accuracy", "3. time to accuracy", section_tta, targets_tta),
     Section("latency", "4. interactive latencies", section_latency, targets_latency),
     Section("search", "search", section_search),
+    Section("aug_finetune", "augmented partial fine-tuning",
+            lambda f: aug_finetune.section(f, md_table, load_line), lambda f: [aug_finetune.target_row(f)]),
 ]
 
 

@@ -51,25 +51,38 @@ def tune_request(args: Any) -> StudyRequest:
     )
 
 
+def _number(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec``, or a dash when an event left it out (or sent something else)."""
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return "-"
+
+
 def _progress_printer(event: dict[str, Any]) -> None:
+    """Progress of ``train`` on stderr. Every key is read with a default: the training paths send several
+    shapes of event (the per-epoch augmentation banks once sent "features" without "elapsed", which ended a
+    finished training in a traceback), and a progress line must never fail the run it reports on."""
     kind = event.get("event")
     if kind == "status":
-        logger.info("%s", event["message"])
+        logger.info("%s", event.get("message", ""))
     elif kind == "epoch":
-        row = event["row"]
+        row = event.get("row") or {}
         logger.info(
-            "%s epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2g",
-            event["phase"],
-            event["epoch"],
-            event["epochs"],
-            row["loss"],
-            row["accuracy"],
-            row["val_loss"],
-            row["val_accuracy"],
-            row["lr"],
-        )
-    elif kind == "features" and (event["done"] == event["total"] or event["done"] % 640 < 64):
-        logger.info("features %d/%d (%.1f s)", event["done"], event["total"], event["elapsed"])
+            "%s epoch %s/%s  loss %s  acc %s  val_loss %s  val_acc %s  lr %s",
+            event.get("phase", "?"),
+            event.get("epoch", "?"),
+            event.get("epochs", "?"),
+            *(_number(row.get(k), spec) for k, spec in
+              (("loss", ".4f"), ("accuracy", ".4f"), ("val_loss", ".4f"), ("val_accuracy", ".4f"), ("lr", ".2g"))),
+        )  # fmt: skip
+    elif kind in ("features", "prefix"):
+        try:
+            done, total = int(event.get("done")), int(event.get("total"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return
+        if done == total or done % 640 < 64:
+            logger.info("%s %d/%d (%s s)", kind, done, total, _number(event.get("elapsed"), ".1f"))
 
 
 def _describe(args: Any) -> dict[str, Any]:

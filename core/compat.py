@@ -71,7 +71,8 @@ def tf_global_seed() -> int | None:
 
 
 def convert_variables_to_constants(concrete_function: Any) -> Any:
-    """A frozen copy of a concrete function (its variables as constants), for counting FLOPs of its graph."""
+    """A frozen copy of a concrete function (its variables as constants): for counting FLOPs of its graph, and for
+    passes of a frozen prefix that Grappler can then fold and fuse (``core.training.features.FrozenFn``)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     return convert_variables_to_constants_v2(concrete_function)

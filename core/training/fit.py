@@ -144,15 +144,17 @@ def compiled_stage(
 def fit(
     model: Any, x: Any, y: Any, val: Any, cfg: RunConfig, *, epochs: int, phase: str, steps: int,
     history: list[dict[str, float]], progress: ProgressFn | None, should_stop: StopFn | None,
+    steps_per_epoch: int | None = None,
 ) -> bool:
     """Fit one phase and record its epochs in ``history``; True if the user cancelled.
 
-    ``y`` None: ``x`` is a dataset yielding (inputs, labels); else NumPy arrays shuffled by Keras. A loss
-    that stops being a number ends the run with :class:`TrainingDiverged` (nothing is stored)."""
+    ``y`` None: ``x`` is a dataset yielding (inputs, labels) (``steps_per_epoch``: one stream that many batches
+    an epoch, as the per-epoch banks of ``core.training.augbank.banks_dataset``); else NumPy arrays shuffled by Keras. A
+    loss that stops being a number ends the run with :class:`TrainingDiverged` (nothing is stored)."""
     recorder = Recorder(phase, epochs, steps, history, progress, should_stop)
     kwargs: dict[str, Any] = {"epochs": epochs, "callbacks": make_callbacks(cfg, recorder), "verbose": 0}
     if y is None:
-        model.fit(x, validation_data=val, **kwargs)
+        model.fit(x, validation_data=val, steps_per_epoch=steps_per_epoch, **kwargs)
     else:
         model.fit(x, y, validation_data=val, batch_size=cfg.batch_size, shuffle=True, **kwargs)
     if recorder.diverged_at is not None:

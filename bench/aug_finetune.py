@@ -1,0 +1,208 @@
+"""Partial fine-tuning with augmentation against the same run without it: what augmentation costs (issue 20).
+
+Fine-tuning the blocks after a frozen prefix (``--phase full --freeze-blocks K``) trains on the prefix's cached
+activations. With augmentation it used to run every training step through the whole network (3.8x the time);
+now each epoch's augmented images go through the frozen prefix once, in large inference batches
+(``core.training.augbank.EpochBanks``), and the suffix trains on those banks. Target: at most 1.5x the run without
+augmentation.
+
+Each arm is one ``core.training.train.train`` run in a fresh Python process with a fresh, empty artifacts folder, so
+decoding, the cached prefix pass, tracing and evaluation are all on the clock (the converted Lite0 weights in
+~/.keras/models may stay). Defaults: the study's small set (50 images per class), EfficientNet-Lite0 with
+ImageNet weights at 128 px, the deepest freeze its registry allows (all blocks but the last), 15 epochs of
+Adam 3e-4, without and with the study's best augmentation (horizontal flip + zoom 0.2). ``--old-path`` adds
+the former implementation (augmented images through the whole network every step) as a third arm.
+
+    python -m bench.aug_finetune [--tiny] [--image-size 128] [--epochs 15] [--old-path]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+T0 = time.monotonic()  # a child's clock starts before TensorFlow is imported
+
+from bench import common  # noqa: E402
+
+BACKBONE = "efficientnet_lite0"
+AUGMENTED = {"hflip": True, "zoom": 0.2}
+TARGET_RATIO = 1.5
+ARMS = {
+    "plain": "no augmentation: the suffix on the cached prefix activations",
+    "augmented": "flip + zoom 0.2: the suffix on per-epoch banks of the prefix's activations of augmented images",
+    "augmented_old": "flip + zoom 0.2, former path: augmented images through the whole network every step",
+}
+
+
+# -- one arm (a child process) ------------------------------------------------------------------------------------
+def _old_path() -> None:
+    """The implementation before issue 20 (augmented partial fine-tuning through the whole network every step)."""
+    from core.data.augment import build_augmenter
+    from core.training import phases
+
+    new = phases.suffix_on_prefix
+
+    def suffix_on_prefix(run: Any) -> None:
+        if run.cfg.augment.is_identity():
+            return new(run)
+        return phases.full_on_images(run, build_augmenter(run.cfg.augment, run.cfg.seed))
+
+    phases.suffix_on_prefix = suffix_on_prefix
+
+
+def run_arm(arm: str, data: str, settings: dict[str, Any]) -> dict[str, Any]:
+    common.quiet()
+    from core.config import AugmentConfig, RunConfig
+    from core.store.folders import Store
+    from core.training.train import train
+
+    if arm == "augmented_old":
+        _old_path()
+    augment = AugmentConfig() if arm == "plain" else AugmentConfig(**AUGMENTED)
+    cfg = RunConfig(backbone=BACKBONE, weights="imagenet", phase="full", optimizer="adam", augment=augment, **settings)
+    with tempfile.TemporaryDirectory(prefix="bench-augft-") as tmp:
+        t_train = time.monotonic()
+        m = train(cfg, data, Store(tmp)).record.metrics
+        train_s = time.monotonic() - t_train
+    return {
+        "arm": arm,
+        "what": ARMS[arm],
+        "wall_s": round(time.monotonic() - T0, 1),
+        "train_s": round(train_s, 1),
+        "test_accuracy": m["test_accuracy"],
+        "val_accuracy": m["val_accuracy"],
+        "prefix_pass_s": m["feature_seconds"],
+        "epochs_run": m["epochs_run"],
+    }
+
+
+# -- the parent -----------------------------------------------------------------------------------------------------
+def _child(arm: str, data: str, settings: dict[str, Any], log: list[dict[str, Any]]) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.aug_finetune", "--arm", arm, "--data", data, "--settings", json.dumps(settings)]
+    with common.measured(log, arm) as timed:
+        proc = subprocess.run(cmd, cwd=common.REPO, capture_output=True, text=True, timeout=3600, env=os.environ.copy())
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise SystemExit(f"{arm} failed (exit {proc.returncode}): " + " | ".join(tail))
+    out = json.loads(lines[-1])
+    out["others_cores"] = timed.get("others_cores")
+    return out
+
+
+def _ensure_weights() -> None:
+    """Convert Lite0's ImageNet weights once before timing, so no arm pays for it."""
+    common.quiet()
+    from core.models.backbones import resolve_weights
+
+    resolve_weights(BACKBONE, "imagenet")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--train-per-class", type=int, default=50, help="the study's small set")
+    p.add_argument("--freeze-blocks", type=int, default=None, help="default: every block of Lite0 but the last")
+    p.add_argument("--old-path", action="store_true", help="also time the former path (several minutes more)")
+    p.add_argument("--arm", help=argparse.SUPPRESS)
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.arm:  # a child: run one arm, print its JSON line
+        out = run_arm(args.arm, args.data, json.loads(args.settings))
+        print(json.dumps(out))
+        return out
+
+    common.quiet()
+    from core.models.backbones import get_backbone
+
+    freeze = args.freeze_blocks if args.freeze_blocks is not None else get_backbone(BACKBONE).blocks - 1
+    settings = {
+        "image_size": 32 if args.tiny else args.image_size,
+        "train_per_class": None if args.tiny else args.train_per_class,
+        "freeze_blocks": freeze,
+        "epochs": 2 if args.tiny else args.epochs,
+        "lr": 3e-4,
+        "batch_size": 8 if args.tiny else 32,
+    }
+    arms = ["plain", "augmented"] + (["augmented_old"] if args.old_path else [])
+    with tempfile.TemporaryDirectory(prefix="bench-augft-data-") as tmp:
+        data = str(common.resolve_data(args, Path(tmp)))
+        _ensure_weights()
+        seen = common.wait_for_quiet(args.quiet_wait)
+        log: list[dict[str, Any]] = []
+        results = {arm: _child(arm, data, settings, log) for arm in arms}
+    plain, augmented = results["plain"], results["augmented"]
+    ratio = round(augmented["train_s"] / plain["train_s"], 2)
+    figures = {
+        "dataset": common.dataset_label(Path(data)),
+        "backbone": f"{BACKBONE} (ImageNet weights)",
+        **settings,
+        "optimizer": "adam",
+        "augmentation": "horizontal flip + zoom 0.2",
+        "arms": results,
+        "ratio": ratio,
+        "ratio_old": round(results["augmented_old"]["train_s"] / plain["train_s"], 2) if args.old_path else None,
+        "target_ratio": TARGET_RATIO,
+        "met": ratio <= TARGET_RATIO,
+        "others_cores_before": seen,
+    }
+    rows = [[a["arm"], a["train_s"], a["wall_s"], a["test_accuracy"], a["val_accuracy"], a["others_cores"]]
+            for a in results.values()]  # fmt: skip
+    print(f"CPU: {common.cpu_info()['cpu']}; augmented / plain training time: {ratio}x (target <= {TARGET_RATIO}x)")
+    return common.emit(
+        "aug_finetune",
+        figures,
+        ("arm", "train s", "process s", "test acc", "val acc", "others' cores"),
+        rows,
+        log,
+        args.tiny,
+    )
+
+
+# -- BENCHMARKS.md (bench/report.py) ---------------------------------------------------------------------------------
+def where(f: dict[str, Any]) -> str:
+    small = f"{f['train_per_class']} per class" if f.get("train_per_class") else "all training images"
+    return (f"{f['dataset']}, {small}, EfficientNet-Lite0 ImageNet, {f['image_size']} px, first {f['freeze_blocks']} "
+            f"blocks frozen, {f['epochs']} epochs")  # fmt: skip
+
+
+def target_row(f: dict[str, Any]) -> list[Any]:
+    """The summary table's row: augmented partial fine-tuning against the same run without augmentation."""
+    return ["partial fine-tuning: flip + zoom 0.2 vs none", where(f), f"{f['ratio']}x", f"≤ {f['target_ratio']}x",
+            f["met"]]  # fmt: skip
+
+
+def section(f: dict[str, Any], md_table: Any, load_line: Any) -> str:
+    arms = f["arms"]
+    rows = [[a["arm"], a["what"], a["train_s"], a["wall_s"], a["test_accuracy"], a["val_accuracy"]] for a in arms.values()]  # fmt: skip
+    old = f" The former path (augmented images through the whole network every step) took {f['ratio_old']}x." if f.get(
+        "ratio_old") else ""  # fmt: skip
+    return "\n".join(
+        [
+            "## Partial fine-tuning with augmentation (bench/aug_finetune.py)",
+            "",
+            f"{where(f)}, Adam {f['lr']:g}, batch {f['batch_size']}; each arm a `core.training.train.train` run in a fresh "
+            "process with an empty artifacts folder (decoding, the cached prefix pass, tracing and evaluation on the "
+            "clock). With augmentation, each epoch's augmented images go through the frozen prefix once "
+            "(`core.training.augbank.EpochBanks`, the next epoch computed ahead in a background thread) and the unfrozen "
+            f"blocks train on those activations: **{f['ratio']}x the time of the run without augmentation** "
+            f"(target ≤ {f['target_ratio']}x).{old}",
+            "",
+            md_table(["arm", "what trains on what", "train s", "process s", "test accuracy", "val accuracy"], rows),
+            "",
+            load_line(f),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
