@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with common.measured(log, "import TensorFlow and SceneLab") as imported:
             import tensorflow  # noqa: F401
 
-            from core import reproduce  # noqa: F401
+            from core.study import reproduce  # noqa: F401
         per_mode = {m: _one_mode(args, m, Path(data), artifacts, log) for m in modes}
     figures = dict(per_mode[modes[0]])
     figures.update(import_s=imported["seconds"], others_cores_before=seen, modes=per_mode,
