@@ -16,7 +16,7 @@ from ui.charts import draw_curves, effects_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import augment_label, fmt_acc
-from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.preview import augmented, load_images, mosaic, preview_files
 from ui.resources import lookup, runs_like
@@ -103,7 +103,7 @@ if record is not None:
     draw_curves({"these augmentations": record.history, **({"no augmentation": baseline.history} if other else {})},
                 key=f"{P}_curves")  # fmt: skip
 else:
-    st.info("Not trained yet with these augmentations: press **Train** in the sidebar.")
+    not_trained_note([run_id], "Not trained yet with these augmentations: press **Train** in the sidebar.")
 
 st.subheader("The study's grid (seven on/off factors) and every run with these settings")
 g1, g2 = st.columns([1, 3])

@@ -11,7 +11,7 @@ from ui.charts import draw_curves
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import PHASE_LABELS
-from ui.jobs import Plan, live_progress, train_panel
+from ui.jobs import Plan, live_progress, not_trained_note, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
 from ui.settings import settings
@@ -74,8 +74,8 @@ st.caption(
     "test accuracy."
 )
 if record is None:
-    st.info("Not trained yet with these settings. Press **Train** in the sidebar; it runs in the background, so "
-            "you can keep exploring.")
+    not_trained_note([run_id], "Not trained yet with these settings. Press **Train** in the sidebar; it runs in "
+                     "the background, so you can keep exploring.")
     st.stop()
 
 result_strip(record)

@@ -13,7 +13,7 @@ from ui.charts import chain_chart, draw_curves
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import run_name
-from ui.jobs import Plan, live_progress, train_panel
+from ui.jobs import Plan, live_progress, not_trained_note, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import get_store, lookup, runs_like
 from ui.settings import settings
@@ -84,7 +84,7 @@ if record is not None and previous is not None and previous.run_id == record.run
     previous = None
 
 if record is None:
-    st.info("Not trained yet with these settings: press **Train** in the sidebar.")
+    not_trained_note([run_id], "Not trained yet with these settings: press **Train** in the sidebar.")
 else:
     result_strip(record, previous=previous)
     histories = {f"current: {run_name(record.config['run'])}": record.history}

@@ -11,7 +11,7 @@ from ui.charts import draw_curves, sweep_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import PHASE_LABELS, fmt_acc
-from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
 from ui.settings import settings
@@ -71,10 +71,11 @@ def gap(record) -> float:
 
 
 histories = {}
-for title, record in ((f"{n} images per class", small), ("the full training set", full)):
+for title, rid, record in ((f"{n} images per class", small_id, small), ("the full training set", full_id, full)):
     st.subheader(title)
     if record is None:
-        st.info("Not trained yet with these settings: press **Train both** in the sidebar.")
+        not_trained_note([rid], "Not trained yet with these settings: press "
+                         "**Train both** in the sidebar.")
         continue
     result_strip(record, previous=None if record is full or full is None else full, versus="full set")
     st.caption(f"Train − validation gap: {gap(record):+.3f}.")

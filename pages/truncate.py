@@ -14,7 +14,7 @@ from ui.charts import truncation_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import PHASE_LABELS, fmt_acc
-from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
 from ui.settings import settings
@@ -93,7 +93,8 @@ if st.button(f"Train every cut ({len(missing)} not trained yet)", key=f"{P}_trai
 if record is not None:
     result_strip(record)
 else:
-    st.info("This cut is not trained yet with these settings: press **Train** in the sidebar (or train every cut).")
+    not_trained_note([run_id], "This cut is not trained yet with these settings: press **Train** in the sidebar (or "
+                     "train every cut).")
 
 # -- the trade-off: one point per cut, these training settings, beside the study's ---------------------
 st.subheader("Parameters against test accuracy")

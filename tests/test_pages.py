@@ -240,3 +240,61 @@ def test_finetune_frozen_blocks_name_their_run_or_one_sentence(tiny_dataset, tmp
     at = wait_for(at, lambda a: "Test accuracy" in metrics(a))
     (record,) = Store(tmp_path / "artifacts").list_runs()
     assert record.config["run"]["phase"] == "head" and record.config["run"]["freeze_blocks"] == 0
+
+
+# -- who is using the app: the owner, the name, the image size ----------------------------------------------
+def test_reset_is_for_the_owner_only(tiny_dataset, trained, monkeypatch):
+    artifacts, _ = trained
+    monkeypatch.delenv("SCENELAB_ADMIN", raising=False)
+    reset = "Owner: reset the app"
+    at = open_page("pages/runs.py", tiny_dataset, artifacts)  # a browser on this machine: the laptop's user
+    assert reset in [e.label for e in at.expander]
+    monkeypatch.setattr("ui.settings.client_address", lambda: "10.1.2.3")  # a student's browser, no key set
+    at = open_page("pages/runs.py", tiny_dataset, artifacts)
+    assert reset not in [e.label for e in at.expander]
+    assert at.sidebar.selectbox(key="_w_data_root").options  # datasets by name: no server path to type
+    monkeypatch.setenv("SCENELAB_ADMIN", "k3y")  # a class server with a key: only after giving it
+    at = open_page("pages/runs.py", tiny_dataset, artifacts)
+    assert reset not in [e.label for e in at.expander]
+    assert at.sidebar.text_input(key="_admin_key")  # where the owner gives the key
+    at = open_page("pages/runs.py", tiny_dataset, artifacts, _admin_ok=True)  # what giving it sets
+    assert reset in [e.label for e in at.expander]
+
+
+def test_user_name_survives_a_reload_through_the_url(tiny_dataset, tmp_path):
+    at = open_page("pages/finetune.py", tiny_dataset, tmp_path / "artifacts")
+    at.sidebar.text_input(key="_w_user_name").input("Ada").run()
+    assert at.query_params["user"] in ("Ada", ["Ada"])
+    assert "user=Ada" not in texts(at)  # kept in the URL, not reported as an unusable link value
+    again = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)  # a reload: a new session, the same URL
+    again.query_params["user"] = "Ada"
+    for key, value in {"data_root": str(tiny_dataset), "backbone": "densenet121", "weights": "none", "image_size": 32,
+                       "artifacts": str(tmp_path / "artifacts")}.items():  # fmt: skip
+        again.session_state[key] = value
+    again.run()
+    assert not again.exception
+    assert again.sidebar.text_input(key="_w_user_name").value == "Ada"
+
+
+def test_a_queued_run_shows_as_queued_with_train_disabled(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr("core.worker.Worker._ensure_thread", lambda self: None)  # nothing ever starts: it stays queued
+    at = open_page("pages/finetune.py", tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
+    at.button(key="finetune_train").click().run()
+    at.run()
+    assert not at.exception
+    shown = texts(at)
+    assert "Queued" in shown and "Not trained yet" not in shown and "Press **Train**" not in shown
+    assert at.button(key="finetune_train").disabled
+    at.button(key="finetune_cancel").click().run()
+    assert "Not trained yet" in texts(at) and not at.button(key="finetune_train").disabled
+
+
+def test_image_size_defaults_to_128_px_for_small_images_and_says_why(tiny_dataset, tmp_path):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    at.session_state["data_root"] = str(tiny_dataset)  # 32 px images
+    at.session_state["artifacts"] = str(tmp_path / "artifacts")
+    at.run()
+    assert not at.exception
+    assert at.session_state["image_size"] == 128
+    caption = "\n".join(c.value for c in at.sidebar.caption)
+    assert "about 32 px, shown to the network at 128 px" in caption and "upsampled" in caption
