@@ -29,7 +29,11 @@ SLIDERS = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "float
 TOGGLES = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "bool")
 SLIDER_MAX = {"rotation": 180.0}  # the fractions' sliders stop at 0.5
 FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "train_per_class", "epochs", "lr")
-DEFAULTS = {**panel.defaults(P, FIELDS, {"train_per_class": SMALL}), f"{P}_preview_seed": 0, f"{P}_grid_n": DEFAULT_GRID_SAMPLE}
+DEFAULTS = {
+    **panel.defaults(P, FIELDS, {"train_per_class": SMALL}),
+    f"{P}_preview_seed": 0,
+    f"{P}_grid_n": DEFAULT_GRID_SAMPLE,
+}
 TRAINING_SETS = {SMALL: f"the small set ({SMALL} per class, the study's)", None: "every training image"}
 
 
@@ -60,10 +64,18 @@ with sliders:
 with switches:
     for field in TOGGLES:
         panel.widget(P, f"augment.{field}")
-    panel.bind(panel.key(P, "train_per_class"), st.radio, "Training set", list(TRAINING_SETS),
-               format_func=TRAINING_SETS.get, help="The study ran augmentation on its small set (task 2).")
+    panel.bind(
+        panel.key(P, "train_per_class"),
+        st.radio,
+        "Training set",
+        list(TRAINING_SETS),
+        format_func=TRAINING_SETS.get,
+        help="The study ran augmentation on its small set (task 2).",
+    )
     e1, e2 = st.columns(2)
-    panel.widget(P, "epochs", e1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
+    panel.widget(
+        P, "epochs", e1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head."
+    )
     panel.widget(P, "lr", e2)
 values = panel.values(P, FIELDS)
 aug = values["augment"]
@@ -77,8 +89,13 @@ with shown:
         out = images
     st.image(mosaic(images, columns=4), width="stretch", caption=f"{len(files)} training images, unchanged")
     st.image(mosaic(out, columns=4), width="stretch", caption=f"augmented: {augment_label(dataclasses.asdict(aug))}")
-    st.button("Reshuffle", key=f"{P}_reshuffle", icon=":material/shuffle:", on_click=reshuffle,
-              help="Draw other random transformations of the same images.")
+    st.button(
+        "Reshuffle",
+        key=f"{P}_reshuffle",
+        icon=":material/shuffle:",
+        on_click=reshuffle,
+        help="Draw other random transformations of the same images.",
+    )
 
 cfg = handover.page_config(P, {"phase": "head"}, values)
 if cfg is None:
@@ -107,11 +124,21 @@ else:
 
 st.subheader("The study's grid (seven on/off factors) and every run with these settings")
 g1, g2 = st.columns([1, 3])
-g1.number_input("Grid points", min_value=2, max_value=128, step=1, key=f"{P}_grid_n",
-                help="A seeded sample of the 128 combinations (always with the baseline and the study's best); 128 = all.")
+g1.number_input(
+    "Grid points",
+    min_value=2,
+    max_value=128,
+    step=1,
+    key=f"{P}_grid_n",
+    help="A seeded sample of the 128 combinations (always with the baseline and the study's best); 128 = all.",
+)
 missing = [c for c, (i, r) in zip(grid_cfgs, grid, strict=True) if i is not None and r is None]
-if g2.button(f"Train the grid ({len(missing)} of {len(grid_cfgs)} not trained yet)", key=f"{P}_train_grid",
-             disabled=not missing, help="Rotation 20°, shifts 0.2, shear 0.2, zoom 0.2, horizontal and vertical flip, each on or off."):
+if g2.button(
+    f"Train the grid ({len(missing)} of {len(grid_cfgs)} not trained yet)",
+    key=f"{P}_train_grid",
+    disabled=not missing,
+    help="Rotation 20°, shifts 0.2, shear 0.2, zoom 0.2, horizontal and vertical flip, each on or off.",
+):
     submit_runs(P, missing, s["data_root"])
     st.rerun()
 done = {r.run_id: (c.augment, r) for c, (_, r) in zip(grid_cfgs, grid, strict=True) if r is not None}

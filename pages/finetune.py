@@ -47,7 +47,11 @@ with st.container(border=True):
     panel.widget(P, "lr", c3)
     lr = float(ss[panel.key(P, "lr")])
     panel.widget(
-        P, "full_lr", c3, disabled=not both, help=f"Learning rate of the whole-network phase; {lr / 10:.1e}, "
+        P,
+        "full_lr",
+        c3,
+        disabled=not both,
+        help=f"Learning rate of the whole-network phase; {lr / 10:.1e}, "
         "a tenth of the learning rate, unless you change it.",
         from_value=lambda v: lr / 10 if v is None else v,
         to_value=lambda v: None if v is None or abs(v - lr / 10) <= 1e-12 else v,
@@ -74,8 +78,11 @@ st.caption(
     "test accuracy."
 )
 if record is None:
-    not_trained_note([run_id], "Not trained yet with these settings. Press **Train** in the sidebar; it runs in "
-                     "the background, so you can keep exploring.")
+    not_trained_note(
+        [run_id],
+        "Not trained yet with these settings. Press **Train** in the sidebar; it runs in "
+        "the background, so you can keep exploring.",
+    )
     st.stop()
 
 result_strip(record)

@@ -50,10 +50,16 @@ with st.container(border=True):
     panel.widget(P, "reduce_lr_patience", f3)
     panel.widget(P, "reduce_lr_factor", f3, style="slider", disabled=not ss[panel.key(P, "reduce_lr_patience")])
     panel.widget(P, "lr", f4)
-    panel.bind(panel.key(P, "train_per_class"), f4.radio, "Training set", list(TRAINING_SETS), format_func=TRAINING_SETS.get)
-    panel.bind(f"{P}_best_aug", f4.toggle, "Best augmentation",
-               help=f"The study's best augmentation ({ref.AUGMENTATION_BEST['setting']}, page 3) under these settings, "
-               "as the study did.")
+    panel.bind(
+        panel.key(P, "train_per_class"), f4.radio, "Training set", list(TRAINING_SETS), format_func=TRAINING_SETS.get
+    )
+    panel.bind(
+        f"{P}_best_aug",
+        f4.toggle,
+        "Best augmentation",
+        help=f"The study's best augmentation ({ref.AUGMENTATION_BEST['setting']}, page 3) under these settings, "
+        "as the study did.",
+    )
 
 values = panel.values(P, FIELDS, rounding=4)
 values["augment"] = STUDY_BEST_AUG if ss[f"{P}_best_aug"] else AugmentConfig()
@@ -95,11 +101,17 @@ else:
 st.subheader("The study's chain: small set, + augmentation, + regularisation")
 steps = [("small set", chain[0][1], ref.SMALL_DATA["accuracy"]), ("+ augmentation", chain[1][1], ref.AUGMENTATION_BEST["accuracy"]),
          ("+ these settings", record, ref.REGULARISATION_BEST["accuracy"])]  # fmt: skip
-rows = [{"step": name, "who": "ours", "test accuracy": r.metrics.get("test_accuracy")} for name, r, _ in steps if r is not None]
+rows = [
+    {"step": name, "who": "ours", "test accuracy": r.metrics.get("test_accuracy")}
+    for name, r, _ in steps
+    if r is not None
+]
 rows += [{"step": name, "who": "the study", "test accuracy": acc} for name, _, acc in steps]
 st.altair_chart(chain_chart(pd.DataFrame(rows), [name for name, _, _ in steps]), key=f"{P}_chain", width="stretch")
 if any(r is None for _, r, _ in steps[:2]):
-    st.caption("Train the small set on page 2 and its augmentation on page 3 (or reproduce the study) to fill the chain.")
+    st.caption(
+        "Train the small set on page 2 and its augmentation on page 3 (or reproduce the study) to fill the chain."
+    )
 
 st.subheader("Stored runs on this training set")
 rows = []

@@ -74,8 +74,7 @@ histories = {}
 for title, rid, record in ((f"{n} images per class", small_id, small), ("the full training set", full_id, full)):
     st.subheader(title)
     if record is None:
-        not_trained_note([rid], "Not trained yet with these settings: press "
-                         "**Train both** in the sidebar.")
+        not_trained_note([rid], "Not trained yet with these settings: press **Train both** in the sidebar.")
         continue
     result_strip(record, previous=None if record is full or full is None else full, versus="full set")
     st.caption(f"Train − validation gap: {gap(record):+.3f}.")
@@ -101,8 +100,12 @@ st.subheader("Test accuracy against images per class")
 rows = [{"images per class": nn if nn is not None else "all", "test accuracy": r.metrics.get("test_accuracy"),
          "n_train": r.metrics.get("n_train")} for nn, (_, r) in zip(SWEEP, sweep, strict=True) if r is not None]  # fmt: skip
 missing = [c for c, (i, r) in zip(sweep_cfgs, sweep, strict=True) if i is not None and r is None]
-if st.button(f"Train the sweep ({len(missing)} of {len(SWEEP)} not trained yet)", key=f"{P}_train_sweep",
-             disabled=not missing, help=f"{', '.join(str(x or 'all') for x in SWEEP)} images per class, these settings."):
+if st.button(
+    f"Train the sweep ({len(missing)} of {len(SWEEP)} not trained yet)",
+    key=f"{P}_train_sweep",
+    disabled=not missing,
+    help=f"{', '.join(str(x or 'all') for x in SWEEP)} images per class, these settings.",
+):
     submit_runs(P, missing, s["data_root"])
     st.rerun()
 if rows:

@@ -19,7 +19,9 @@ from tests.apphelpers import metrics, texts
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny run of tests/test_train.py; the pages reach it through their "loaded extras"
-TINY = RunConfig(backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=2, batch_size=8, val_fraction=0.25)
+TINY = RunConfig(
+    backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=2, batch_size=8, val_fraction=0.25
+)
 TINY_EXTRAS = {"remove_blocks": 3, "val_fraction": 0.25, "batch_size": 8}
 
 
@@ -95,7 +97,15 @@ def test_finetune_trains_in_the_background_then_shows_results(tiny_dataset, tmp_
 
 def test_finetune_opens_on_cached_run_and_lists_mistakes(tiny_dataset, trained):
     artifacts, record = trained
-    at = open_page("pages/finetune.py", tiny_dataset, artifacts, finetune_extra=TINY_EXTRAS, finetune_phase="head", finetune_epochs=2, finetune_batch_size=8)
+    at = open_page(
+        "pages/finetune.py",
+        tiny_dataset,
+        artifacts,
+        finetune_extra=TINY_EXTRAS,
+        finetune_phase="head",
+        finetune_epochs=2,
+        finetune_batch_size=8,
+    )
     m = metrics(at)
     assert m["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
     assert f"run `{record.run_id}`" in texts(at)
@@ -124,7 +134,13 @@ def test_finetune_opens_on_cached_run_and_lists_mistakes(tiny_dataset, trained):
 
 def test_truncate_counts_parameters_before_training(tiny_dataset, trained):
     artifacts, record = trained
-    at = open_page("pages/truncate.py", tiny_dataset, artifacts, truncate_extra={"val_fraction": 0.25, "batch_size": 8}, truncate_epochs=2)
+    at = open_page(
+        "pages/truncate.py",
+        tiny_dataset,
+        artifacts,
+        truncate_extra={"val_fraction": 0.25, "batch_size": 8},
+        truncate_epochs=2,
+    )
     assert metrics(at)["Backbone parameters"] == "7,037,504"
     at.slider(key="_w_truncate_remove_blocks").set_value(2).run()
     assert metrics(at)["Backbone parameters"] == "1,444,928"
@@ -144,7 +160,11 @@ def test_small_data_shows_small_and_full_side_by_side(tiny_dataset, tmp_path):
     at.run()
     at.button(key="small_data_train").click().run()
     at = wait_for(at, lambda a: [m.label for m in a.metric].count("Test accuracy") == 2)
-    assert [s.value for s in at.subheader][:3] == ["5 images per class", "the full training set", "Learning curves, both runs"]
+    assert [s.value for s in at.subheader][:3] == [
+        "5 images per class",
+        "the full training set",
+        "Learning curves, both runs",
+    ]
     runs = {r.config["run"]["train_per_class"]: r for r in Store(artifacts).list_runs()}
     assert set(runs) == {5, None}
     split = next(c.value for c in at.caption if c.value.startswith("Of the 24 images of the training folder"))

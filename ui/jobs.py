@@ -176,8 +176,11 @@ def _show_job(job: Job, page: str) -> None:
         cols[0].metric("Train accuracy", fmt_acc(latest.get("accuracy")) if latest else "–")
         cols[1].metric("Validation accuracy", fmt_acc(latest.get("val_accuracy")) if latest else "–")
         eta = v.progress.get("eta_s")
-        cols[2].metric("Time left (this phase)", f"~{fmt_eta(eta)}" if eta is not None else "–",
-                       help="Estimated from the speed measured so far.")
+        cols[2].metric(
+            "Time left (this phase)",
+            f"~{fmt_eta(eta)}" if eta is not None else "–",
+            help="Estimated from the speed measured so far.",
+        )
         cols[3].metric("Epoch", f"{v.progress.get('epoch', '–')} / {v.progress.get('epochs', '–')}")
         if v.history:
             draw_curves({run_name(v.cfg.to_dict()): v.history}, key=f"{page}_live_{v.id}")
@@ -190,7 +193,9 @@ def _fraction(p: dict, message: str) -> tuple[float, str]:
         if kind == "batch":
             batches = int(p.get("batches") or 1)
             done = ((epoch - 1) * batches + int(p.get("batch") or 0)) / (epochs * batches)
-            return min(1.0, done), f"{p.get('phase')} phase · epoch {epoch} of {epochs} · batch {p.get('batch')} of {batches}"
+            return min(
+                1.0, done
+            ), f"{p.get('phase')} phase · epoch {epoch} of {epochs} · batch {p.get('batch')} of {batches}"
         return min(1.0, epoch / epochs), f"{p.get('phase')} phase · epoch {epoch} of {epochs} done"
     if kind in ("features", "prefix"):
         total = int(p.get("total") or 1)

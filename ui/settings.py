@@ -24,8 +24,10 @@ WEIGHT_CHOICES = ("imagenet", "none")
 IMAGE_SIZES = (32, 64, 96, 128, 160, 192, 224, 256)
 DEFAULT_IMAGE_SIZE = 128  # also for smaller images: upsampled, ImageNet backbones recognise them better
 #: why (measured on the bundled 64 px MIT_split, EfficientNet-Lite0 head, seed 0: 0.889 at 64 px, 0.920 at 128 px)
-DEFAULT_SIZE_WHY = ("ImageNet backbones were trained on 224 px photos and recognise small images better upsampled "
-                    "(a head on the bundled 64 px set: 0.889 at 64 px, 0.920 at 128 px).")
+DEFAULT_SIZE_WHY = (
+    "ImageNet backbones were trained on 224 px photos and recognise small images better upsampled "
+    "(a head on the bundled 64 px set: 0.889 at 64 px, 0.920 at 128 px)."
+)
 SIZE_TOUCHED = "_image_size_chosen"  # the size was chosen (slider, link, opened run): datasets no longer set it
 BUNDLED_ERROR = "_bundled_error"  # why the bundled dataset could not be unpacked (shown on the first screen)
 
@@ -119,8 +121,14 @@ def user_section() -> None:
 
     if USER not in st.session_state:
         st.session_state[USER] = str(st.query_params.get(USER_PARAM) or "").strip()[:40]
-    bind(USER, st.text_input, "Your name", max_chars=40, placeholder="optional",
-         help="Stored with the runs you train, so the Runs page can show yours (useful when a class shares one app).")
+    bind(
+        USER,
+        st.text_input,
+        "Your name",
+        max_chars=40,
+        placeholder="optional",
+        help="Stored with the runs you train, so the Runs page can show yours (useful when a class shares one app).",
+    )
     name = user_name()
     if name and st.query_params.get(USER_PARAM) != name:
         st.query_params[USER_PARAM] = name

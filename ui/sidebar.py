@@ -18,7 +18,15 @@ from core.scan import image_size_of
 from ui.datasource import dataset_section
 from ui.panel import bind
 from ui.resources import get_worker
-from ui.settings import DEFAULT_IMAGE_SIZE, DEFAULT_SIZE_WHY, IMAGE_SIZES, SIZE_TOUCHED, WEIGHT_CHOICES, admin_section, user_section
+from ui.settings import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SIZE_WHY,
+    IMAGE_SIZES,
+    SIZE_TOUCHED,
+    WEIGHT_CHOICES,
+    admin_section,
+    user_section,
+)
 
 
 def _weights_label(choice: str) -> str:
@@ -78,8 +86,10 @@ def _image_size(info: DatasetInfo | None) -> None:
          help=f"Images are resized to this square size (the study: 256 px originals). {DEFAULT_SIZE_WHY}")  # fmt: skip
     if native:
         upsampled = native < int(ss["image_size"])
-        st.caption(f"This dataset's images are about {native} px" +
-                   (f", shown to the network at {ss['image_size']} px: {DEFAULT_SIZE_WHY}" if upsampled else "."))
+        st.caption(
+            f"This dataset's images are about {native} px"
+            + (f", shown to the network at {ss['image_size']} px: {DEFAULT_SIZE_WHY}" if upsampled else ".")
+        )
 
 
 def _sidebar_queue() -> None:
