@@ -318,3 +318,27 @@ def test_image_size_defaults_to_128_px_for_small_images_and_says_why(tiny_datase
     assert at.session_state["image_size"] == 128
     caption = "\n".join(c.value for c in at.sidebar.caption)
     assert "about 32 px, shown to the network at 128 px" in caption and "upsampled" in caption
+
+
+def test_every_study_row_link_applies_without_a_warning(tiny_dataset, tmp_path):
+    import urllib.parse
+
+    from core.studyplan import study_rows
+    from ui.catalog import BY_KEY
+    from ui.study import row_link
+
+    base = RunConfig(backbone="densenet121", weights="none", image_size=32)
+    links = sorted({row_link(row, row.configs[0]) for row in study_rows(base) if row.configs})
+    assert len(links) >= 10
+    for link in links:
+        path, _, query = link.partition("?")
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+        for key, value in {"data_root": str(tiny_dataset), "artifacts": str(tmp_path / "artifacts")}.items():
+            at.session_state[key] = value
+        for key, value in urllib.parse.parse_qsl(query):
+            at.query_params[key] = value
+        at.switch_page(BY_KEY[path.strip("/")].file)
+        at.run()
+        assert not at.exception, (link, [e.value for e in at.exception])
+        assert not [i.value for i in at.info if "could not be used" in i.value], link
+        assert at.session_state["image_size"] == 32 and at.session_state["weights"] == "none", link
