@@ -10,11 +10,12 @@ import streamlit as st
 from core import reference as ref
 from core.config import AUGMENT_SETTINGS, AugmentConfig
 from core.errors import SceneLabError
-from core.studyplan import DEFAULT_GRID_SAMPLE, SMALL, augmentation_grid, main_effects
+from core.studyplan import DEFAULT_GRID_SAMPLE, SMALL, STUDY_BEST_AUG, augmentation_grid, main_effects
 from ui import handover, panel
 from ui.charts import draw_curves, effects_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
+from ui.findings import finding
 from ui.format import augment_label, fmt_acc
 from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
@@ -29,8 +30,9 @@ SLIDERS = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "float
 TOGGLES = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "bool")
 SLIDER_MAX = {"rotation": 180.0}  # the fractions' sliders stop at 0.5
 FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "train_per_class", "epochs", "lr")
+STUDY_AUG = {f"augment.{k}": v for k, v in dataclasses.asdict(STUDY_BEST_AUG).items() if v}  # the study's setting
 DEFAULTS = {
-    **panel.defaults(P, FIELDS, {"train_per_class": SMALL}),
+    **panel.defaults(P, FIELDS, {"train_per_class": SMALL, **STUDY_AUG}),
     f"{P}_preview_seed": 0,
     f"{P}_grid_n": DEFAULT_GRID_SAMPLE,
 }
@@ -113,6 +115,7 @@ with progress_area:
 
 st.caption(f"The study's best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUGMENTATION_BEST['accuracy']:.3f} on its "
            f"small set ({ref.SELECTION_NOTE}; its summary table also gives {ref.AUGMENTATION_BEST['summary_table']:.3f}).")  # fmt: skip
+finding_area = st.container()  # filled once the stored runs are read (below)
 if record is not None:
     result_strip(record, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
                  versus="no augmentation")  # fmt: skip
@@ -148,25 +151,31 @@ for r in runs_like(info, cfg):  # every other stored run with these training set
     if run.pop("augment", None) is not None and run == same and r.run_id not in done:
         done[r.run_id] = (AugmentConfig(**r.config["run"]["augment"]), r)
 done = list(done.values())
+augmented = [(augment_label(dataclasses.asdict(a)), r) for a, r in done if a != AugmentConfig()]
+finding_area.markdown(finding("augmentation", augmented, ("no augmentation", baseline),
+                              "Train these settings with and without augmentation (**Train**, or train the grid below) "
+                              "to see whether augmentation helps on this data."))  # fmt: skip
 if done:
     base_acc = baseline.metrics.get("test_accuracy") if baseline is not None else None
     table = pd.DataFrame([{
         "augmentation": augment_label(dataclasses.asdict(a)), "test accuracy": r.metrics.get("test_accuracy"),
         "change": None if base_acc is None else r.metrics.get("test_accuracy") - base_acc,
         "validation accuracy": r.metrics.get("val_accuracy"), "train accuracy": r.metrics.get("train_accuracy"),
-        "run": r.run_id} for a, r in done]).sort_values("test accuracy", ascending=False)  # fmt: skip
-    left, right = st.columns([3, 2])
-    left.dataframe(table, key=f"{P}_table", hide_index=True, width="stretch", column_config={
-        "augmentation": st.column_config.TextColumn(width="medium"),
+        "run": r.run_id} for a, r in done]).sort_values("validation accuracy", ascending=False)  # fmt: skip
+    st.dataframe(table, key=f"{P}_table", hide_index=True, width="stretch", column_config={
+        "augmentation": st.column_config.TextColumn(width="large"),
         "test accuracy": st.column_config.NumberColumn("test", format="%.3f", help="Test accuracy"),
-        "change": st.column_config.NumberColumn("vs none", format="%+.3f",
+        "change": st.column_config.NumberColumn("test vs none", format="%+.3f",
                                                 help="Change in test accuracy against the same run without augmentation"),
-        "validation accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "train accuracy": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
+        "validation accuracy": st.column_config.NumberColumn("validation", format="%.3f"),
+        "train accuracy": st.column_config.NumberColumn("train", format="%.3f"),
+        "run": st.column_config.TextColumn(width="small")})  # fmt: skip
     effects = main_effects([(a, r.metrics["test_accuracy"]) for a, r in done])
+    left, right = st.columns([3, 2])
     if effects and len(done) >= 4:
-        right.altair_chart(effects_chart(effects), key=f"{P}_effects", width="stretch")
+        left.altair_chart(effects_chart(effects), key=f"{P}_effects", width="stretch")
         right.caption(f"Average change in test accuracy when a factor is on, over {len(done)} runs (bars: 95% "
-                      f"interval). Best: {fmt_acc(table['test accuracy'].max())}.")  # fmt: skip
+                      f"interval). Best test accuracy: {fmt_acc(table['test accuracy'].max())}; the table is sorted "
+                      "by validation accuracy, which is what SceneLab chooses on.")  # fmt: skip
     else:
-        right.caption("Each factor's average effect shows once four grid points are trained.")
+        left.caption("Each factor's average effect shows once four grid points are trained.")

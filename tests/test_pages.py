@@ -175,6 +175,11 @@ def test_small_data_shows_small_and_full_side_by_side(tiny_dataset, tmp_path):
 
 def test_augmentation_preview_follows_the_controls(tiny_dataset, tmp_path):
     at = open_page("pages/augmentation.py", tiny_dataset, tmp_path / "artifacts")
+    assert "augmented: zoom 0.2 + horizontal flip" in at.image[1].captions[0]  # the study's setting, on the small set
+    assert at.session_state["augmentation_train_per_class"] == 50
+    assert "to see whether augmentation helps on this data" in texts(at)  # no runs yet: what to train
+    at.toggle(key="_w_augmentation_hflip").set_value(False)
+    at.slider(key="_w_augmentation_zoom").set_value(0.0).run()
     original, first = at.image[0].value, at.image[1].value
     assert "unchanged" in at.image[0].captions[0] and "augmented: none" in at.image[1].captions[0]
     at.toggle(key="_w_augmentation_hflip").set_value(True)
@@ -201,20 +206,39 @@ def test_augmentation_grid_lists_its_runs_against_the_baseline(tiny_dataset, tra
     row = table[table["run"] == flip.run_id].iloc[0]
     assert row["augmentation"] == "horizontal flip"
     assert row["change"] == pytest.approx(flip.metrics["test_accuracy"] - base.metrics["test_accuracy"])
+    diff = round(flip.metrics["test_accuracy"] - base.metrics["test_accuracy"], 3)
+    side = "equal to" if diff == 0 else f"{abs(diff):.3f} {'above' if diff > 0 else 'below'}"
+    assert (f"On this data the best augmentation is **horizontal flip** (test {flip.metrics['test_accuracy']:.3f}, "
+            f"chosen by validation accuracy), {side} no augmentation") in texts(at)  # fmt: skip
 
 
 def test_regularisation_overlays_the_previous_setting(tiny_dataset, trained):
     artifacts, record = trained
     at = open_page("pages/regularisation.py", tiny_dataset, artifacts, regularisation_extra=TINY_EXTRAS,
-                   regularisation_epochs=2, regularisation_train_per_class=None, regularisation_best_aug=False)  # fmt: skip
+                   regularisation_epochs=2, regularisation_train_per_class=None, regularisation_best_aug=False,
+                   regularisation_dropout=0.0, regularisation_early_stopping_patience=0,
+                   regularisation_reduce_lr_patience=0)  # fmt: skip
     assert metrics(at)["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
     at.slider(key="_w_regularisation_dropout").set_value(0.5).run()
     at.button(key="regularisation_train").click().run()
     at = wait_for(at, lambda a: any(m.label == "Test accuracy" and m.delta for m in a.metric))
     test_metric = next(m for m in at.metric if m.label == "Test accuracy")
-    assert test_metric.delta.endswith("vs previous")
+    assert test_metric.delta[0] in "+−" and test_metric.proto.delta_description == "vs previous"
     table = at.dataframe[0].value
     assert any("dropout 0.5" in name for name in table["run"]) and len(table) == 2
+    assert "On this data the best regulariser is **dropout 0.5** (test " in texts(at)  # its finding, from the runs
+    assert "no regulariser (" in texts(at)
+
+
+def test_regularisation_opens_on_the_studys_setting(tiny_dataset, tmp_path):
+    at = open_page("pages/regularisation.py", tiny_dataset, tmp_path / "artifacts")
+    assert at.slider(key="_w_regularisation_dropout").value == 0.5
+    assert at.number_input(key="_w_regularisation_early_stopping_patience").value == 3
+    assert at.number_input(key="_w_regularisation_reduce_lr_patience").value == 2
+    assert at.session_state["regularisation_train_per_class"] == 50 and at.session_state["regularisation_best_aug"]
+    assert "to see which regulariser helps on this data" in texts(at)
+    assert "(6 of 6 not trained yet)" in at.button(key="regularisation_train_study").label
+    assert "dropout 0.5, early-stopping patience 3, reduce-LR patience 2" in texts(at)  # the chain's third step
 
 
 def test_loaded_config_prefills_a_page_and_is_consumed(tiny_dataset, trained):

@@ -54,6 +54,11 @@ def fmt_acc(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def fmt_signed(value: float | None, digits: int = 3) -> str:
+    """A change with its sign, the negative one with a real minus sign (−0.013, +0.020)."""
+    return "–" if value is None else f"{value:+.{digits}f}".replace("-", "\u2212")
+
+
 def fmt_value(name: str, value: Any) -> str:
     """A setting's value as a person writes it (learning rates in scientific notation)."""
     info = RUN_SETTINGS.get(name) or AUGMENT_SETTINGS.get(name)
@@ -66,13 +71,21 @@ def fmt_value(name: str, value: Any) -> str:
     return str(value)
 
 
+def lowered(label: str) -> str:
+    """A setting's label inside a phrase: its first letter lower case, acronyms and names kept ("reduce-LR
+    patience", "GridMask", "Dense(1024) layer")."""
+    if label.startswith(("GridMask", "Dense(")):
+        return label
+    return label[:1].lower() + label[1:]
+
+
 def augment_label(aug: Mapping[str, Any]) -> str:
     """The augmentations that are on, e.g. ``horizontal flip + zoom 0.2``; ``none``."""
     parts = []
     for name, info in AUGMENT_SETTINGS.items():
         value = aug.get(name)
         if value:
-            parts.append(info.label.lower() if isinstance(value, bool) else f"{info.label.lower()} {value:g}")
+            parts.append(lowered(info.label) if isinstance(value, bool) else f"{lowered(info.label)} {value:g}")
     return " + ".join(parts) or "none"
 
 
@@ -95,7 +108,7 @@ def setting_phrases(run: Mapping[str, Any], defaults: Mapping[str, Any] | None =
             parts.append({"head": "head only", "full": "whole network", "head+full": "head, then whole network"}[value])
         elif name in RUN_SETTINGS:
             info = RUN_SETTINGS[name]
-            parts.append(info.label.lower() if value is True else f"{info.label.lower()} {fmt_value(name, value)}")
+            parts.append(lowered(info.label) if value is True else f"{lowered(info.label)} {fmt_value(name, value)}")
     return parts
 
 
