@@ -40,11 +40,12 @@ from ui import handover, jobs, panel
 from ui import reference_search as ref
 from ui.charts_search import curves_chart, history_chart, importance_chart, parallel_chart, slice_chart
 from ui.compat import ensure_router
+from ui.format import backbone_label
 from ui.resources import get_store
 from ui.settings import settings
 
 P = "search"
-NEW = "+ New study…"
+NEW = "+ New search…"
 FIXABLE = ("optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm")
 FIX = f"{P}_value"  # the panel page name of the fixed values' widgets (keys search_value_<field>)
 TABLE_COLUMNS = {  # technical name -> (header, tooltip)
@@ -137,7 +138,8 @@ def table_view(df: pd.DataFrame, params: list[str]) -> None:
         fmt = ("%.1e" if info.log else "%.3f") if info is not None and info.kind == "float" else None
         config[p] = st.column_config.NumberColumn(param_label(p), help=tip, format=fmt) if fmt else st.column_config.Column(param_label(p), help=tip)
     config["cached"] = None  # not for reading
-    st.dataframe(df, key=f"{P}_trials_table", hide_index=True, width="stretch", column_config=config)
+    shown = df.style.format(na_rep="–", subset=[c for c in ("value", "test_accuracy") if c in df])  # pruned: no figure
+    st.dataframe(shown, key=f"{P}_trials_table", hide_index=True, width="stretch", column_config=config)
 
 
 def charts_view(study: Any, df: pd.DataFrame, inter: pd.DataFrame, params: list[str], space: dict[str, Any]) -> None:
@@ -150,7 +152,7 @@ def charts_view(study: Any, df: pd.DataFrame, inter: pd.DataFrame, params: list[
     st.markdown("**Parameter importances**")
     st.caption(
         f"fANOVA's share of the variance of validation accuracy, drawn from {MIN_TRIALS_FOR_IMPORTANCE} finished trials "
-        f"on: from fewer they say more about the draw than about the parameters. This study has {done}."
+        f"on: from fewer they say more about the draw than about the parameters. Your search has {done}."
     )
     imp = importances(study)
     if imp:
@@ -197,14 +199,15 @@ def reference_view(df: pd.DataFrame) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown(f"**{ref.LABEL}**")
-        st.dataframe(pd.DataFrame(ref.TOP_TRIALS, columns=["optimizer", "accuracy"]), key=f"{P}_reference_table", hide_index=True,
+        st.dataframe(pd.DataFrame(ref.best_per_optimizer(), columns=["optimizer", "accuracy"]), key=f"{P}_reference_table", hide_index=True,
                      column_config={"optimizer": "Optimizer", "accuracy": st.column_config.NumberColumn("Test accuracy", format="%.3f")})
         st.caption(
-            f"These are the study's reported figures: {ref.SWEEP['method']}, {ref.SWEEP['trials']} trials, "
+            f"These are the study's reported figures (its top trials, the best per optimizer): {ref.SWEEP['method']}, "
+            f"{ref.SWEEP['trials']} trials, "
             f"best {ref.SWEEP['best_accuracy']:.3f}; {ref.SWEEP['model']}. It picked its trials on test."
         )
     with right:
-        st.markdown("**this study: best trial per optimizer (selected on validation)**")
+        st.markdown("**your search: best trial per optimizer (selected on validation)**")
         done = df[df["state"] == "COMPLETE"]
         if "optimizer" in done and not done.empty:
             best = done.sort_values("value", ascending=False).groupby("optimizer", as_index=False).head(1)
@@ -224,7 +227,7 @@ def new_study_form(s: dict[str, Any], url: str, artifacts: str, names: list[str]
         st.session_state.setdefault(key, value)
     with st.form(f"{P}_new_form"):
         st.markdown(
-            f"Backbone **{s['backbone']}** ({s['weights']} weights), **{s['image_size']} px**, seed {s['seed']}, "
+            f"Backbone **{backbone_label(s['backbone'])}** ({s['weights']} weights), **{s['image_size']} px**, seed {s['seed']}, "
             f"test-time flip **{'on' if s['tta'] else 'off'}**, all from the sidebar (so the figures compare with the "
             "other pages); heads on cached features."
         )
@@ -267,9 +270,9 @@ def start_study(s: dict[str, Any], url: str, artifacts: str, names: list[str], n
     for param, value in fix.items():
         argv += [f"--{param.replace('_', '-')}", str(value)]
     if not name:
-        st.error("Give the study a name.")
+        st.error("Give the search a name.")
     elif name in names:
-        st.error(f"A study named {name!r} exists already; pick it in the list above to add a worker, or choose another name.")
+        st.error(f"A search named {name!r} exists already; pick it in the list above to add a worker, or choose another name.")
     else:
         try:
             processes.start_worker(argv, artifacts, name)

@@ -101,7 +101,7 @@ if st.button(
     st.rerun()
 
 if record is not None:
-    result_strip(record)
+    result_strip(record, page=P)
 else:
     not_trained_note(
         [run_id],
@@ -138,7 +138,7 @@ st.dataframe(
         "who": st.column_config.TextColumn("network"),
         "parameters": st.column_config.NumberColumn("backbone parameters", format="%,d"),
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "change": st.column_config.NumberColumn("change against the whole network", format="%+.3f"),
+        "change": st.column_config.NumberColumn("change against no blocks removed", format="%+.3f"),
     },
 )
 st.caption("Ours: the runs with the settings above, one per cut; the study's as published "

@@ -14,10 +14,12 @@ METRICS = (
 )
 
 
-def result_strip(record: RunRecord, *, previous: RunRecord | None = None, versus: str = "previous") -> None:
+def result_strip(
+    record: RunRecord, *, previous: RunRecord | None = None, versus: str = "previous", page: str | None = None
+) -> None:
     """Context line (with the training time), then train, validation and test accuracy (3 decimals; with their
     change against ``previous`` when given), epochs and the parameters trained."""
-    result_caption(record)
+    result_caption(record, page)
     m = record.metrics
     pm = previous.metrics if previous is not None else {}
     cols = st.columns(5)
