@@ -122,50 +122,70 @@ def confusion_chart(classes: list[str], confusion: list[list[int]], selection: A
     return alt.layer(rect, text).properties(width=size, height=size)
 
 
-def truncation_chart(df: pd.DataFrame, height: int = 300) -> alt.LayerChart:
+STUDY_COLOUR, OURS_COLOUR = "#e45756", "#1f77b4"  # the study's series as strong as ours: both must be read
+
+
+def truncation_chart(df: pd.DataFrame, height: int = 380) -> alt.LayerChart:
     """Backbone parameters (log) against test accuracy, the y-axis zoomed to the points; each point labelled
-    with its blocks removed; ours and the study's as two labelled series."""
+    with its blocks removed, in its series' colour; ours and the study's as two labelled series."""
     lo = float(df["test accuracy"].min()) if len(df) else 0.0
     hi = float(df["test accuracy"].max()) if len(df) else 1.0
     pad = max(0.02, (hi - lo) * 0.15)
+    who = sorted(df["who"].unique(), key=lambda w: w.startswith("the study")) if len(df) else []
+    colours = [STUDY_COLOUR if w.startswith("the study") else OURS_COLOUR for w in who]
     base = alt.Chart(df).encode(
         x=alt.X("parameters:Q", scale=alt.Scale(type="log"), title="backbone parameters (log scale)"),
-        y=alt.Y(
-            "test accuracy:Q", scale=alt.Scale(domain=[max(0.0, lo - pad), min(1.0, hi + pad)]), title="test accuracy"
-        ),
-        color=alt.Color("who:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=400)),
-    )
-    lines = base.mark_line(opacity=0.5).encode(detail="who:N", order="blocks removed:Q")
-    points = base.mark_point(filled=True, size=90).encode(
+        y=alt.Y("test accuracy:Q", scale=alt.Scale(domain=[max(0.0, lo - pad), min(1.0, hi + pad)]),
+                title="test accuracy"),
+        color=alt.Color("who:N", title=None, scale=alt.Scale(domain=who, range=colours),
+                        legend=alt.Legend(orient="bottom", labelLimit=400, labelFontSize=12, symbolSize=120)),
+    )  # fmt: skip
+    lines = base.mark_line(strokeWidth=2).encode(detail="who:N", order="blocks removed:Q")
+    points = base.mark_point(filled=True, size=110, opacity=1).encode(
         shape=alt.Shape("who:N", legend=None),
-        tooltip=[
-            "who",
-            "blocks removed",
-            alt.Tooltip("parameters:Q", format=","),
-            alt.Tooltip("test accuracy:Q", format=".3f"),
-            "run",
-        ],
-    )
-    labels = base.mark_text(dy=-12, fontSize=11).encode(text=alt.Text("blocks removed:N"))
+        tooltip=["who", "blocks removed", alt.Tooltip("parameters:Q", format=","),
+                 alt.Tooltip("test accuracy:Q", format=".3f"), "run"],
+    )  # fmt: skip
+    labels = base.mark_text(dy=-14, fontSize=13, fontWeight="bold").encode(text=alt.Text("blocks removed:N"))
     return alt.layer(lines, points, labels).properties(height=height, title="numbers: blocks removed")
 
 
-def sweep_chart(df: pd.DataFrame, study: dict, height: int = 260) -> alt.LayerChart:
-    """Test accuracy against training images per class ("all" last), with the study's point as a star."""
+def sweep_chart(df: pd.DataFrame, study: dict, height: int = 300) -> alt.LayerChart:
+    """Test accuracy against training images per class ("all" last), with the study's point as a diamond; a legend
+    names both."""
     order = [str(v) for v in df["images per class"]]
-    df = df.assign(**{"images per class": [str(v) for v in df["images per class"]]})
+    ours_label, study_label = "ours", f"the study ({study['per_class']} per class)"
+    df = df.assign(**{"images per class": [str(v) for v in df["images per class"]], "who": ours_label})
     x = alt.X("images per class:N", sort=order, title="training images per class", axis=alt.Axis(labelAngle=0))
     y = alt.Y("test accuracy:Q", scale=alt.Scale(zero=False), title="test accuracy")
+    colour = alt.Color("who:N", title=None, scale=alt.Scale(domain=[ours_label, study_label], range=[OURS_COLOUR, STUDY_COLOUR]),
+                       legend=alt.Legend(orient="bottom", symbolSize=120))  # fmt: skip
+    shape = alt.Shape(
+        "who:N", scale=alt.Scale(domain=[ours_label, study_label], range=["circle", "diamond"]), legend=None
+    )
     ours = (
         alt.Chart(df)
         .mark_line(point=True)
-        .encode(x=x, y=y, tooltip=["images per class", alt.Tooltip("test accuracy:Q", format=".3f"), "n_train"])
+        .encode(
+            x=x,
+            y=y,
+            color=colour,
+            tooltip=["images per class", alt.Tooltip("test accuracy:Q", format=".3f"), "n_train"],
+        )
     )
-    star = pd.DataFrame([{"images per class": str(study["per_class"]), "test accuracy": study["accuracy"]}])
+    star = pd.DataFrame(
+        [{"images per class": str(study["per_class"]), "test accuracy": study["accuracy"], "who": study_label}]
+    )
     mark = (
         alt.Chart(star)
-        .mark_point(shape="diamond", size=160, color="#d62728", filled=True)
-        .encode(x=x, y=y, tooltip=[alt.Tooltip("test accuracy:Q", title="the study", format=".3f")])
+        .mark_point(size=180, filled=True, opacity=1)
+        .encode(
+            x=x,
+            y=y,
+            color=colour,
+            shape=shape,
+            tooltip=[alt.Tooltip("test accuracy:Q", title="the study", format=".3f")],
+        )
     )
     return alt.layer(ours, mark).properties(height=height)
 
