@@ -263,6 +263,8 @@ def test_runs_page_lists_every_stored_run(tiny_dataset, trained):
     assert row["dataset"] == tiny_dataset.name and row["test_accuracy"] == record.metrics["test_accuracy"]
     assert row["name"] == "1 · head only, blocks removed 3, epochs 2, batch size 8"  # its page, and what differs
     assert at.selectbox(key="runs_dataset").options == ["All datasets", tiny_dataset.name]
+    assert row["backbone"] == "DenseNet121" and row["seed"] == 0 and row["trained_by"] == "–"  # display name, no "None"
+    assert row["trained"][:1].isdigit() and "T" not in row["trained"] and "+0000" not in row["trained"]
 
 
 def test_finetune_frozen_blocks_name_their_run_or_one_sentence(tiny_dataset, tmp_path):
