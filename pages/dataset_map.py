@@ -94,7 +94,8 @@ def on_pick(chart_key: str) -> None:
 
 cols = st.columns(2 if right else 1)
 with cols[0]:
-    before_title = "Before: the frozen backbone (what a head-only run trains on)" if right else f"{left_info['model']}"
+    frozen = f"the frozen {ux.backbone_label(cfg['backbone'])} ({cfg['weights']} weights)"
+    before_title = f"Before: {frozen}, what a head-only run trains on" if right else frozen
     st.altair_chart(ux.map_chart(left_df, before_title, selected), key=f"{P}_left",
                     on_select=lambda: on_pick(f"{P}_left"), selection_mode="pick")  # fmt: skip
     st.caption(f"{METHODS[method]} of the {left_info['space']} of {left_info['rows']} images.")
