@@ -16,7 +16,7 @@ from ui.charts import draw_curves, effects_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.findings import finding
-from ui.format import augment_label, fmt_acc
+from ui.format import augment_label, fmt_acc, fmt_signed
 from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.preview import augmented, load_images, mosaic, preview_files
@@ -118,7 +118,7 @@ st.caption(f"The study's best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUG
 finding_area = st.container()  # filled once the stored runs are read (below)
 if record is not None:
     result_strip(record, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
-                 versus="no augmentation")  # fmt: skip
+                 versus="none")  # fmt: skip
     other = baseline is not None and baseline.run_id != record.run_id
     draw_curves({"these augmentations": record.history, **({"no augmentation": baseline.history} if other else {})},
                 key=f"{P}_curves")  # fmt: skip
@@ -162,14 +162,15 @@ if done:
         "change": None if base_acc is None else r.metrics.get("test_accuracy") - base_acc,
         "validation accuracy": r.metrics.get("val_accuracy"), "train accuracy": r.metrics.get("train_accuracy"),
         "run": r.run_id} for a, r in done]).sort_values("validation accuracy", ascending=False)  # fmt: skip
-    st.dataframe(table, key=f"{P}_table", hide_index=True, width="stretch", column_config={
+    shown = table.style.format({"change": fmt_signed})  # the real minus sign (a column format prints a hyphen)
+    st.dataframe(shown, key=f"{P}_table", hide_index=True, width="stretch", column_config={
         "augmentation": st.column_config.TextColumn(width="large"),
         "test accuracy": st.column_config.NumberColumn("test", format="%.3f", help="Test accuracy"),
-        "change": st.column_config.NumberColumn("test vs none", format="%+.3f",
+        "change": st.column_config.NumberColumn("test vs none",
                                                 help="Change in test accuracy against the same run without augmentation"),
         "validation accuracy": st.column_config.NumberColumn("validation", format="%.3f"),
         "train accuracy": st.column_config.NumberColumn("train", format="%.3f"),
-        "run": st.column_config.TextColumn(width="small")})  # fmt: skip
+        "run": st.column_config.TextColumn()})  # fmt: skip
     effects = main_effects([(a, r.metrics["test_accuracy"]) for a, r in done])
     left, right = st.columns([3, 2])
     if effects and len(done) >= 4:

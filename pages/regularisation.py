@@ -44,7 +44,10 @@ st.markdown(
 )
 info = require_dataset()
 s = settings()
-handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
+loaded = handover.setup_widgets(P, panel.field_keys(P, FIELDS), DEFAULTS)
+if loaded is not None:  # an opened run: its augmentation is the toggle's (none or the study's best)
+    ss_extra = st.session_state.get(f"{P}_extra") or {}
+    st.session_state[f"{P}_best_aug"] = bool(any((ss_extra.pop("augment", None) or {}).values()))
 apply_page_link(P, FIELDS)
 link_notice()
 handover.show_loaded_extras(P)

@@ -13,7 +13,7 @@ from ui import handover, panel
 from ui.charts import truncation_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import PHASE_LABELS, fmt_acc
+from ui.format import PHASE_LABELS, fmt_acc, fmt_signed
 from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
@@ -130,7 +130,7 @@ table = df.assign(cut=df["blocks removed"].map(ref.TRUNCATION_LABELS))[
     ["who", "cut", "parameters", "test accuracy", "change"]
 ]
 st.dataframe(
-    table,
+    table.style.format({"change": fmt_signed}),  # the real minus sign (a column format would print a hyphen)
     key=f"{P}_table",
     hide_index=True,
     width="stretch",
@@ -138,7 +138,7 @@ st.dataframe(
         "who": st.column_config.TextColumn("network"),
         "parameters": st.column_config.NumberColumn("backbone parameters", format="%,d"),
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "change": st.column_config.NumberColumn("change against no blocks removed", format="%+.3f"),
+        "change": st.column_config.NumberColumn("change against no blocks removed"),
     },
 )
 st.caption("Ours: the runs with the settings above, one per cut; the study's as published "
