@@ -117,7 +117,7 @@ st.caption(f"The study's best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUG
            f"small set ({ref.SELECTION_NOTE}; its summary table also gives {ref.AUGMENTATION_BEST['summary_table']:.3f}).")  # fmt: skip
 finding_area = st.container()  # filled once the stored runs are read (below)
 if record is not None:
-    result_strip(record, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
+    result_strip(record, page=P, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
                  versus="none")  # fmt: skip
     other = baseline is not None and baseline.run_id != record.run_id
     draw_curves({"these augmentations": record.history, **({"no augmentation": baseline.history} if other else {})},

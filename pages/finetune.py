@@ -85,6 +85,6 @@ if record is None:
     )
     st.stop()
 
-result_strip(record)
+result_strip(record, page=P)
 draw_curves({record.run_id: record.history}, key=f"{P}_curves")
 error_analysis(P, record, s["data_root"])

@@ -106,7 +106,7 @@ if record is not None and previous is not None and previous.run_id == record.run
 if record is None:
     not_trained_note([run_id], "Not trained yet with these settings: press **Train** in the sidebar.")
 else:
-    result_strip(record, previous=previous)
+    result_strip(record, previous=previous, page=P)
     histories = {f"current: {run_name(record.config['run'])}": record.history}
     if previous is not None:
         histories[f"previous: {run_name(previous.config['run'])}"] = previous.history

@@ -18,8 +18,9 @@ from ui.settings import is_admin, settings, user_name
 
 P = "runs"
 SELECTED = f"{P}_selected"  # run ids, so a tick follows its run when the table changes under it
-COLUMNS = ["select", "name", "page", "test_accuracy", "val_accuracy", "train_accuracy", "dataset", "backbone",
-           "image_size", "seed", "epochs_run", "seconds", "trained_by", "trained", "run_id"]  # fmt: skip
+COLUMNS = ["select", "name", "test_accuracy", "val_accuracy", "train_accuracy", "seed", "image_size", "trained_by",
+           "trained", "epochs_run", "seconds", "run_id", "dataset", "backbone"]  # fmt: skip
+ONLY_IF_SEVERAL = ("dataset", "backbone")  # shown when the table holds more than one (the name says the page)
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("Runs")
@@ -50,13 +51,14 @@ f3.caption(f"{len(table)} run(s){' in `' + s['artifacts'] + '`' if is_admin() el
 digest = hashlib.sha256("|".join(table["run_id"]).encode()).hexdigest()[:12]
 edited = st.data_editor(
     table[[c for c in COLUMNS if c in table.columns]],
+    column_order=[c for c in COLUMNS if c in table.columns and (c not in ONLY_IF_SEVERAL or table[c].nunique() > 1)],
     key=f"{P}_table_{digest}",
     hide_index=True,
     width="stretch",
     disabled=[c for c in COLUMNS if c != "select"],
     column_config={
         "select": st.column_config.CheckboxColumn("", width="small"),
-        "name": st.column_config.TextColumn("run", width="large", help="Its page, and what differs from the defaults."),
+        "name": st.column_config.TextColumn("run", width=330, help="Its page, and what differs from the defaults."),
         "page": st.column_config.TextColumn(width="small"),
         "test_accuracy": st.column_config.NumberColumn("test", format="%.3f", width="small"),
         "val_accuracy": st.column_config.NumberColumn("validation", format="%.3f", width="small"),

@@ -76,7 +76,7 @@ for title, rid, record in ((f"{n} images per class", small_id, small), ("the ful
     if record is None:
         not_trained_note([rid], "Not trained yet with these settings: press **Train both** in the sidebar.")
         continue
-    result_strip(record, previous=None if record is full or full is None else full, versus="full set")
+    result_strip(record, previous=None if record is full or full is None else full, versus="full set", page=P)
     st.caption(f"Train − validation gap: {fmt_signed(gap(record))}.")
     histories[title] = record.history
 some = small or full

@@ -260,8 +260,8 @@ def legends(with_difference: bool) -> None:
     if with_difference:
         with cols[1]:
             st.image(colorbar(DIVERGING, 256, 10), width="stretch")
-            st.caption("Difference (after − before): red = the fine-tuned run looks there more than the ImageNet "
-                       "backbone, blue = less, white = the same.")  # fmt: skip
+            st.caption("Difference (after − before, the same class): red = the fine-tuned run looks there more than "
+                       "the head-only run, blue = less, white = the same.")  # fmt: skip
 
 
 # -- the dataset map ---------------------------------------------------------------------------------------

@@ -120,6 +120,8 @@ def run_name(run: Mapping[str, Any], search: bool = False, page: str | None = No
     phrases = setting_phrases(run)
     if page == "truncate" and not run.get("remove_blocks"):
         phrases.append("no blocks removed")
+    elif page == "small_data" and run.get("train_per_class") is None:
+        phrases.append("full training set")
     shown = BY_KEY[page] if page in BY_KEY else page_of_run(run)
     prefix = "5" if search else (shown.number or shown.title)
     return f"{prefix} · {', '.join(phrases) or 'defaults'}"
