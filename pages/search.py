@@ -71,7 +71,7 @@ def one_sentence(exc: BaseException) -> str:
 
 
 def _acc(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    return "–" if value is None or value != value else f"{value:.3f}"  # None or NaN: no figure
 
 
 # -- the study: answer first (polled while trials run) -----------------------------------------------------
@@ -91,7 +91,7 @@ def summary_view(figures: dict[str, Any], settings_: dict[str, Any]) -> None:
         st.caption(
             f"Searched: {', '.join(param_label(p) for p in settings_.get('space', {}))} · "
             f"{'TPE' if settings_.get('sampler') == 'tpe' else 'random'} sampler · "
-            f"{'median pruning' if settings_.get('pruner') == 'median' else 'no pruning'} · {base.get('backbone')} "
+            f"{'median pruning' if settings_.get('pruner') == 'median' else 'no pruning'} · {backbone_label(base.get('backbone'))} "
             f"({base.get('weights')} weights) · {base.get('image_size')} px · phase {base.get('phase')} · "
             f"{base.get('epochs')} epochs{' · flip augmentation' if (base.get('augment') or {}).get('hflip') else ''}"
             f"{' · test-time flip' if base.get('tta') else ''} · {int(settings_.get('repeats', 1))} seed(s) per trial · "
@@ -130,7 +130,7 @@ def best_view(figures: dict[str, Any], cfg: dict[str, Any] | None, data_root: st
 def table_view(df: pd.DataFrame, params: list[str]) -> None:
     config: dict[str, Any] = {}
     for name, (header, tip) in TABLE_COLUMNS.items():
-        fmt = "%.3f" if name in ("value", "test_accuracy") else None
+        fmt = None  # value and test accuracy: text below, "–" where a trial has none (pruned, failed)
         config[name] = st.column_config.NumberColumn(header, help=tip, format=fmt) if fmt else st.column_config.Column(header, help=tip)
     for p in params:
         info = RUN_SETTINGS.get(p)
@@ -138,7 +138,9 @@ def table_view(df: pd.DataFrame, params: list[str]) -> None:
         fmt = ("%.1e" if info.log else "%.3f") if info is not None and info.kind == "float" else None
         config[p] = st.column_config.NumberColumn(param_label(p), help=tip, format=fmt) if fmt else st.column_config.Column(param_label(p), help=tip)
     config["cached"] = None  # not for reading
-    shown = df.style.format(na_rep="–", subset=[c for c in ("value", "test_accuracy") if c in df])  # pruned: no figure
+    shown = df.assign(**{c: [_acc(v) for v in df[c]] for c in ("value", "test_accuracy") if c in df})
+    text = [c for c in shown if not pd.api.types.is_numeric_dtype(shown[c])]  # None in them: a dash too
+    shown = shown.assign(**{c: shown[c].astype(object).where(shown[c].notna(), "–") for c in text})
     st.dataframe(shown, key=f"{P}_trials_table", hide_index=True, width="stretch", column_config=config)
 
 

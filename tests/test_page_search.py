@@ -133,8 +133,9 @@ def test_page_shows_the_study(tiny_dataset: Path, demo) -> None:
     trials, config = table(at, "state")
     assert list(trials["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
     assert "the disk is full." in set(trials["reason"])
-    assert config["value"]["label"] == "Val accuracy" and config["value"]["type_config"]["format"] == "%.3f"
-    assert config["test_accuracy"]["type_config"]["format"] == "%.3f"
+    assert config["value"]["label"] == "Val accuracy" and config["test_accuracy"]["label"] == "Test accuracy"
+    assert list(trials["value"]) == ["0.800", "0.900", "0.700", "–", "–"]  # pruned and failed: a dash, never None
+    assert not trials[["reason", "optimizer", "run_id" if "run_id" in trials else "reason"]].isna().any().any()
     assert config["lr"]["label"] == "Learning rate" and config["lr"]["help"].startswith(
         "lr: "
     )  # technical name in the tooltip
