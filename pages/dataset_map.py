@@ -94,19 +94,22 @@ def on_pick(chart_key: str) -> None:
 
 cols = st.columns(2 if right else 1)
 with cols[0]:
-    frozen = f"the frozen {ux.backbone_label(cfg['backbone'])} ({cfg['weights']} weights)"
-    before_title = f"Before: {frozen}, what a head-only run trains on" if right else frozen
+    frozen = f"frozen {ux.backbone_label(cfg['backbone'])}"  # what a head-only run trains on
+    before_title = f"Before: {frozen}" if right else frozen
     st.altair_chart(ux.map_chart(left_df, before_title, selected), key=f"{P}_left",
                     on_select=lambda: on_pick(f"{P}_left"), selection_mode="pick")  # fmt: skip
-    st.caption(f"{METHODS[method]} of the {left_info['space']} of {left_info['rows']} images.")
+    st.caption(
+        f"{METHODS[method]} of the {left_info['space']} of {left_info['rows']} images"
+        + (": what a head-only run trains on." if right else ".")
+    )
 if right:
     with cols[1]:
         right_df = ux.map_frame(right, mistakes)
-        phase = ux.PHASE_WORDS.get(cfg.get("phase"), cfg.get("phase"))
-        st.altair_chart(ux.map_chart(right_df, f"After: {right_info['model']}, {phase}", selected), key=f"{P}_right",
+        after = "head-only run (backbone frozen)" if cfg.get("phase") == "head" else "fine-tuned run"
+        st.altair_chart(ux.map_chart(right_df, f"After: {after}", selected), key=f"{P}_right",
                         on_select=lambda: on_pick(f"{P}_right"), selection_mode="pick")  # fmt: skip
-        st.caption(f"{METHODS[method]} of the {right_info['space']}; crosses mark its {right_info['test_mistakes']} test "
-                   f"mistakes (also on the left).")  # fmt: skip
+        st.caption(f"{METHODS[method]} of the {right_info['space']} of {right_info['model']}; crosses mark its "
+                   f"{right_info['test_mistakes']} test mistakes (also on the left).")  # fmt: skip
 else:
     st.info("Train a run on this dataset (pages 0-5) to see its map beside this one, with its test mistakes marked.")
 
