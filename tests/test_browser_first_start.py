@@ -84,7 +84,7 @@ def test_a_fresh_install_opens_on_the_bundled_dataset_and_trains_a_head(tmp_path
             raise AssertionError(f"no result after training:\n{main_text(tab)[:3000]}") from None
         settle(tab)
         text = main_text(tab)
-        assert "dataset mit_split_64" in text and "efficientnet_lite0 (imagenet weights)" in text, text[:2000]
+        assert "dataset mit_split_64" in text and "EfficientNet-Lite0 (imagenet weights)" in text, text[:2000]
         assert_clean(tab, "finetune")
         shoot(tab, "first-start-finetune", full_page=False)
         browser.close()
