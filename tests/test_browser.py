@@ -257,7 +257,7 @@ def preview_changes(tab) -> None:
     tab.get_by_text("Horizontal flip", exact=True).click()
     settle(tab)
     tab.wait_for_function(
-        "old => { const i = document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img')[1];"
+        'old => { const i = document.querySelectorAll(\'[data-testid="stMain"] [data-testid="stImage"] img\')[1];'
         " return i && i.src !== old; }",
         arg=before,
         timeout=15_000,
