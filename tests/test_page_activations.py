@@ -221,12 +221,13 @@ def test_page_bare_imagenet_backbone_shows_feature_maps_only(tmp_path, tiny_data
     # stand-in for cached DenseNet121 ImageNet weights: the same path with a random initialisation
     monkeypatch.setattr("core.activations.resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
     at = _page(tmp_path / "empty", tiny_dataset)
-    at.session_state["image_size"] = 48  # a cache key of its own
+    at.session_state["image_size"] = 48  # the sidebar's training size: the ImageNet view is at its weights' 224 px
     at.run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert any("feature maps only" in i.value for i in at.info)
-    assert at.selectbox(key="act_layer").value == "conv2_block6_concat"  # 12x12; conv4_block5 is 3x3 at 48 px
+    assert at.selectbox(key="act_layer").value == "conv4_block5_concat"  # the study's block: 14x14 at 224 px
+    assert "**224 px**" in _text(at)
     at.selectbox(key="act_layer").select("relu").run()
     assert "whatever the class" in _images(at)  # where the block fires instead of a class's evidence
     assert at.radio(key="act_method").value == "gradcam"
