@@ -28,7 +28,7 @@ DEFAULT_SIZE_WHY = (
     "ImageNet backbones were trained on 224 px photos and recognise small images better upsampled "
     "(a head on the bundled 64 px set: 0.889 at 64 px, 0.920 at 128 px)."
 )
-SIZE_TOUCHED = "_image_size_chosen"  # the size was chosen (slider, link, opened run): datasets no longer set it
+SIZE_TOUCHED = "_image_size_chosen"  # the size was chosen (slider, link, opened run), not the default
 BUNDLED_ERROR = "_bundled_error"  # why the bundled dataset could not be unpacked (shown on the first screen)
 
 
