@@ -1,10 +1,11 @@
 """6 Activations: where a network looks, and what fine-tuning changed about it.
 
-Pick a trained run (or the ImageNet backbone alone) and an image (a test-set image, an upload or the
-camera). For a run that started from ImageNet weights the page explains the image twice, side by side:
-by the ImageNet backbone before fine-tuning and by the run after it, at the same block with the same
-method (Grad-CAM, Grad-CAM++, Score-CAM or occlusion), with the difference of the two maps; then the most
-active channels of the block. All the work is in :mod:`core.explain.heatmaps` and :mod:`core.explain.activations`.
+Pick a trained run (or the ImageNet backbone alone, at the size its weights were trained at) and an image
+(a test-set image, an upload or the camera). A fine-tuned run is explained beside the head-only run of the
+same settings (its backbone frozen), both for the same class, at the same block with the same method
+(Grad-CAM, Grad-CAM++, Score-CAM or occlusion), with the difference of the two maps: what fine-tuning
+changed. Then the most active channels of the block. The work is in :mod:`core.explain.heatmaps` and
+:mod:`core.explain.activations`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ TOP = 5
 ensure_router()  # a deep link on a fresh server: hand over to app.py first
 st.title("6 · Activations")
 st.caption(
-    "Where a network finds the evidence for a class, and what fine-tuning changed about it: the same image "
-    "explained by the ImageNet backbone before fine-tuning and by your trained run after it, side by side."
+    "Where a network finds the evidence for a class, and what fine-tuning changed about it: the same image and "
+    "the same class explained by a head trained on the frozen ImageNet backbone and by the fine-tuned run of the "
+    "same settings, side by side."
 )
 
 s = settings()
@@ -38,54 +40,67 @@ except SceneLabError as exc:
     st.error(str(exc))
     rows = []
 runs = {row["run_id"]: row for row in rows}
-imagenet_label = "ImageNet backbone only (the sidebar's backbone, no fine-tuning)"
+backbone_name = ux.backbone_label(s["backbone"])
+imagenet_px = ux.imagenet_size(s["backbone"])
+imagenet_label = f"ImageNet {backbone_name} only, not fine-tuned ({imagenet_px} px)"
 
 col_model, col_image = st.columns([3, 2])
 with col_model:
     source_model = st.selectbox(
-        "Model", [*runs, IMAGENET], format_func=lambda k: imagenet_label if k == IMAGENET else ux.run_label(runs[k]),
-        key="act_model", help="A trained run from the artifacts folder (best test accuracy first), or the sidebar's "
-        "backbone with its ImageNet weights.",
+        "Model", [*ux.opening_order(rows), IMAGENET],
+        format_func=lambda k: imagenet_label if k == IMAGENET else ux.run_label(runs[k]), key="act_model",
+        help="A trained run from the artifacts folder (a fine-tuned run with its head-only twin first, then by "
+        "validation accuracy), or the sidebar's backbone with its ImageNet weights.",
     )  # fmt: skip
     if not runs:
         st.caption("No trained runs yet: train one on pages 0-5 to compare it with the ImageNet backbone here.")
 
 row = None if source_model == IMAGENET else runs[source_model]
 if row is None:
-    model_key: tuple[str, ...] = (IMAGENET, s["backbone"], str(s["image_size"]))
+    model_key: tuple[str, ...] = (IMAGENET, s["backbone"], str(imagenet_px))
     classes_root = s["data_root"]
-    context = f"ImageNet **{s['backbone']}** (not fine-tuned) · **{s['image_size']} px**"
+    context = (f"ImageNet **{backbone_name}** (not fine-tuned) · **{imagenet_px} px**, the size its ImageNet weights "
+               f"were trained at (the sidebar's {s['image_size']} px is for training)")  # fmt: skip
 else:
     model_key = ("run", row["run_id"], s["artifacts"])
     classes_root = str(row["root"] or "")
-    context = (f"run `{row['run_id']}` · dataset **{row['dataset']}** · **{row['backbone']}** ({row['weights']} "
-               f"weights) · **{row['image_size']} px**")  # fmt: skip
+    context = (f"run `{row['run_id']}` ({ux.PHASE_WORDS.get(row['phase'], row['phase'])}) · dataset "
+               f"**{row['dataset']}** · **{ux.backbone_label(row['backbone'])}** ({row['weights']} weights) · "
+               f"**{row['image_size']} px**")  # fmt: skip
 
 try:
     with st.spinner("Loading the model (first time only)…"):
-        inspector = ux.run_inspector(row["run_id"], s["artifacts"]) if row else ux.backbone_inspector(s["backbone"], s["image_size"])
+        inspector = (
+            ux.run_inspector(row["run_id"], s["artifacts"])
+            if row
+            else ux.backbone_inspector(s["backbone"], imagenet_px)
+        )
 except SceneLabError as exc:
     st.error(str(exc))
     st.stop()
 size = inspector.image_size
 classes = inspector.classes or []
 
-# the ImageNet backbone before fine-tuning, beside a run that started from it
-before = None
-before_note = ""
+# what fine-tuning changed: the head-only run of the same settings (backbone frozen) beside the fine-tuned run
+twin = runs.get(row["twin"]) if row is not None and row.get("twin") else None
+before_key: tuple[str, ...] | None = None
 with col_model:
-    if row is not None and row["weights"] == "imagenet":
-        show_before = st.toggle("Compare with the ImageNet backbone before fine-tuning", value=True, key="act_compare",
-                                help="The same backbone with its ImageNet weights, at the run's image size.")  # fmt: skip
-        if show_before:
-            try:
-                before = ux.backbone_inspector(row["backbone"], size)
-            except SceneLabError as exc:
-                before_note = f"The ImageNet backbone cannot be shown: {exc}"
+    if row is not None and row["phase"] != "head" and twin is not None:
+        if st.toggle("Compare with the head-only run of these settings (backbone frozen)", value=True,
+                     key="act_compare", help=f"Run {twin['run_id']}: the same settings without fine-tuning; both "
+                     "explain the same class, so the difference is what fine-tuning changed."):  # fmt: skip
+            before_key = ("run", twin["run_id"], s["artifacts"])
+    elif row is not None and row["phase"] != "head":
+        st.caption("No head-only run of these settings is stored: train **Head only** with them on page 0 to see "
+                   "what fine-tuning changed.")  # fmt: skip
+    elif row is not None and row["weights"] != "imagenet":
+        st.caption(
+            f"This run started from {row['weights']} weights, not ImageNet ones, and its backbone stayed frozen."
+        )
     elif row is not None:
-        before_note = f"This run started from {row['weights']} weights, not ImageNet ones: nothing to compare it with."
-    if before_note:
-        st.caption(before_note)
+        st.caption("Head only, backbone frozen: the backbone is ImageNet's, unchanged. "
+                   + (f"Its fine-tuned twin is run `{twin['run_id']}`: pick it to see what fine-tuning changed."
+                      if twin is not None else "Fine-tune these settings on page 0 to see what fine-tuning changes."))  # fmt: skip
 
 with col_image:
     image, image_name, true_class, image_error = ux.pick_image("act", classes_root, size)
@@ -122,8 +137,8 @@ t0 = time.perf_counter()
 comparison = after = None
 try:
     with st.spinner("First look at this block: computing it uncompiled while it compiles…" if cold else "Computing…"):
-        if inspector.has_head and before is not None:
-            comparison = ux.compared(model_key, (IMAGENET, row["backbone"], str(size)), image, layer, method, cam_class)
+        if inspector.has_head and before_key is not None:
+            comparison = ux.compared(model_key, before_key, image, layer, method, cam_class)
             after = comparison.after
         elif inspector.has_head:
             after = ux.explained(model_key, image, layer, method, cam_class)
@@ -143,7 +158,9 @@ def verdict(best: str) -> str:
 
 def show_map(heat: np.ndarray, caption: str, *, signed: bool = False) -> None:
     lut = {"lut": DIVERGING, "signed": True} if signed else {}
-    st.image(overlay(big, heat, alpha=alpha if not signed else max(alpha, 0.7), **lut), caption=caption, width="stretch")
+    st.image(
+        overlay(big, heat, alpha=alpha if not signed else max(alpha, 0.7), **lut), caption=caption, width="stretch"
+    )
 
 
 st.subheader("Before and after fine-tuning" if comparison is not None else "Where the model looks")
@@ -154,25 +171,30 @@ if comparison is not None:
         st.markdown("**The image**")
         st.image(big, caption=f"{image_name}, as the model sees it ({size}×{size} px)", width="stretch")
     with cols[1]:
-        st.markdown("**Before: ImageNet backbone**", help="Not fine-tuned: its 1000 ImageNet classes.")
+        st.markdown("**Before: head only, backbone frozen**", help=f"Run {twin['run_id']}: the same settings, only "
+                    "its head trained on the ImageNet backbone.")  # fmt: skip
         if b is not None:
-            names = ux.backbone_inspector(row["backbone"], size).classes or []
-            ranked = top_k(b.probs, names, k=TOP)
-            show_map(comparison.before_map, f"{METHODS[method]} of its top class, {names[b.class_index]} ({ranked[0][1]:.1%})")
-            st.altair_chart(ux.probability_bars(ranked, highlight=names[b.class_index]), key="act_before_chart")
-        else:
-            show_map(comparison.before_map, "No ImageNet head here: where the block's channels fire, whatever the class")
+            ranked = top_k(b.probs, classes, k=min(TOP, len(classes)))
+            show_map(comparison.before_map, f"{METHODS[method]} of {classes[b.class_index]} "
+                     f"({b.probs[b.class_index]:.1%}){verdict(ranked[0][0])}")  # fmt: skip
+            st.altair_chart(ux.probability_bars(ranked, highlight=classes[b.class_index]), key="act_before_chart")
     with cols[2]:
-        st.markdown("**After: your fine-tuned run**", help=f"Run {row['run_id']}: its {len(classes)} classes.")
+        st.markdown(
+            f"**After: {ux.PHASE_WORDS[row['phase']]}**", help=f"Run {row['run_id']}: its {len(classes)} classes."
+        )
         ranked = top_k(after.probs, classes, k=min(TOP, len(classes)))
         explained = classes[after.class_index]
         which = "predicted" if cam_class is None else "chosen"
-        show_map(after.heatmap, f"{METHODS[method]} of {explained} ({which}, {after.probs[after.class_index]:.1%}){verdict(ranked[0][0])}")
+        show_map(
+            after.heatmap,
+            f"{METHODS[method]} of {explained} ({which}, {after.probs[after.class_index]:.1%}){verdict(ranked[0][0])}",
+        )
         st.altair_chart(ux.probability_bars(ranked, highlight=explained), key="act_after_chart")
     with cols[3]:
-        st.markdown("**What changed**", help="The after map minus the before map, cell by cell.")
-        show_map(comparison.difference, "After − before: red where the run looks more, blue where it looks less",
-                 signed=True)
+        st.markdown("**What fine-tuning changed**", help="The after map minus the before map, cell by cell, for the "
+                    "same class.")  # fmt: skip
+        show_map(comparison.difference, f"After − before, both for {explained}: red where the fine-tuned run looks "
+                 "more, blue where it looks less", signed=True)  # fmt: skip
     ux.legends(with_difference=True)
 else:
     cols = st.columns([1, 1, 1.3])
@@ -191,16 +213,17 @@ else:
     with cols[2]:
         st.markdown("**Prediction**")
         if after is None:
-            st.info(f"{s['backbone']} without a classification head gives feature maps only: no prediction and no "
-                    "class to explain. Pick a trained run, or the efficientnet_lite0 backbone, which comes with its "
-                    "ImageNet top.")  # fmt: skip
+            st.info(f"{backbone_name} without a classification head gives feature maps only: no prediction and no "
+                    f"class to explain. Pick a trained run, or {ux.backbones_with_top()}, which comes with its ImageNet "
+                    "top.")  # fmt: skip
         else:
             ranked = top_k(after.probs, classes, k=min(TOP, len(classes)))
             st.markdown(f"Predicted: **{ranked[0][0]}** ({ranked[0][1]:.1%}){verdict(ranked[0][0])}")
             st.altair_chart(ux.probability_bars(ranked, highlight=classes[after.class_index]), key="act_chart")
     ux.legends(with_difference=False)
 st.caption(
-    context + f" · computed in {seconds * 1000:.0f} ms"
+    context
+    + f" · computed in {seconds * 1000:.0f} ms"
     + (" (uncompiled: this block is being compiled in the background, later images will be faster)." if cold else ".")
 )
 

@@ -10,13 +10,14 @@ import streamlit as st
 from core.config import AUGMENT_SETTINGS, AugmentConfig
 from core.errors import SceneLabError
 from core.study import reference as ref
-from core.study.plan import DEFAULT_GRID_SAMPLE, SMALL, augmentation_grid, main_effects
+from core.study.plan import DEFAULT_GRID_SAMPLE, SMALL, STUDY_BEST_AUG, augmentation_grid, main_effects
 from ui import handover, panel
 from ui.charts import draw_curves, effects_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import augment_label, fmt_acc
-from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.findings import finding
+from ui.format import augment_label, fmt_acc, fmt_signed
+from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.preview import augmented, load_images, mosaic, preview_files
 from ui.resources import lookup, runs_like
@@ -29,7 +30,12 @@ SLIDERS = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "float
 TOGGLES = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "bool")
 SLIDER_MAX = {"rotation": 180.0}  # the fractions' sliders stop at 0.5
 FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "train_per_class", "epochs", "lr")
-DEFAULTS = {**panel.defaults(P, FIELDS, {"train_per_class": SMALL}), f"{P}_preview_seed": 0, f"{P}_grid_n": DEFAULT_GRID_SAMPLE}
+STUDY_AUG = {f"augment.{k}": v for k, v in dataclasses.asdict(STUDY_BEST_AUG).items() if v}  # the study's setting
+DEFAULTS = {
+    **panel.defaults(P, FIELDS, {"train_per_class": SMALL, **STUDY_AUG}),
+    f"{P}_preview_seed": 0,
+    f"{P}_grid_n": DEFAULT_GRID_SAMPLE,
+}
 TRAINING_SETS = {SMALL: f"the small set ({SMALL} per class, the study's)", None: "every training image"}
 
 
@@ -60,10 +66,18 @@ with sliders:
 with switches:
     for field in TOGGLES:
         panel.widget(P, f"augment.{field}")
-    panel.bind(panel.key(P, "train_per_class"), st.radio, "Training set", list(TRAINING_SETS),
-               format_func=TRAINING_SETS.get, help="The study ran augmentation on its small set (task 2).")
+    panel.bind(
+        panel.key(P, "train_per_class"),
+        st.radio,
+        "Training set",
+        list(TRAINING_SETS),
+        format_func=TRAINING_SETS.get,
+        help="The study ran augmentation on its small set (task 2).",
+    )
     e1, e2 = st.columns(2)
-    panel.widget(P, "epochs", e1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head.")
+    panel.widget(
+        P, "epochs", e1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head."
+    )
     panel.widget(P, "lr", e2)
 values = panel.values(P, FIELDS)
 aug = values["augment"]
@@ -77,8 +91,13 @@ with shown:
         out = images
     st.image(mosaic(images, columns=4), width="stretch", caption=f"{len(files)} training images, unchanged")
     st.image(mosaic(out, columns=4), width="stretch", caption=f"augmented: {augment_label(dataclasses.asdict(aug))}")
-    st.button("Reshuffle", key=f"{P}_reshuffle", icon=":material/shuffle:", on_click=reshuffle,
-              help="Draw other random transformations of the same images.")
+    st.button(
+        "Reshuffle",
+        key=f"{P}_reshuffle",
+        icon=":material/shuffle:",
+        on_click=reshuffle,
+        help="Draw other random transformations of the same images.",
+    )
 
 cfg = handover.page_config(P, {"phase": "head"}, values)
 if cfg is None:
@@ -96,22 +115,33 @@ with progress_area:
 
 st.caption(f"The study's best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUGMENTATION_BEST['accuracy']:.3f} on its "
            f"small set ({ref.SELECTION_NOTE}; its summary table also gives {ref.AUGMENTATION_BEST['summary_table']:.3f}).")  # fmt: skip
+finding_area = st.container()  # filled once the stored runs are read (below)
 if record is not None:
-    result_strip(record, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
-                 versus="no augmentation")  # fmt: skip
+    result_strip(record, page=P, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
+                 versus="none")  # fmt: skip
     other = baseline is not None and baseline.run_id != record.run_id
     draw_curves({"these augmentations": record.history, **({"no augmentation": baseline.history} if other else {})},
                 key=f"{P}_curves")  # fmt: skip
 else:
-    st.info("Not trained yet with these augmentations: press **Train** in the sidebar.")
+    not_trained_note([run_id], "Not trained yet with these augmentations: press **Train** in the sidebar.")
 
 st.subheader("The study's grid (seven on/off factors) and every run with these settings")
 g1, g2 = st.columns([1, 3])
-g1.number_input("Grid points", min_value=2, max_value=128, step=1, key=f"{P}_grid_n",
-                help="A seeded sample of the 128 combinations (always with the baseline and the study's best); 128 = all.")
+g1.number_input(
+    "Grid points",
+    min_value=2,
+    max_value=128,
+    step=1,
+    key=f"{P}_grid_n",
+    help="A seeded sample of the 128 combinations (always with the baseline and the study's best); 128 = all.",
+)
 missing = [c for c, (i, r) in zip(grid_cfgs, grid, strict=True) if i is not None and r is None]
-if g2.button(f"Train the grid ({len(missing)} of {len(grid_cfgs)} not trained yet)", key=f"{P}_train_grid",
-             disabled=not missing, help="Rotation 20°, shifts 0.2, shear 0.2, zoom 0.2, horizontal and vertical flip, each on or off."):
+if g2.button(
+    f"Train the grid ({len(missing)} of {len(grid_cfgs)} not trained yet)",
+    key=f"{P}_train_grid",
+    disabled=not missing,
+    help="Rotation 20°, shifts 0.2, shear 0.2, zoom 0.2, horizontal and vertical flip, each on or off.",
+):
     submit_runs(P, missing, s["data_root"])
     st.rerun()
 done = {r.run_id: (c.augment, r) for c, (_, r) in zip(grid_cfgs, grid, strict=True) if r is not None}
@@ -121,25 +151,32 @@ for r in runs_like(info, cfg):  # every other stored run with these training set
     if run.pop("augment", None) is not None and run == same and r.run_id not in done:
         done[r.run_id] = (AugmentConfig(**r.config["run"]["augment"]), r)
 done = list(done.values())
+augmented = [(augment_label(dataclasses.asdict(a)), r) for a, r in done if a != AugmentConfig()]
+finding_area.markdown(finding("augmentation", augmented, ("no augmentation", baseline),
+                              "Train these settings with and without augmentation (**Train**, or train the grid below) "
+                              "to see whether augmentation helps on this data."))  # fmt: skip
 if done:
     base_acc = baseline.metrics.get("test_accuracy") if baseline is not None else None
     table = pd.DataFrame([{
         "augmentation": augment_label(dataclasses.asdict(a)), "test accuracy": r.metrics.get("test_accuracy"),
         "change": None if base_acc is None else r.metrics.get("test_accuracy") - base_acc,
         "validation accuracy": r.metrics.get("val_accuracy"), "train accuracy": r.metrics.get("train_accuracy"),
-        "run": r.run_id} for a, r in done]).sort_values("test accuracy", ascending=False)  # fmt: skip
-    left, right = st.columns([3, 2])
-    left.dataframe(table, key=f"{P}_table", hide_index=True, width="stretch", column_config={
-        "augmentation": st.column_config.TextColumn(width="medium"),
+        "run": r.run_id} for a, r in done]).sort_values("validation accuracy", ascending=False)  # fmt: skip
+    shown = table.style.format({"change": fmt_signed})  # the real minus sign (a column format prints a hyphen)
+    st.dataframe(shown, key=f"{P}_table", hide_index=True, width="stretch", column_config={
+        "augmentation": st.column_config.TextColumn(width="large"),
         "test accuracy": st.column_config.NumberColumn("test", format="%.3f", help="Test accuracy"),
-        "change": st.column_config.NumberColumn("vs none", format="%+.3f",
+        "change": st.column_config.NumberColumn("test vs none",
                                                 help="Change in test accuracy against the same run without augmentation"),
-        "validation accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "train accuracy": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
+        "validation accuracy": st.column_config.NumberColumn("validation", format="%.3f"),
+        "train accuracy": st.column_config.NumberColumn("train", format="%.3f"),
+        "run": st.column_config.TextColumn()})  # fmt: skip
     effects = main_effects([(a, r.metrics["test_accuracy"]) for a, r in done])
+    left, right = st.columns([3, 2])
     if effects and len(done) >= 4:
-        right.altair_chart(effects_chart(effects), key=f"{P}_effects", width="stretch")
+        left.altair_chart(effects_chart(effects), key=f"{P}_effects", width="stretch")
         right.caption(f"Average change in test accuracy when a factor is on, over {len(done)} runs (bars: 95% "
-                      f"interval). Best: {fmt_acc(table['test accuracy'].max())}.")  # fmt: skip
+                      f"interval). Best test accuracy: {fmt_acc(table['test accuracy'].max())}; the table is sorted "
+                      "by validation accuracy, which is what SceneLab chooses on.")  # fmt: skip
     else:
-        right.caption("Each factor's average effect shows once four grid points are trained.")
+        left.caption("Each factor's average effect shows once four grid points are trained.")

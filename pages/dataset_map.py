@@ -46,16 +46,17 @@ def projected(data: str, artifacts: str, backbone: str, weights: str, size: int,
 
 
 prints = {info.fingerprint, info.legacy_fingerprint}
-records = [r for r in all_runs() if r.config.get("dataset", {}).get("fingerprint") in prints]
-records.sort(key=lambda r: -(r.metrics.get("test_accuracy") or 0.0))
-rows = {row["run_id"]: row for row in ux.run_rows(s["artifacts"])}
+by_id = {r.run_id: r for r in all_runs() if r.config.get("dataset", {}).get("fingerprint") in prints}
+rows = {row["run_id"]: row for row in ux.run_rows(s["artifacts"]) if row["run_id"] in by_id}
+order = ux.opening_order(list(rows.values()))  # the fine-tuned run of the best pair first (validation accuracy)
+records = [by_id[i] for i in order]
 methods = [m for m in METHODS if m != "umap" or importlib.util.find_spec("umap") is not None]
 c1, c2 = st.columns([3, 2])
 run_id = c1.selectbox(
-    "Fine-tuned run", [r.run_id for r in records] or [None],
+    "Run", order or [None],
     format_func=lambda k: ux.run_label(rows[k]) if k in rows else "no trained run on this dataset yet",
-    key=f"{P}_run", help="A run trained on this dataset (best test accuracy first). Its map sits beside the ImageNet "
-    "backbone's, and its test mistakes are marked on both.",
+    key=f"{P}_run", help="A run trained on this dataset (a fine-tuned run with a head-only twin first, then by "
+    "validation accuracy). Its map sits beside the frozen ImageNet backbone's, and its test mistakes are marked on both.",
 )  # fmt: skip
 method = c2.radio(
     "Projection", methods, format_func=METHODS.get, horizontal=True, key=f"{P}_method",
@@ -93,16 +94,22 @@ def on_pick(chart_key: str) -> None:
 
 cols = st.columns(2 if right else 1)
 with cols[0]:
-    st.altair_chart(ux.map_chart(left_df, f"Before: {left_info['model']}", selected), key=f"{P}_left",
+    frozen = f"frozen {ux.backbone_label(cfg['backbone'])}"  # what a head-only run trains on
+    before_title = f"Before: {frozen}" if right else frozen
+    st.altair_chart(ux.map_chart(left_df, before_title, selected), key=f"{P}_left",
                     on_select=lambda: on_pick(f"{P}_left"), selection_mode="pick")  # fmt: skip
-    st.caption(f"{METHODS[method]} of the {left_info['space']} of {left_info['rows']} images.")
+    st.caption(
+        f"{METHODS[method]} of the {left_info['space']} of {left_info['rows']} images"
+        + (": what a head-only run trains on." if right else ".")
+    )
 if right:
     with cols[1]:
         right_df = ux.map_frame(right, mistakes)
-        st.altair_chart(ux.map_chart(right_df, f"After: {right_info['model']}", selected), key=f"{P}_right",
+        after = "head-only run (backbone frozen)" if cfg.get("phase") == "head" else "fine-tuned run"
+        st.altair_chart(ux.map_chart(right_df, f"After: {after}", selected), key=f"{P}_right",
                         on_select=lambda: on_pick(f"{P}_right"), selection_mode="pick")  # fmt: skip
-        st.caption(f"{METHODS[method]} of the {right_info['space']}; crosses mark its {right_info['test_mistakes']} test "
-                   f"mistakes (also on the left).")  # fmt: skip
+        st.caption(f"{METHODS[method]} of the {right_info['space']} of {right_info['model']}; crosses mark its "
+                   f"{right_info['test_mistakes']} test mistakes (also on the left).")  # fmt: skip
 else:
     st.info("Train a run on this dataset (pages 0-5) to see its map beside this one, with its test mistakes marked.")
 

@@ -11,7 +11,7 @@ from ui.charts import draw_curves
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import PHASE_LABELS
-from ui.jobs import Plan, live_progress, train_panel
+from ui.jobs import Plan, live_progress, not_trained_note, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
 from ui.settings import settings
@@ -47,7 +47,11 @@ with st.container(border=True):
     panel.widget(P, "lr", c3)
     lr = float(ss[panel.key(P, "lr")])
     panel.widget(
-        P, "full_lr", c3, disabled=not both, help=f"Learning rate of the whole-network phase; {lr / 10:.1e}, "
+        P,
+        "full_lr",
+        c3,
+        disabled=not both,
+        help=f"Learning rate of the whole-network phase; {lr / 10:.1e}, "
         "a tenth of the learning rate, unless you change it.",
         from_value=lambda v: lr / 10 if v is None else v,
         to_value=lambda v: None if v is None or abs(v - lr / 10) <= 1e-12 else v,
@@ -74,10 +78,13 @@ st.caption(
     "test accuracy."
 )
 if record is None:
-    st.info("Not trained yet with these settings. Press **Train** in the sidebar; it runs in the background, so "
-            "you can keep exploring.")
+    not_trained_note(
+        [run_id],
+        "Not trained yet with these settings. Press **Train** in the sidebar; it runs in "
+        "the background, so you can keep exploring.",
+    )
     st.stop()
 
-result_strip(record)
+result_strip(record, page=P)
 draw_curves({record.run_id: record.history}, key=f"{P}_curves")
 error_analysis(P, record, s["data_root"])

@@ -18,8 +18,9 @@ from ui.settings import is_admin, settings, user_name
 
 P = "runs"
 SELECTED = f"{P}_selected"  # run ids, so a tick follows its run when the table changes under it
-COLUMNS = ["select", "name", "page", "test_accuracy", "val_accuracy", "train_accuracy", "dataset", "backbone",
-           "image_size", "epochs_run", "seconds", "trained_by", "created", "run_id"]  # fmt: skip
+COLUMNS = ["select", "name", "test_accuracy", "val_accuracy", "train_accuracy", "seed", "image_size", "trained_by",
+           "trained", "epochs_run", "seconds", "run_id", "dataset", "backbone"]  # fmt: skip
+ONLY_IF_SEVERAL = ("dataset", "backbone")  # shown when the table holds more than one (the name says the page)
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
 st.title("Runs")
@@ -49,16 +50,23 @@ f3.caption(f"{len(table)} run(s){' in `' + s['artifacts'] + '`' if is_admin() el
 # the editor's key changes with the rows shown, so its ticks are always the ones stored by run id above
 digest = hashlib.sha256("|".join(table["run_id"]).encode()).hexdigest()[:12]
 edited = st.data_editor(
-    table[[c for c in COLUMNS if c in table.columns]], key=f"{P}_table_{digest}", hide_index=True, width="stretch",
+    table[[c for c in COLUMNS if c in table.columns]],
+    column_order=[c for c in COLUMNS if c in table.columns and (c not in ONLY_IF_SEVERAL or table[c].nunique() > 1)],
+    key=f"{P}_table_{digest}",
+    hide_index=True,
+    width="stretch",
     disabled=[c for c in COLUMNS if c != "select"],
     column_config={
         "select": st.column_config.CheckboxColumn("", width="small"),
-        "name": st.column_config.TextColumn("run", width="large", help="Its page, and what differs from the defaults."),
+        "name": st.column_config.TextColumn("run", width=330, help="Its page, and what differs from the defaults."),
         "page": st.column_config.TextColumn(width="small"),
         "test_accuracy": st.column_config.NumberColumn("test", format="%.3f", width="small"),
         "val_accuracy": st.column_config.NumberColumn("validation", format="%.3f", width="small"),
         "train_accuracy": st.column_config.NumberColumn("train", format="%.3f", width="small"),
+        "backbone": st.column_config.TextColumn(width="medium"),
         "image_size": st.column_config.NumberColumn("px", width="small"),
+        "seed": st.column_config.NumberColumn(width="small"),
+        "trained": st.column_config.TextColumn("trained", help="When, in your time zone."),
         "epochs_run": st.column_config.NumberColumn("epochs", width="small"),
         "seconds": st.column_config.NumberColumn(format="%.0f", width="small"),
         "trained_by": st.column_config.TextColumn("by", width="small"),
@@ -86,8 +94,12 @@ for r in chosen:
                            key=f"{P}_config_{r.run_id}", icon=":material/download:")  # fmt: skip
         export_buttons(r, b2)
         page = page_of_run(r.config.get("run", {}))
-        if page.takes_runs and b3.button(f"Open in {page.label}", key=f"{P}_open_{r.run_id}",
-                                         icon=":material/open_in_new:"):
+        verb = (
+            "Open its settings in" if r.config.get("search_study") else "Open in"
+        )  # a search trial: its settings' page
+        if page.takes_runs and b3.button(
+            f"{verb} {page.label}", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:"
+        ):
             handover.load_config(r.config.get("run", {}), page.file, run_id=r.run_id)
 
 
@@ -96,7 +108,9 @@ if is_admin():
         busy = {j.id for j in get_worker().jobs() if j.active}
         st.caption(f"Deletes every stored run and every feature and image cache of `{s['artifacts']}`, except the "
                    f"{len(busy)} run(s) training now; nothing another session is using is touched.")  # fmt: skip
-        if st.checkbox("I want to delete them", key=f"{P}_reset_ok") and st.button("Reset", key=f"{P}_reset", type="primary"):
+        if st.checkbox("I want to delete them", key=f"{P}_reset_ok") and st.button(
+            "Reset", key=f"{P}_reset", type="primary"
+        ):
             counts = get_store().reset(keep=busy)
             st.cache_data.clear()
             st.success(f"Deleted {counts['runs']} run(s) and {counts['caches']} cache file(s).")

@@ -44,12 +44,13 @@ from ui import handover, jobs, panel
 from ui import reference_search as ref
 from ui.charts_search import curves_chart, history_chart, importance_chart, parallel_chart, slice_chart
 from ui.compat import ensure_router
+from ui.format import backbone_label
 from ui.resources import get_store
 from ui.settings import settings
 
 logger = logging.getLogger(__name__)
 P = "search"
-NEW = "+ New study…"
+NEW = "+ New search…"
 FIXABLE = tuple(DEFAULT_SPACE)  # the study's swept parameters, as core.search.space declares them
 FIX = f"{P}_value"  # the panel page name of the fixed values' widgets (keys search_value_<field>)
 TABLE_COLUMNS = {  # technical name -> (header, tooltip)
@@ -76,7 +77,7 @@ def one_sentence(exc: BaseException) -> str:
 
 
 def _acc(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
+    return "–" if value is None or value != value else f"{value:.3f}"  # None or NaN: no figure
 
 
 # -- the study: answer first (polled while trials run) -----------------------------------------------------
@@ -96,7 +97,7 @@ def summary_view(figures: dict[str, Any], settings_: dict[str, Any]) -> None:
         st.caption(
             f"Searched: {', '.join(param_label(p) for p in settings_.get('space', {}))} · "
             f"{'TPE' if settings_.get('sampler') == 'tpe' else 'random'} sampler · "
-            f"{'median pruning' if settings_.get('pruner') == 'median' else 'no pruning'} · {base.get('backbone')} "
+            f"{'median pruning' if settings_.get('pruner') == 'median' else 'no pruning'} · {backbone_label(base.get('backbone'))} "
             f"({base.get('weights')} weights) · {base.get('image_size')} px · phase {base.get('phase')} · "
             f"{base.get('epochs')} epochs{' · flip augmentation' if (base.get('augment') or {}).get('hflip') else ''}"
             f"{' · test-time flip' if base.get('tta') else ''} · {int(settings_.get('repeats', 1))} seed(s) per trial · "
@@ -135,7 +136,7 @@ def best_view(figures: dict[str, Any], cfg: dict[str, Any] | None, data_root: st
 def table_view(df: pd.DataFrame, params: list[str]) -> None:
     config: dict[str, Any] = {}
     for name, (header, tip) in TABLE_COLUMNS.items():
-        fmt = "%.3f" if name in ("value", "test_accuracy") else None
+        fmt = None  # value and test accuracy: text below, "–" where a trial has none (pruned, failed)
         config[name] = st.column_config.NumberColumn(header, help=tip, format=fmt) if fmt else st.column_config.Column(header, help=tip)
     for p in params:
         info = RUN_SETTINGS.get(p)
@@ -143,7 +144,10 @@ def table_view(df: pd.DataFrame, params: list[str]) -> None:
         fmt = ("%.1e" if info.log else "%.3f") if info is not None and info.kind == "float" else None
         config[p] = st.column_config.NumberColumn(param_label(p), help=tip, format=fmt) if fmt else st.column_config.Column(param_label(p), help=tip)
     config["cached"] = None  # not for reading
-    st.dataframe(df, key=f"{P}_trials_table", hide_index=True, width="stretch", column_config=config)
+    shown = df.assign(**{c: [_acc(v) for v in df[c]] for c in ("value", "test_accuracy") if c in df})
+    text = [c for c in shown if not pd.api.types.is_numeric_dtype(shown[c])]  # None in them: a dash too
+    shown = shown.assign(**{c: shown[c].astype(object).where(shown[c].notna(), "–") for c in text})
+    st.dataframe(shown, key=f"{P}_trials_table", hide_index=True, width="stretch", column_config=config)
 
 
 def charts_view(study: Any, df: pd.DataFrame, inter: pd.DataFrame, params: list[str], space: dict[str, Any]) -> None:
@@ -156,7 +160,7 @@ def charts_view(study: Any, df: pd.DataFrame, inter: pd.DataFrame, params: list[
     st.markdown("**Parameter importances**")
     st.caption(
         f"fANOVA's share of the variance of validation accuracy, drawn from {MIN_TRIALS_FOR_IMPORTANCE} finished trials "
-        f"on: from fewer they say more about the draw than about the parameters. This study has {done}."
+        f"on: from fewer they say more about the draw than about the parameters. Your search has {done}."
     )
     imp = importances(study)
     if imp:
@@ -205,14 +209,15 @@ def reference_view(df: pd.DataFrame) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown(f"**{ref.LABEL}**")
-        st.dataframe(pd.DataFrame(ref.TOP_TRIALS, columns=["optimizer", "accuracy"]), key=f"{P}_reference_table", hide_index=True,
+        st.dataframe(pd.DataFrame(ref.best_per_optimizer(), columns=["optimizer", "accuracy"]), key=f"{P}_reference_table", hide_index=True,
                      column_config={"optimizer": "Optimizer", "accuracy": st.column_config.NumberColumn("Test accuracy", format="%.3f")})
         st.caption(
-            f"These are the study's reported figures: {ref.SWEEP['method']}, {ref.SWEEP['trials']} trials, "
+            f"These are the study's reported figures (its top trials, the best per optimizer): {ref.SWEEP['method']}, "
+            f"{ref.SWEEP['trials']} trials, "
             f"best {ref.SWEEP['best_accuracy']:.3f}; {ref.SWEEP['model']}. It picked its trials on test."
         )
     with right:
-        st.markdown("**this study: best trial per optimizer (selected on validation)**")
+        st.markdown("**your search: best trial per optimizer (selected on validation)**")
         done = df[df["state"] == "COMPLETE"]
         if "optimizer" in done and not done.empty:
             best = done.sort_values("value", ascending=False).groupby("optimizer", as_index=False).head(1)
@@ -232,7 +237,7 @@ def new_study_form(s: dict[str, Any], url: str, artifacts: str, names: list[str]
         st.session_state.setdefault(key, value)
     with st.form(f"{P}_new_form"):
         st.markdown(
-            f"Backbone **{s['backbone']}** ({s['weights']} weights), **{s['image_size']} px**, seed {s['seed']}, "
+            f"Backbone **{backbone_label(s['backbone'])}** ({s['weights']} weights), **{s['image_size']} px**, seed {s['seed']}, "
             f"test-time flip **{'on' if s['tta'] else 'off'}**, all from the sidebar (so the figures compare with the "
             "other pages); heads on cached features."
         )
@@ -270,9 +275,9 @@ def start_study(s: dict[str, Any], url: str, artifacts: str, names: list[str], n
     argv = ["--data", s["data_root"], "--study", name, "--storage", url, "--artifacts", artifacts, "--phase", "head",
             *option_argv({k: s[k] for k in SHARED_SETTINGS}), *extra, *option_argv(fix), "--json"]  # fmt: skip
     if not name:
-        st.error("Give the study a name.")
+        st.error("Give the search a name.")
     elif name in names:
-        st.error(f"A study named {name!r} exists already; pick it in the list above to add a worker, or choose another name.")
+        st.error(f"A search named {name!r} exists already; pick it in the list above to add a worker, or choose another name.")
     else:
         try:
             processes.start_worker(parse_tune(argv))

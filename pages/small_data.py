@@ -10,8 +10,8 @@ from ui import handover, panel
 from ui.charts import draw_curves, sweep_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import PHASE_LABELS, fmt_acc
-from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.format import PHASE_LABELS, fmt_acc, fmt_signed
+from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
 from ui.settings import settings
@@ -71,13 +71,13 @@ def gap(record) -> float:
 
 
 histories = {}
-for title, record in ((f"{n} images per class", small), ("the full training set", full)):
+for title, rid, record in ((f"{n} images per class", small_id, small), ("the full training set", full_id, full)):
     st.subheader(title)
     if record is None:
-        st.info("Not trained yet with these settings: press **Train both** in the sidebar.")
+        not_trained_note([rid], "Not trained yet with these settings: press **Train both** in the sidebar.")
         continue
-    result_strip(record, previous=None if record is full or full is None else full, versus="full set")
-    st.caption(f"Train − validation gap: {gap(record):+.3f}.")
+    result_strip(record, previous=None if record is full or full is None else full, versus="full set", page=P)
+    st.caption(f"Train − validation gap: {fmt_signed(gap(record))}.")
     histories[title] = record.history
 some = small or full
 if some is not None:
@@ -90,8 +90,8 @@ st.caption(f"The study reached {ref.SMALL_DATA['accuracy']:.3f} with {ref.SMALL_
 if small is not None and full is not None:
     more = gap(small) - gap(full)
     st.markdown(f"**The small set overfits {'more' if more > 0 else 'no more'}**: its train − validation gap is "
-                f"{gap(small):+.3f} against {gap(full):+.3f} on the full set ({more:+.3f}); its test accuracy "
-                f"{small.metrics['test_accuracy'] - full.metrics['test_accuracy']:+.3f}.")  # fmt: skip
+                f"{fmt_signed(gap(small))} against {fmt_signed(gap(full))} on the full set ({fmt_signed(more)}); its "
+                f"test accuracy {fmt_signed(small.metrics['test_accuracy'] - full.metrics['test_accuracy'])}.")  # fmt: skip
 if histories:
     st.subheader("Learning curves, both runs")
     draw_curves(histories, key=f"{P}_curves")
@@ -100,10 +100,17 @@ st.subheader("Test accuracy against images per class")
 rows = [{"images per class": nn if nn is not None else "all", "test accuracy": r.metrics.get("test_accuracy"),
          "n_train": r.metrics.get("n_train")} for nn, (_, r) in zip(SWEEP, sweep, strict=True) if r is not None]  # fmt: skip
 missing = [c for c, (i, r) in zip(sweep_cfgs, sweep, strict=True) if i is not None and r is None]
-if st.button(f"Train the sweep ({len(missing)} of {len(SWEEP)} not trained yet)", key=f"{P}_train_sweep",
-             disabled=not missing, help=f"{', '.join(str(x or 'all') for x in SWEEP)} images per class, these settings."):
+if st.button(
+    f"Train the sweep ({len(missing)} of {len(SWEEP)} not trained yet)",
+    key=f"{P}_train_sweep",
+    disabled=not missing,
+    help=f"{', '.join(str(x or 'all') for x in SWEEP)} images per class, these settings.",
+):
     submit_runs(P, missing, s["data_root"])
     st.rerun()
 if rows:
     st.altair_chart(sweep_chart(pd.DataFrame(rows), ref.SMALL_DATA), key=f"{P}_sweep", width="stretch")
-    st.caption("Best of the sweep: " + fmt_acc(max(r["test accuracy"] for r in rows)) + "; the star is the study's.")
+    st.caption(
+        "Best of the sweep: " + fmt_acc(max(r["test accuracy"] for r in rows)) + f"; the red diamond is the study's "
+        f"{ref.SMALL_DATA['accuracy']:.3f} ({ref.SMALL_DATA['per_class']} per class, DenseNet121 at 256 px)."
+    )

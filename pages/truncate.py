@@ -13,8 +13,8 @@ from ui import handover, panel
 from ui.charts import truncation_chart
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
-from ui.format import PHASE_LABELS, fmt_acc
-from ui.jobs import Plan, live_progress, submit_runs, train_panel
+from ui.format import PHASE_LABELS, fmt_acc, fmt_signed
+from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
 from ui.resources import lookup
 from ui.settings import settings
@@ -48,8 +48,14 @@ spec = get_backbone(s["backbone"])
 
 with st.container(border=True):
     a1, a2, a3, a4 = st.columns([2, 1.2, 1.2, 1])
-    panel.widget(P, "remove_blocks", a1, style="slider", max_value=spec.blocks - 1,
-                 help=f"Blocks cut off the end of the backbone; a block of {spec.label} is a {spec.block_word}.")
+    panel.widget(
+        P,
+        "remove_blocks",
+        a1,
+        style="slider",
+        max_value=spec.blocks - 1,
+        help=f"Blocks cut off the end of the backbone; a block of {spec.label} is a {spec.block_word}.",
+    )
     panel.widget(P, "dense_1024", a2)
     panel.widget(P, "phase", a2, options=["head", "head+full"], format_func=PHASE_LABELS.get)
     panel.widget(P, "epochs", a3)
@@ -85,15 +91,22 @@ study_params, study_acc = (ref.TRUNCATION_DENSE if dense and remove else ref.TRU
 st.caption(f"The study's DenseNet121, {ref.TRUNCATION_LABELS[remove]}{' with Dense(1024)' if dense else ''}: "
            f"{study_params / 1e6:.2g}M parameters, {study_acc:.3f} ({ref.SELECTION_NOTE}).")  # fmt: skip
 missing = [c for c, (i, r) in zip(cuts, looked_up, strict=True) if i is not None and r is None]
-if st.button(f"Train every cut ({len(missing)} not trained yet)", key=f"{P}_train_all", disabled=not missing,
-             help="Queues the cuts not trained yet with these settings; each shows here as it finishes."):
+if st.button(
+    f"Train every cut ({len(missing)} not trained yet)",
+    key=f"{P}_train_all",
+    disabled=not missing,
+    help="Queues the cuts not trained yet with these settings; each shows here as it finishes.",
+):
     submit_runs(P, missing, s["data_root"])
     st.rerun()
 
 if record is not None:
-    result_strip(record)
+    result_strip(record, page=P)
 else:
-    st.info("This cut is not trained yet with these settings: press **Train** in the sidebar (or train every cut).")
+    not_trained_note(
+        [run_id],
+        "This cut is not trained yet with these settings: press **Train** in the sidebar (or train every cut).",
+    )
 
 # -- the trade-off: one point per cut, these training settings, beside the study's ---------------------
 st.subheader("Parameters against test accuracy")
@@ -113,14 +126,19 @@ for k, (params, acc) in study.items():
                  "test accuracy": acc, "run": "study", "change": acc - ref.TRUNCATION[0][1]})  # fmt: skip
 df = pd.DataFrame(rows)
 st.altair_chart(truncation_chart(df), key=f"{P}_chart", width="stretch")
-table = df.assign(cut=df["blocks removed"].map(ref.TRUNCATION_LABELS))[["who", "cut", "parameters", "test accuracy", "change"]]
+table = df.assign(cut=df["blocks removed"].map(ref.TRUNCATION_LABELS))[
+    ["who", "cut", "parameters", "test accuracy", "change"]
+]
 st.dataframe(
-    table, key=f"{P}_table", hide_index=True, width="stretch",
+    table.style.format({"change": fmt_signed}),  # the real minus sign (a column format would print a hyphen)
+    key=f"{P}_table",
+    hide_index=True,
+    width="stretch",
     column_config={
         "who": st.column_config.TextColumn("network"),
         "parameters": st.column_config.NumberColumn("backbone parameters", format="%,d"),
         "test accuracy": st.column_config.NumberColumn(format="%.3f"),
-        "change": st.column_config.NumberColumn("change against the whole network", format="%+.3f"),
+        "change": st.column_config.NumberColumn("change against no blocks removed"),
     },
 )
 st.caption("Ours: the runs with the settings above, one per cut; the study's as published "

@@ -23,6 +23,7 @@ PAGES = {
     "regularisation": "4 Regularisation",
     "search": "5 Hyperparameter search",
     "activations": "6 Activations",
+    "dataset_map": "Dataset map",
     "runs": "Runs",
 }
 
@@ -34,8 +35,11 @@ def choose_in_sidebar(tab, backbone: str | None, image_size: int | None) -> None
         settle(tab)
     if image_size:
         slider = tab.locator('[data-testid="stSidebar"] input[type="range"][aria-label="Image size (px)"]')
-        value = tab.locator('[data-testid="stSidebar"] [data-testid="stSlider"]').filter(has=slider).locator(
-            '[data-testid="stSliderThumbValue"]')
+        value = (
+            tab.locator('[data-testid="stSidebar"] [data-testid="stSlider"]')
+            .filter(has=slider)
+            .locator('[data-testid="stSliderThumbValue"]')
+        )
         slider.focus()  # arrows move it one option
         for _ in range(12):
             now = int(value.inner_text().strip() or 0)

@@ -129,7 +129,7 @@ def test_train_pressed_at_once_on_a_fresh_session(server, tab):
     tab.wait_for_timeout(3000)  # a late rerun would have changed the settings by now (issue 12)
     settle(tab)
     text, side = main_text(tab), sidebar_text(tab)
-    trained = [name for name in BACKBONES if f" {name} (imagenet weights)" in text]
+    trained = [name for name, spec in BACKBONES.items() if f" {spec.label} (imagenet weights)" in text]
     assert len(trained) == 1, text[:2000]
     assert BACKBONES[trained[0]].label in sidebar_backbone(tab), (trained, sidebar_backbone(tab))
     assert caption_size(tab) == sidebar_size(tab)
@@ -257,7 +257,7 @@ def preview_changes(tab) -> None:
     tab.get_by_text("Horizontal flip", exact=True).click()
     settle(tab)
     tab.wait_for_function(
-        "old => { const i = document.querySelectorAll('[data-testid=\"stMain\"] [data-testid=\"stImage\"] img')[1];"
+        'old => { const i = document.querySelectorAll(\'[data-testid="stMain"] [data-testid="stImage"] img\')[1];'
         " return i && i.src !== old; }",
         arg=before,
         timeout=15_000,

@@ -1,7 +1,8 @@
 """Page 6 and the dataset map in a real browser (headless Chromium through Playwright), with a trained run.
 
-A tiny EfficientNet-Lite0 head run from ImageNet weights is trained before the server starts; the test
-uploads a photo on page 6, checks both models side by side with their difference, switches every method,
+A tiny EfficientNet-Lite0 head run from ImageNet weights and its fine-tuned twin are trained before the server
+starts; the test
+uploads a photo on page 6, checks the head-only run and its fine-tuned twin side by side with their difference, switches every method,
 then opens the dataset map, hovers over a point (a tooltip) and clicks one (its image is shown).
 Screenshots land in ``artifacts/screenshots/explain-*.png`` (ignored by git).
 """
@@ -37,6 +38,7 @@ def tab(tmp_path_factory):
     cfg = RunConfig(backbone="efficientnet_lite0", weights="imagenet", phase="head", image_size=32, epochs=2,
                     batch_size=8, val_fraction=0.25)  # fmt: skip
     train(cfg, data, Store(tmp / "artifacts"))
+    train(cfg.replace(phase="head+full", full_epochs=1), data, Store(tmp / "artifacts"))  # its fine-tuned twin
     env = dict(os.environ, SCENELAB_DATA=str(data), SCENELAB_ARTIFACTS=str(tmp / "artifacts"), TF_CPP_MIN_LOG_LEVEL="2")
     with streamlit_server(env, tmp / "streamlit.log") as (_proc, url), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
@@ -65,11 +67,11 @@ def test_page_6_before_and_after_and_the_dataset_map(tab):
     tab.locator('[data-testid="stMain"] input[type="file"]').set_input_files(
         files=[{"name": "coast.jpg", "mimeType": "image/jpeg", "buffer": buf.getvalue()}]
     )
-    tab.get_by_text("What changed").first.wait_for(timeout=120_000)
+    tab.get_by_text("What fine-tuning changed").first.wait_for(timeout=120_000)
     settle(tab, timeout_s=120)
     text = main_text(tab)
-    for words in ("Before: ImageNet backbone", "After: your fine-tuned run", "coast.jpg, as the model sees it",
-                  "Grad-CAM of its top class", "After − before"):  # fmt: skip
+    for words in ("Before: head only, backbone frozen", "After: fine-tuned (head, then the whole network)",
+                  "coast.jpg, as the model sees it", "After − before, both for"):  # fmt: skip
         assert words in text, words
     assert tab.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]').count() == 2  # both predictions
     assert not wider_than_container(tab)
@@ -78,7 +80,7 @@ def test_page_6_before_and_after_and_the_dataset_map(tab):
     method_radio = tab.locator('[data-testid="stMain"] [data-testid="stRadio"]').filter(has_text="Grad-CAM++")
     for method in ("gradcam++", "scorecam", "occlusion", "gradcam"):
         method_radio.get_by_text(METHODS[method], exact=True).click()
-        tab.get_by_text(f"{METHODS[method]} of its top class").first.wait_for(timeout=60_000)
+        tab.get_by_text(f"{METHODS[method]} of ").first.wait_for(timeout=60_000)
         settle(tab)
         main_text(tab)
     print(f"page 6: {time.monotonic() - t0:.0f} s")
@@ -87,7 +89,7 @@ def test_page_6_before_and_after_and_the_dataset_map(tab):
     charts = tab.locator('[data-testid="stMain"] [data-testid="stVegaLiteChart"]')
     charts.nth(1).wait_for(timeout=120_000)
     text = main_text(tab)
-    assert "Before: efficientnet_lite0 (ImageNet)" in text and "After: run " in text
+    assert "Before: frozen EfficientNet-Lite0" in text and "After: fine-tuned run" in text
     assert not wider_than_container(tab)
     tab.screenshot(path=str(SHOTS / "explain-map.png"))
     picked = hover_and_click_a_point(tab, charts.first)

@@ -71,7 +71,9 @@ def test_a_fresh_install_opens_on_the_bundled_dataset_and_trains_a_head(tmp_path
         assert "Point SceneLab at a dataset" not in main_text(tab)
         assert_clean(tab, "study")
         shoot(tab, "first-start-study", full_page=False)
-        assert (app / "artifacts" / "bundled" / "mit_split_64" / "train").is_dir()  # unpacked once, in the app's artifacts
+        assert (
+            app / "artifacts" / "bundled" / "mit_split_64" / "train"
+        ).is_dir()  # unpacked once, in the app's artifacts
 
         go(tab, "0 Fine-tune")
         tab.get_by_text("Head only (backbone frozen)").click()
@@ -84,7 +86,7 @@ def test_a_fresh_install_opens_on_the_bundled_dataset_and_trains_a_head(tmp_path
             raise AssertionError(f"no result after training:\n{main_text(tab)[:3000]}") from None
         settle(tab)
         text = main_text(tab)
-        assert "dataset mit_split_64" in text and "efficientnet_lite0 (imagenet weights)" in text, text[:2000]
+        assert "dataset mit_split_64" in text and "EfficientNet-Lite0 (imagenet weights)" in text, text[:2000]
         assert_clean(tab, "finetune")
         shoot(tab, "first-start-finetune", full_page=False)
         browser.close()

@@ -32,11 +32,14 @@ TINY = RunConfig(
 
 @pytest.fixture(scope="module")
 def lite_run(tiny_dataset, tmp_path_factory):
-    """(artifacts folder, run id) of a tiny EfficientNet-Lite0 head run from ImageNet weights."""
+    """(artifacts folder, fine-tuned run id, head-only run id): tiny EfficientNet-Lite0 runs from ImageNet weights,
+    the same settings with and without fine-tuning."""
     store = Store(tmp_path_factory.mktemp("act-lite") / "artifacts")
     cfg = RunConfig(backbone="efficientnet_lite0", weights="imagenet", phase="head", image_size=32, epochs=1,
                     batch_size=8, val_fraction=0.25)  # fmt: skip
-    return store.root, train(cfg, tiny_dataset, store).run_id
+    head = train(cfg, tiny_dataset, store).run_id
+    tuned = train(cfg.replace(phase="head+full", full_epochs=1), tiny_dataset, store).run_id
+    return store.root, tuned, head
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +91,8 @@ def test_page_shows_prediction_channels_and_each_method(trained, tiny_dataset):
     assert len(predicted) == 1
     assert any(f"**{c}**" in predicted[0] for c in ("coast", "forest", "street"))
     assert "%" in predicted[0]
-    assert run_id in text and "32 px" in text and "densenet121" in text
-    assert "started from none weights" in text  # no ImageNet backbone to compare a random-init run with
+    assert run_id in text and "32 px" in text and "DenseNet121" in text  # the display name, not the registry key
+    assert "started from none weights" in text  # a random-init run, never fine-tuned: nothing to compare
     # the block list opens on the deepest block with an 8x8 map (the last one, 4x4, is coarser) and says sizes
     layer = at.selectbox(key="act_layer")
     assert layer.value == "conv2_block6_concat" and layer.options[-1] == "End of block 2 (downsampled) · 4×4"
@@ -117,28 +120,57 @@ def test_page_shows_prediction_channels_and_each_method(trained, tiny_dataset):
     assert "evidence for street (chosen class)" in captions
 
 
-def test_page_compares_before_and_after_fine_tuning(lite_run, tiny_dataset):
-    artifacts, run_id = lite_run
+def test_page_compares_the_fine_tuned_run_with_its_head_only_twin(lite_run, tiny_dataset):
+    artifacts, tuned, head = lite_run
     at = _page(artifacts, tiny_dataset)
     at.session_state["backbone"] = "efficientnet_lite0"
     at.session_state["weights"] = "imagenet"
     at.run()
-    at.selectbox(key="act_model").select(run_id).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
+    model = at.selectbox(key="act_model")
+    assert model.value == tuned  # the page opens on the pair, whichever run scored best on test
+    assert "head only, backbone frozen" in ux_label(at, head) and "validation " in ux_label(at, head)
     assert at.toggle(key="act_compare").value is True
     headers = [str(m.value) for m in at.markdown]
-    for title in ("**Before: ImageNet backbone**", "**After: your fine-tuned run**", "**What changed**"):
+    for title in ("**Before: head only, backbone frozen**", "**After: fine-tuned (head, then the whole network)**",
+                  "**What fine-tuning changed**"):  # fmt: skip
         assert title in headers, headers
-    captions = _images(at)
-    assert "of its top class" in captions and "After − before" in captions
-    assert len(at.get("vega_lite_chart")) == 2  # ImageNet top-5 and the run's classes
+    captions = [c for img in at.image for c in img.captions]
+    before = next(c for c in captions if c.startswith("Grad-CAM of "))
+    explained = before.split(" of ")[1].split(" (")[0]
+    assert explained in ("coast", "forest", "street")  # a scene class, not an ImageNet one
+    assert f"After − before, both for {explained}" in " | ".join(captions)
+    assert len(at.get("vega_lite_chart")) == 2  # both runs' classes
     assert at.selectbox(key="act_layer").value == "block2b_add"  # block5c_add is 2x2 at 32 px: the deepest 8x8
     at.radio(key="act_method").set_value("occlusion").run()
     assert not at.exception and not at.error
-    assert "Occlusion of its top class" in _images(at)
     at.toggle(key="act_compare").set_value(False).run()
-    assert "**What changed**" not in [str(m.value) for m in at.markdown]
+    assert "**What fine-tuning changed**" not in [str(m.value) for m in at.markdown]
+    at.selectbox(key="act_model").select(head).run()
+    assert f"Its fine-tuned twin is run `{tuned}`" in _text(at)
+
+
+def ux_label(at: AppTest, run_id: str) -> str:
+    return next(o for o in at.selectbox(key="act_model").options if o.endswith(run_id))
+
+
+def test_imagenet_view_names_the_coffee_photo_at_its_weights_size(tmp_path, tiny_dataset):
+    from skimage import data
+
+    at = _page(tmp_path / "empty", tiny_dataset)
+    at.session_state["backbone"] = "efficientnet_lite0"
+    at.session_state["weights"] = "imagenet"
+    at.session_state["image_size"] = 64  # the sidebar's training size; the ImageNet view is not drawn at it
+    at.run()
+    assert at.selectbox(key="act_model").value == "imagenet"
+    at.radio(key="act_source").set_value("Upload a photo").run()
+    at.file_uploader(key="act_upload").upload("coffee.png", _png(data.coffee()), "image/png").run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    predicted = next(str(m.value) for m in at.markdown if str(m.value).startswith("Predicted: **"))
+    assert predicted.split("**")[1] in ("espresso", "cup", "coffee mug"), predicted
+    assert "**224 px**, the size its ImageNet weights were trained at" in _text(at)
 
 
 def test_page_upload_good_and_bad(trained, tiny_dataset):
@@ -189,12 +221,13 @@ def test_page_bare_imagenet_backbone_shows_feature_maps_only(tmp_path, tiny_data
     # stand-in for cached DenseNet121 ImageNet weights: the same path with a random initialisation
     monkeypatch.setattr("core.explain.activations.resolve_weights", lambda b, w: ResolvedWeights("imagenet", None, "fake"))
     at = _page(tmp_path / "empty", tiny_dataset)
-    at.session_state["image_size"] = 48  # a cache key of its own
+    at.session_state["image_size"] = 48  # the sidebar's training size: the ImageNet view is at its weights' 224 px
     at.run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert any("feature maps only" in i.value for i in at.info)
-    assert at.selectbox(key="act_layer").value == "conv2_block6_concat"  # 12x12; conv4_block5 is 3x3 at 48 px
+    assert at.selectbox(key="act_layer").value == "conv4_block5_concat"  # the study's block: 14x14 at 224 px
+    assert "**224 px**" in _text(at)
     at.selectbox(key="act_layer").select("relu").run()
     assert "whatever the class" in _images(at)  # where the block fires instead of a class's evidence
     assert at.radio(key="act_method").value == "gradcam"

@@ -23,7 +23,9 @@ TINY_ARGS = [
     "--epochs", "3", "--val-fraction", "0.25",
 ]  # fmt: skip
 DIST = {
-    "optimizer": optuna.distributions.CategoricalDistribution(["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamax", "nadam"]),
+    "optimizer": optuna.distributions.CategoricalDistribution(
+        ["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamax", "nadam"]
+    ),
     "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
     "dropout": optuna.distributions.FloatDistribution(0.0, 0.9),
 }
@@ -32,7 +34,18 @@ DIST = {
 def make_study(data: Path, artifacts: Path, name: str = "demo", trials: int = 6) -> optuna.Study:
     """A study created the way the CLI creates one, holding hand-made trials (no training)."""
     args = build_parser().parse_args(
-        ["tune", "--data", str(data), "--study", name, "--artifacts", str(artifacts), "--trials", str(trials), *TINY_ARGS]
+        [
+            "tune",
+            "--data",
+            str(data),
+            "--study",
+            name,
+            "--artifacts",
+            str(artifacts),
+            "--trials",
+            str(trials),
+            *TINY_ARGS,
+        ]
     )
     study, _, _ = prepare_study(tune_request(args))
     rows = [("adam", 1e-3, 0.1, 0.80, 0.78), ("nadam", 3e-3, 0.5, 0.90, 0.88), ("sgd", 1e-2, 0.2, 0.70, 0.66)]
@@ -110,21 +123,34 @@ def test_page_shows_the_study(tiny_dataset: Path, demo) -> None:
     assert m["best val accuracy"] == "0.900" and m["its test accuracy"] == "0.880"  # 3 decimals, as everywhere
     assert "4 of 6 trials finished" in " ".join(str(p.proto.text) for p in at.get("progress"))
     text = texts(at)
-    assert "Best trial 1" in text and "Optimizer nadam · Learning rate 3.0e-03 · Dropout 0.5" in text and "run `run1`" in text
+    assert (
+        "Best trial 1" in text
+        and "Optimizer nadam · Learning rate 3.0e-03 · Dropout 0.5" in text
+        and "run `run1`" in text
+    )
     # the CLI's defaults, named: flip on cached features, test-time flip, 3 seeds per trial
     assert "phase head · 3 epochs · flip augmentation · test-time flip · 3 seed(s) per trial" in text
     trials, config = table(at, "state")
     assert list(trials["state"]) == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
     assert "the disk is full." in set(trials["reason"])
-    assert config["value"]["label"] == "Val accuracy" and config["value"]["type_config"]["format"] == "%.3f"
-    assert config["test_accuracy"]["type_config"]["format"] == "%.3f"
-    assert config["lr"]["label"] == "Learning rate" and config["lr"]["help"].startswith("lr: ")  # technical name in the tooltip
+    assert config["value"]["label"] == "Val accuracy" and config["test_accuracy"]["label"] == "Test accuracy"
+    assert list(trials["value"]) == ["0.800", "0.900", "0.700", "–", "–"]  # pruned and failed: a dash, never None
+    assert not trials[["reason", "optimizer", "run_id" if "run_id" in trials else "reason"]].isna().any().any()
+    assert config["lr"]["label"] == "Learning rate" and config["lr"]["help"].startswith(
+        "lr: "
+    )  # technical name in the tooltip
     assert config["optimizer"]["label"] == "Optimizer" and config["host"]["label"] == "Machine"
     reference, ref_config = table(at, "accuracy")
-    assert len(reference) == 8 and reference.iloc[0].tolist() == ["Nadam", 0.952]
+    assert len(reference) == 7 and reference.iloc[0].tolist() == ["Nadam", 0.952]  # one row per optimizer
+    assert reference["optimizer"].is_unique
     assert ref_config["accuracy"]["type_config"]["format"] == "%.3f"
-    assert "reference study (selected on test)" in text and "study's reported figures" in text
-    ours = next(d.value for d in at.dataframe if list(d.value.columns) == ["optimizer", "value", "test_accuracy", "number"])
+    assert "the study: best trial per optimizer (selected on test)" in text and "study's reported figures" in text
+    assert (
+        "your search: best trial per optimizer" in text and "reference study" not in text and "this study" not in text
+    )
+    ours = next(
+        d.value for d in at.dataframe if list(d.value.columns) == ["optimizer", "value", "test_accuracy", "number"]
+    )
     assert ours.iloc[0]["optimizer"] == "nadam" and len(ours) == 3
     assert len(at.main.dataframe) == 4  # trials, reference, per-optimizer, and the studies under Advanced
     # charts: history (whole-number trial ticks), learning curves, parallel coordinates, slices; no importances
@@ -133,7 +159,7 @@ def test_page_shows_the_study(tiny_dataset: Path, demo) -> None:
     assert len(charts) == 4
     axis = charts[0]["layer"][0]["encoding"]["x"]["axis"]
     assert axis["tickMinStep"] == 1 and axis["format"] == "d"
-    assert "drawn from 10 finished trials on" in text and "This study has 3." in text
+    assert "drawn from 10 finished trials on" in text and "Your search has 3." in text
 
 
 def test_page_puts_storage_workers_and_dashboard_under_advanced(tiny_dataset: Path, demo) -> None:
@@ -157,7 +183,7 @@ def test_importances_from_ten_finished_trials(tiny_dataset: Path, tmp_path: Path
         study.add_trial(create_trial(params={"optimizer": "adam", "lr": 10 ** -(2 + i / 3), "dropout": i / 10}, distributions=DIST,
                                      value=0.5 + i / 50, user_attrs={"test_accuracy": 0.5, "run_id": f"x{i}"}))  # fmt: skip
     at = open_page(tiny_dataset, artifacts)
-    assert len(at.get("vega_lite_chart")) == 5 and "This study has 10." in texts(at)
+    assert len(at.get("vega_lite_chart")) == 5 and "Your search has 10." in texts(at)
 
 
 def test_load_best_config_goes_to_finetune(tiny_dataset: Path, demo) -> None:
@@ -178,7 +204,7 @@ def test_bad_storage_is_one_sentence(tiny_dataset: Path, tmp_path: Path) -> None
 def test_new_study_with_everything_fixed_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
     artifacts = tmp_path / "a"
     at = open_page(tiny_dataset, artifacts)
-    assert at.selectbox(key="search_study_pick").value == "+ New study…"  # no study yet
+    assert at.selectbox(key="search_study_pick").value == "+ New search…"  # no study yet
     at.text_input(key="search_new_name").input("all-fixed")
     for p in ("optimizer", "lr", "weight_decay", "momentum", "dropout", "batch_size", "batch_norm"):
         at.checkbox(key=f"search_fix_{p}").check()
@@ -203,7 +229,9 @@ def test_start_worker_runs_in_the_background(tiny_dataset: Path, demo) -> None:
     assert report["best_value"] == 0.9
 
 
-def test_a_best_run_trained_elsewhere_says_where_and_trains_here_under_its_id(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_a_best_run_trained_elsewhere_says_where_and_trains_here_under_its_id(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
     from core.config import RunConfig
     from core.training.identity import prepare
     from ui.resources import _worker
@@ -247,7 +275,7 @@ def test_new_study_takes_test_time_flip_from_the_sidebar(tiny_dataset: Path, tmp
     artifacts = tmp_path / "a"
     for tta in (True, False):
         at = open_page(tiny_dataset, artifacts, tta=tta)
-        at.selectbox(key="search_study_pick").set_value("+ New study…").run()
+        at.selectbox(key="search_study_pick").set_value("+ New search…").run()
         assert f"test-time flip **{'on' if tta else 'off'}**" in texts(at)
         at.text_input(key="search_new_name").input(f"tta-{tta}")
         at.button(key="search_start").click().run()

@@ -19,7 +19,9 @@ from tests.apphelpers import metrics, texts
 
 REPO = Path(__file__).resolve().parent.parent
 # the tiny run of tests/test_train.py; the pages reach it through their "loaded extras"
-TINY = RunConfig(backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=2, batch_size=8, val_fraction=0.25)
+TINY = RunConfig(
+    backbone="densenet121", weights="none", remove_blocks=3, image_size=32, epochs=2, batch_size=8, val_fraction=0.25
+)
 TINY_EXTRAS = {"remove_blocks": 3, "val_fraction": 0.25, "batch_size": 8}
 
 
@@ -96,7 +98,15 @@ def test_finetune_trains_in_the_background_then_shows_results(tiny_dataset, tmp_
 
 def test_finetune_opens_on_cached_run_and_lists_mistakes(tiny_dataset, trained):
     artifacts, record = trained
-    at = open_page("pages/finetune.py", tiny_dataset, artifacts, finetune_extra=TINY_EXTRAS, finetune_phase="head", finetune_epochs=2, finetune_batch_size=8)
+    at = open_page(
+        "pages/finetune.py",
+        tiny_dataset,
+        artifacts,
+        finetune_extra=TINY_EXTRAS,
+        finetune_phase="head",
+        finetune_epochs=2,
+        finetune_batch_size=8,
+    )
     m = metrics(at)
     assert m["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
     assert f"run `{record.run_id}`" in texts(at)
@@ -125,7 +135,13 @@ def test_finetune_opens_on_cached_run_and_lists_mistakes(tiny_dataset, trained):
 
 def test_truncate_counts_parameters_before_training(tiny_dataset, trained):
     artifacts, record = trained
-    at = open_page("pages/truncate.py", tiny_dataset, artifacts, truncate_extra={"val_fraction": 0.25, "batch_size": 8}, truncate_epochs=2)
+    at = open_page(
+        "pages/truncate.py",
+        tiny_dataset,
+        artifacts,
+        truncate_extra={"val_fraction": 0.25, "batch_size": 8},
+        truncate_epochs=2,
+    )
     assert metrics(at)["Backbone parameters"] == "7,037,504"
     at.slider(key="_w_truncate_remove_blocks").set_value(2).run()
     assert metrics(at)["Backbone parameters"] == "1,444,928"
@@ -145,7 +161,11 @@ def test_small_data_shows_small_and_full_side_by_side(tiny_dataset, tmp_path):
     at.run()
     at.button(key="small_data_train").click().run()
     at = wait_for(at, lambda a: [m.label for m in a.metric].count("Test accuracy") == 2)
-    assert [s.value for s in at.subheader][:3] == ["5 images per class", "the full training set", "Learning curves, both runs"]
+    assert [s.value for s in at.subheader][:3] == [
+        "5 images per class",
+        "the full training set",
+        "Learning curves, both runs",
+    ]
     runs = {r.config["run"]["train_per_class"]: r for r in Store(artifacts).list_runs()}
     assert set(runs) == {5, None}
     split = next(c.value for c in at.caption if c.value.startswith("Of the 24 images of the training folder"))
@@ -156,6 +176,11 @@ def test_small_data_shows_small_and_full_side_by_side(tiny_dataset, tmp_path):
 
 def test_augmentation_preview_follows_the_controls(tiny_dataset, tmp_path):
     at = open_page("pages/augmentation.py", tiny_dataset, tmp_path / "artifacts")
+    assert "augmented: zoom 0.2 + horizontal flip" in at.image[1].captions[0]  # the study's setting, on the small set
+    assert at.session_state["augmentation_train_per_class"] == 50
+    assert "to see whether augmentation helps on this data" in texts(at)  # no runs yet: what to train
+    at.toggle(key="_w_augmentation_hflip").set_value(False)
+    at.slider(key="_w_augmentation_zoom").set_value(0.0).run()
     original, first = at.image[0].value, at.image[1].value
     assert "unchanged" in at.image[0].captions[0] and "augmented: none" in at.image[1].captions[0]
     at.toggle(key="_w_augmentation_hflip").set_value(True)
@@ -182,20 +207,39 @@ def test_augmentation_grid_lists_its_runs_against_the_baseline(tiny_dataset, tra
     row = table[table["run"] == flip.run_id].iloc[0]
     assert row["augmentation"] == "horizontal flip"
     assert row["change"] == pytest.approx(flip.metrics["test_accuracy"] - base.metrics["test_accuracy"])
+    diff = round(flip.metrics["test_accuracy"] - base.metrics["test_accuracy"], 3)
+    side = "equal to" if diff == 0 else f"{abs(diff):.3f} {'above' if diff > 0 else 'below'}"
+    assert (f"On this data the best augmentation is **horizontal flip** (test {flip.metrics['test_accuracy']:.3f}, "
+            f"chosen by validation accuracy), {side} no augmentation") in texts(at)  # fmt: skip
 
 
 def test_regularisation_overlays_the_previous_setting(tiny_dataset, trained):
     artifacts, record = trained
     at = open_page("pages/regularisation.py", tiny_dataset, artifacts, regularisation_extra=TINY_EXTRAS,
-                   regularisation_epochs=2, regularisation_train_per_class=None, regularisation_best_aug=False)  # fmt: skip
+                   regularisation_epochs=2, regularisation_train_per_class=None, regularisation_best_aug=False,
+                   regularisation_dropout=0.0, regularisation_early_stopping_patience=0,
+                   regularisation_reduce_lr_patience=0)  # fmt: skip
     assert metrics(at)["Test accuracy"] == f"{record.metrics['test_accuracy']:.3f}"
     at.slider(key="_w_regularisation_dropout").set_value(0.5).run()
     at.button(key="regularisation_train").click().run()
     at = wait_for(at, lambda a: any(m.label == "Test accuracy" and m.delta for m in a.metric))
     test_metric = next(m for m in at.metric if m.label == "Test accuracy")
-    assert test_metric.delta.endswith("vs previous")
+    assert test_metric.delta[0] in "+−" and test_metric.proto.delta_description == "vs previous"
     table = at.dataframe[0].value
     assert any("dropout 0.5" in name for name in table["run"]) and len(table) == 2
+    assert "On this data the best regulariser is **dropout 0.5** (test " in texts(at)  # its finding, from the runs
+    assert "no regulariser (" in texts(at)
+
+
+def test_regularisation_opens_on_the_studys_setting(tiny_dataset, tmp_path):
+    at = open_page("pages/regularisation.py", tiny_dataset, tmp_path / "artifacts")
+    assert at.slider(key="_w_regularisation_dropout").value == 0.5
+    assert at.number_input(key="_w_regularisation_early_stopping_patience").value == 3
+    assert at.number_input(key="_w_regularisation_reduce_lr_patience").value == 2
+    assert at.session_state["regularisation_train_per_class"] == 50 and at.session_state["regularisation_best_aug"]
+    assert "to see which regulariser helps on this data" in texts(at)
+    assert "(6 of 6 not trained yet)" in at.button(key="regularisation_train_study").label
+    assert "dropout 0.5, early-stopping patience 3, reduce-LR patience 2" in texts(at)  # the chain's third step
 
 
 def test_loaded_config_prefills_a_page_and_is_consumed(tiny_dataset, trained):
@@ -220,6 +264,8 @@ def test_runs_page_lists_every_stored_run(tiny_dataset, trained):
     assert row["dataset"] == tiny_dataset.name and row["test_accuracy"] == record.metrics["test_accuracy"]
     assert row["name"] == "1 · head only, blocks removed 3, epochs 2, batch size 8"  # its page, and what differs
     assert at.selectbox(key="runs_dataset").options == ["All datasets", tiny_dataset.name]
+    assert row["backbone"] == "DenseNet121" and row["seed"] == 0 and row["trained_by"] == "–"  # display name, no "None"
+    assert row["trained"][:1].isdigit() and "T" not in row["trained"] and "+0000" not in row["trained"]
 
 
 def test_finetune_frozen_blocks_name_their_run_or_one_sentence(tiny_dataset, tmp_path):
@@ -241,3 +287,85 @@ def test_finetune_frozen_blocks_name_their_run_or_one_sentence(tiny_dataset, tmp
     at = wait_for(at, lambda a: "Test accuracy" in metrics(a))
     (record,) = Store(tmp_path / "artifacts").list_runs()
     assert record.config["run"]["phase"] == "head" and record.config["run"]["freeze_blocks"] == 0
+
+
+# -- who is using the app: the owner, the name, the image size ----------------------------------------------
+def test_reset_is_for_the_owner_only(tiny_dataset, trained, monkeypatch):
+    artifacts, _ = trained
+    monkeypatch.delenv("SCENELAB_ADMIN", raising=False)
+    reset = "Owner: reset the app"
+    at = open_page("pages/runs.py", tiny_dataset, artifacts)  # a browser on this machine: the laptop's user
+    assert reset in [e.label for e in at.expander]
+    monkeypatch.setattr("ui.settings.client_address", lambda: "10.1.2.3")  # a student's browser, no key set
+    at = open_page("pages/runs.py", tiny_dataset, artifacts)
+    assert reset not in [e.label for e in at.expander]
+    assert at.sidebar.selectbox(key="_w_data_root").options  # datasets by name: no server path to type
+    monkeypatch.setenv("SCENELAB_ADMIN", "k3y")  # a class server with a key: only after giving it
+    at = open_page("pages/runs.py", tiny_dataset, artifacts)
+    assert reset not in [e.label for e in at.expander]
+    assert at.sidebar.text_input(key="_admin_key")  # where the owner gives the key
+    at = open_page("pages/runs.py", tiny_dataset, artifacts, _admin_ok=True)  # what giving it sets
+    assert reset in [e.label for e in at.expander]
+
+
+def test_user_name_survives_a_reload_through_the_url(tiny_dataset, tmp_path):
+    at = open_page("pages/finetune.py", tiny_dataset, tmp_path / "artifacts")
+    at.sidebar.text_input(key="_w_user_name").input("Ada").run()
+    assert at.query_params["user"] in ("Ada", ["Ada"])
+    assert "user=Ada" not in texts(at)  # kept in the URL, not reported as an unusable link value
+    again = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)  # a reload: a new session, the same URL
+    again.query_params["user"] = "Ada"
+    for key, value in {"data_root": str(tiny_dataset), "backbone": "densenet121", "weights": "none", "image_size": 32,
+                       "artifacts": str(tmp_path / "artifacts")}.items():  # fmt: skip
+        again.session_state[key] = value
+    again.run()
+    assert not again.exception
+    assert again.sidebar.text_input(key="_w_user_name").value == "Ada"
+
+
+def test_a_queued_run_shows_as_queued_with_train_disabled(tiny_dataset, tmp_path, monkeypatch):
+    monkeypatch.setattr("core.worker.Worker._ensure_thread", lambda self: None)  # nothing ever starts: it stays queued
+    at = open_page("pages/finetune.py", tiny_dataset, tmp_path / "artifacts", finetune_extra=TINY_EXTRAS)
+    at.button(key="finetune_train").click().run()
+    at.run()
+    assert not at.exception
+    shown = texts(at)
+    assert "Queued" in shown and "Not trained yet" not in shown and "Press **Train**" not in shown
+    assert at.button(key="finetune_train").disabled
+    at.button(key="finetune_cancel").click().run()
+    assert "Not trained yet" in texts(at) and not at.button(key="finetune_train").disabled
+
+
+def test_image_size_defaults_to_128_px_for_small_images_and_says_why(tiny_dataset, tmp_path):
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    at.session_state["data_root"] = str(tiny_dataset)  # 32 px images
+    at.session_state["artifacts"] = str(tmp_path / "artifacts")
+    at.run()
+    assert not at.exception
+    assert at.session_state["image_size"] == 128
+    caption = "\n".join(c.value for c in at.sidebar.caption)
+    assert "about 32 px, shown to the network at 128 px" in caption and "upsampled" in caption
+
+
+def test_every_study_row_link_applies_without_a_warning(tiny_dataset, tmp_path):
+    import urllib.parse
+
+    from core.study.plan import study_rows
+    from ui.catalog import BY_KEY
+    from ui.study import row_link
+
+    base = RunConfig(backbone="densenet121", weights="none", image_size=32)
+    links = sorted({row_link(row, row.configs[0]) for row in study_rows(base) if row.configs})
+    assert len(links) >= 10
+    for link in links:
+        path, _, query = link.partition("?")
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+        for key, value in {"data_root": str(tiny_dataset), "artifacts": str(tmp_path / "artifacts")}.items():
+            at.session_state[key] = value
+        for key, value in urllib.parse.parse_qsl(query):
+            at.query_params[key] = value
+        at.switch_page(BY_KEY[path.strip("/")].file)
+        at.run()
+        assert not at.exception, (link, [e.value for e in at.exception])
+        assert not [i.value for i in at.info if "could not be used" in i.value], link
+        assert at.session_state["image_size"] == 32 and at.session_state["weights"] == "none", link

@@ -36,16 +36,32 @@ PAGES: tuple[PageInfo, ...] = (
 BY_KEY = {p.key: p for p in PAGES}
 
 
+def _study_aug() -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from core.study.plan import STUDY_BEST_AUG
+
+    return {k: v for k, v in asdict(STUDY_BEST_AUG).items() if v}
+
+
 def page_of_run(run: Mapping[str, Any]) -> PageInfo:
-    """The task page that best shows a run's settings (its augmentation first, then its data, its cut...)."""
+    """The task page that best shows a run's settings (its regulariser first, then its augmentation, its data, its cut...)."""
     if run.get("search_study"):
         return BY_KEY["search"]
+    aug = {k: v for k, v in (run.get("augment") or {}).items() if v}
+    if (
+        run.get("phase") == "head"
+        and aug in ({}, _study_aug())
+        and (
+            run.get("dropout")
+            or run.get("batch_norm")
+            or run.get("early_stopping_patience")
+            or run.get("reduce_lr_patience")
+        )
+    ):
+        return BY_KEY["regularisation"]  # page 4 (its toggle: none or the study's best augmentation) shows it whole
     if any((run.get("augment") or {}).values()):
         return BY_KEY["augmentation"]
-    if run.get("phase") == "head" and (
-        run.get("dropout") or run.get("batch_norm") or run.get("early_stopping_patience") or run.get("reduce_lr_patience")
-    ):
-        return BY_KEY["regularisation"]
     if run.get("train_per_class") is not None:
         return BY_KEY["small_data"]
     if run.get("remove_blocks") or run.get("dense_1024"):

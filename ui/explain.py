@@ -7,6 +7,7 @@ and per ImageNet backbone and size); explanations are cached per image, block, m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from core.errors import SceneLabError, StoreError
 from core.explain.activations import Inspector, imagenet_inspector
 from core.explain.heatmaps import METHODS, Comparison, Explanation, compare, explain
 from core.explain.render import DIVERGING, JET, colorbar
+from core.models.backbones import BACKBONES, get_backbone
 from core.store.folders import Store
 from core.training.runs import load_classifier
 
@@ -58,9 +60,27 @@ def backbone_inspector(backbone: str, image_size: int) -> Inspector:
     return imagenet_inspector(backbone, image_size)
 
 
+def imagenet_size(backbone: str) -> int:
+    """The size the backbone's ImageNet weights were trained at (the registry's): where its ImageNet view belongs."""
+    return get_backbone(backbone).imagenet_size
+
+
+#: what differs between a fine-tuned run and the head-only run of the same settings (its "before")
+FINE_TUNING_ONLY = ("phase", "full_epochs", "full_lr", "freeze_blocks")
+PHASE_WORDS = {"head": "head only, backbone frozen", "head+full": "fine-tuned (head, then the whole network)",
+               "full": "fine-tuned (every layer from the start)"}  # fmt: skip
+
+
+def settings_key(run: dict[str, Any], fingerprint: Any) -> str:
+    """The run's settings without what only fine-tuning uses: a fine-tuned run and its head-only twin share it."""
+    rest = {k: v for k, v in run.items() if k not in FINE_TUNING_ONLY}
+    return json.dumps({"run": rest, "data": fingerprint}, sort_keys=True, default=str)
+
+
 @st.cache_data(ttl=10, max_entries=4, show_spinner=False)
 def run_rows(artifacts: str) -> list[dict[str, Any]]:
-    """One small dict per stored run, best test accuracy first (then newest)."""
+    """One small dict per stored run, best validation accuracy first (then newest): the app selects on
+    validation, never on test. ``twin``: a fine-tuned run's head-only run of the same settings, or the reverse."""
     rows = []
     for r in store_at(artifacts).list_runs():
         run, ds = r.config.get("run", {}), r.config.get("dataset", {})
@@ -69,23 +89,62 @@ def run_rows(artifacts: str) -> list[dict[str, Any]]:
                 "run_id": r.run_id, "dataset": ds.get("name") or Path(str(ds.get("root", "?"))).name,
                 "root": ds.get("root"), "backbone": run.get("backbone", "?"), "weights": run.get("weights", "?"),
                 "image_size": run.get("image_size"), "phase": run.get("phase", "?"),
-                "test_accuracy": r.metrics.get("test_accuracy"), "classes": list(ds.get("classes") or []),
-                "created": r.config.get("created") or "", "base_trained": bool(r.config.get("base_trained")),
+                "test_accuracy": r.metrics.get("test_accuracy"), "val_accuracy": r.metrics.get("val_accuracy"),
+                "classes": list(ds.get("classes") or []), "created": r.config.get("created") or "",
+                "base_trained": bool(r.config.get("base_trained")), "key": settings_key(run, ds.get("fingerprint")),
             }
         )  # fmt: skip
     rows.sort(key=lambda row: row["created"], reverse=True)
-    return sorted(rows, key=lambda row: -(row["test_accuracy"] or 0.0))
+    rows.sort(key=lambda row: -(row["val_accuracy"] or 0.0))
+    heads = {}
+    for row in rows:
+        if row["phase"] == "head":
+            heads.setdefault(row["key"], row["run_id"])
+    for row in rows:
+        row["twin"] = None
+        if row["phase"] != "head" and row["key"] in heads:
+            row["twin"] = heads[row["key"]]
+    tuned = {row["twin"]: row["run_id"] for row in reversed(rows) if row["twin"]}  # the best fine-tuned run wins
+    for row in rows:
+        if row["phase"] == "head":
+            row["twin"] = tuned.get(row["run_id"])
+    return rows
+
+
+def opening_order(rows: list[dict[str, Any]]) -> list[str]:
+    """Run ids, the page's first choice first: the fine-tuned run of the best pair (a fine-tuned run with its
+    head-only twin, by validation accuracy), then every other run by validation accuracy."""
+    paired = [r["run_id"] for r in rows if r["phase"] != "head" and r["twin"]]
+    return paired + [r["run_id"] for r in rows if r["run_id"] not in set(paired)]
 
 
 def run_label(row: dict[str, Any]) -> str:
-    acc = row["test_accuracy"]
-    acc_text = f"test accuracy {acc:.3f}" if isinstance(acc, (int, float)) else "test accuracy –"
-    return f"{row['dataset']} · {row['backbone']} ({row['weights']}) · {row['image_size']} px · {row['phase']} · {acc_text} · {row['run_id']}"
+    """``<dataset> · <backbone> (<weights>) · <size> px · <what was trained> · validation 0.9 · test 0.9 · id``."""
+    val, test = row.get("val_accuracy"), row["test_accuracy"]
+    accs = f"validation {fmt_acc(val)} · test {fmt_acc(test)}"
+    return (f"{row['dataset']} · {backbone_label(row['backbone'])} ({row['weights']}) · {row['image_size']} px · "
+            f"{PHASE_WORDS.get(row['phase'], row['phase'])} · {accs} · {row['run_id']}")  # fmt: skip
+
+
+def backbone_label(name: str) -> str:
+    """The backbone's display name from the registry ("EfficientNet-Lite0"); the name itself if unknown."""
+    return BACKBONES[name].label if name in BACKBONES else str(name)
+
+
+def backbones_with_top() -> str:
+    """The backbones whose ImageNet classifier the registry has (they predict ImageNet classes), by name."""
+    return " or ".join(b.label for b in BACKBONES.values() if b.imagenet_top is not None) or "none"
+
+
+def fmt_acc(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
 
 
 # -- explanations (cached per image, block, method, class) -------------------------------------------------
 @st.cache_data(max_entries=64, show_spinner=False)
-def explained(model: tuple[str, ...], image: np.ndarray, layer: str, method: str, class_index: int | None) -> Explanation:
+def explained(
+    model: tuple[str, ...], image: np.ndarray, layer: str, method: str, class_index: int | None
+) -> Explanation:
     """``model`` is ("run", run id, artifacts) or ("imagenet", backbone, size)."""
     return explain(_inspector(model), image, method=method, layer=layer, class_index=class_index)
 
@@ -105,7 +164,7 @@ def _inspector(model: tuple[str, ...]) -> Inspector:
 
 # -- words -------------------------------------------------------------------------------------------------
 def block_label(inspector: Inspector, layer: str) -> str:
-    """"Block 5, unit 3 · 8×8" (plain words and the map's size at this image size)."""
+    """ "Block 5, unit 3 · 8×8" (plain words and the map's size at this image size)."""
     h, w, _ = inspector.layer_shape(layer)
     return f"{inspector.block_name(layer)} · {h}×{w}"
 
@@ -201,8 +260,8 @@ def legends(with_difference: bool) -> None:
     if with_difference:
         with cols[1]:
             st.image(colorbar(DIVERGING, 256, 10), width="stretch")
-            st.caption("Difference (after − before): red = the fine-tuned run looks there more than the ImageNet "
-                       "backbone, blue = less, white = the same.")  # fmt: skip
+            st.caption("Difference (after − before, the same class): red = the fine-tuned run looks there more than "
+                       "the head-only run, blue = less, white = the same.")  # fmt: skip
 
 
 # -- the dataset map ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ every page; a run is named after its page and what differs from the defaults ("4
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +18,7 @@ import streamlit as st
 from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, RunConfig
 from core.store.folders import RunRecord
 from core.training.runs import summary_row
-from ui.catalog import page_of_run
+from ui.catalog import BY_KEY, page_of_run
 from ui.settings import CONFIG_SHARED_KEYS
 
 _DEFAULTS = RunConfig().to_dict()
@@ -54,6 +55,11 @@ def fmt_acc(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def fmt_signed(value: float | None, digits: int = 3) -> str:
+    """A change with its sign, the negative one with a real minus sign (−0.013, +0.020)."""
+    return "–" if value is None else f"{value:+.{digits}f}".replace("-", "\u2212")
+
+
 def fmt_value(name: str, value: Any) -> str:
     """A setting's value as a person writes it (learning rates in scientific notation)."""
     info = RUN_SETTINGS.get(name) or AUGMENT_SETTINGS.get(name)
@@ -66,13 +72,21 @@ def fmt_value(name: str, value: Any) -> str:
     return str(value)
 
 
+def lowered(label: str) -> str:
+    """A setting's label inside a phrase: its first letter lower case, acronyms and names kept ("reduce-LR
+    patience", "GridMask", "Dense(1024) layer")."""
+    if label.startswith(("GridMask", "Dense(")):
+        return label
+    return label[:1].lower() + label[1:]
+
+
 def augment_label(aug: Mapping[str, Any]) -> str:
     """The augmentations that are on, e.g. ``horizontal flip + zoom 0.2``; ``none``."""
     parts = []
     for name, info in AUGMENT_SETTINGS.items():
         value = aug.get(name)
         if value:
-            parts.append(info.label.lower() if isinstance(value, bool) else f"{info.label.lower()} {value:g}")
+            parts.append(lowered(info.label) if isinstance(value, bool) else f"{lowered(info.label)} {value:g}")
     return " + ".join(parts) or "none"
 
 
@@ -95,17 +109,29 @@ def setting_phrases(run: Mapping[str, Any], defaults: Mapping[str, Any] | None =
             parts.append({"head": "head only", "full": "whole network", "head+full": "head, then whole network"}[value])
         elif name in RUN_SETTINGS:
             info = RUN_SETTINGS[name]
-            parts.append(info.label.lower() if value is True else f"{info.label.lower()} {fmt_value(name, value)}")
+            parts.append(lowered(info.label) if value is True else f"{lowered(info.label)} {fmt_value(name, value)}")
     return parts
 
 
-def run_name(run: Mapping[str, Any], search: bool = False) -> str:
+def run_name(run: Mapping[str, Any], search: bool = False, page: str | None = None) -> str:
     """``<page number> · <what differs from the defaults>``, e.g. ``4 · dropout 0.5, 50/class``; a search
-    trial's run (``search``) is numbered 5."""
-    page = page_of_run(run)
+    trial's run (``search``) is numbered 5; ``page`` (a page key) names the run as that page shows it (page 1's
+    uncut run: ``1 · head only, no blocks removed``)."""
     phrases = setting_phrases(run)
-    prefix = "5" if search else (page.number or page.title)
+    if page == "truncate" and not run.get("remove_blocks"):
+        phrases.append("no blocks removed")
+    elif page == "small_data" and run.get("train_per_class") is None:
+        phrases.append("full training set")
+    shown = BY_KEY[page] if page in BY_KEY else page_of_run(run)
+    prefix = "5" if search else (shown.number or shown.title)
     return f"{prefix} · {', '.join(phrases) or 'defaults'}"
+
+
+def backbone_label(name: Any) -> str:
+    """A backbone's display name from the registry ("EfficientNet-Lite0"), the name itself when unknown."""
+    from core.models.backbones import BACKBONES
+
+    return BACKBONES[name].label if name in BACKBONES else str(name)
 
 
 def summarise_config(run: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
@@ -124,13 +150,14 @@ def shown_path(path: str | os.PathLike[str]) -> str:
     return str(path) if is_admin() else os.path.basename(os.path.normpath(str(path)))
 
 
-def context_line(record: RunRecord) -> str:
+def context_line(record: RunRecord, page: str | None = None) -> str:
     """Dataset, backbone, weights, image size, test-time flip, run name and id: what a figure belongs to."""
     run = record.config.get("run", {})
     ds = record.config.get("dataset", {}).get("name", "?")
     flip = " · test-time flip" if run.get("tta") else ""
+    name = run_name(run, search=bool(record.config.get("search_study")), page=page)
     return (
-        f"**{run_name(run)}** · dataset {ds} · {run.get('backbone', '?')} ({run.get('weights', '?')} weights) · "
+        f"**{name}** · dataset {ds} · {backbone_label(run.get('backbone', '?'))} ({run.get('weights', '?')} weights) · "
         f"{run.get('image_size', '?')} px{flip} · run `{record.run_id}`"
     )
 
@@ -139,7 +166,7 @@ def result_line(record: RunRecord) -> str:
     return context_line(record)
 
 
-def result_caption(record: RunRecord) -> None:
+def result_caption(record: RunRecord, page: str | None = None) -> None:
     """One line naming the run, dataset, backbone, image size and run id of the numbers next to it."""
     m = record.metrics
     extra = []
@@ -148,8 +175,28 @@ def result_caption(record: RunRecord) -> None:
     if record.config.get("trained_by"):
         extra.append(f"by {record.config['trained_by']}")
     if record.config.get("created"):
-        extra.append(str(record.config["created"])[:16].replace("T", " "))
-    st.caption(context_line(record) + "".join(f" · {e}" for e in extra))
+        extra.append(fmt_time(record.config["created"]))
+    st.caption(context_line(record, page) + "".join(f" · {e}" for e in extra))
+
+
+def fmt_time(stamp: Any) -> str:
+    """A stored time ("2026-12-02T07:41:58+0000") in the browser's time zone (else the server's), readable:
+    "2 Dec 2026, 08:41"; "" if none."""
+    import datetime as dt
+    import zoneinfo
+
+    if not stamp:
+        return ""
+    try:
+        when = dt.datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return str(stamp)
+    if when.tzinfo is not None:
+        zone = None
+        with contextlib.suppress(Exception):  # no browser (a test), or a zone this Python does not know
+            zone = zoneinfo.ZoneInfo(str(st.context.timezone))
+        when = when.astimezone(zone)
+    return f"{when.day} {when:%b %Y, %H:%M}"
 
 
 def runs_table(records: list[RunRecord]) -> pd.DataFrame:
@@ -159,6 +206,8 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
         run = r.config.get("run", {})
         row["name"] = run_name(run, search=bool(r.config.get("search_study")))
         row["page"] = "5 Hyperparameter search" if r.config.get("search_study") else page_of_run(run).label
-        row["trained_by"] = r.config.get("trained_by")
+        row["trained_by"] = r.config.get("trained_by") or "–"
+        row["backbone"] = backbone_label(row.get("backbone"))
+        row["trained"] = fmt_time(row.get("created"))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -68,12 +68,17 @@ def page_jobs(page: str, watch: Sequence[str | None] = ()) -> list[Job]:
     return [j for j in (worker.get(i) for i in ids) if j is not None]
 
 
+def _queued_text(job: Job) -> str:
+    ahead = get_worker().queue_position(job.id)
+    return f"Queued: {run_name(job.cfg.to_dict())}" + (f" ({ahead} run(s) ahead)." if ahead else ".")
+
+
 def _status_line(plan: Plan, jobs: list[Job]) -> str:
     active = [j for j in jobs if j.active]
     if active:
         running = next((j for j in active if j.status == "running"), None)
         if running is None:
-            return f"Queued: {len(active)} run(s)."
+            return _queued_text(active[0]) if len(active) == 1 else f"Queued: {len(active)} run(s)."
         return f"Training {run_name(running.cfg.to_dict())}: {running.view().message or 'starting'}."
     if plan.trained and plan.records:
         accs = ", ".join(fmt_acc(r.metrics.get("test_accuracy")) for r in plan.records if r is not None)
@@ -82,19 +87,39 @@ def _status_line(plan: Plan, jobs: list[Job]) -> str:
     return "Not trained yet with these settings." if not done else f"{done} of {len(plan.records)} trained."
 
 
+def in_flight(run_ids: Sequence[str | None]) -> list[Job]:
+    """The jobs queued or training for these run ids (asked by this page, another page or another tab)."""
+    worker = get_worker()
+    jobs = [worker.get(i) for i in run_ids if i]
+    return [j for j in jobs if j is not None and j.active]
+
+
+def not_trained_note(run_ids: Sequence[str | None], text: str) -> None:
+    """Where a page's result would be: queued or training (with its place in the queue), else ``text``."""
+    busy = in_flight(run_ids)
+    if not busy:
+        st.info(text)
+    elif all(j.status == "queued" for j in busy):
+        st.info(f"{_queued_text(busy[0])} Its results appear here once it is trained; **Cancel** is in the sidebar.")
+    else:
+        st.info("Training now (progress above); its results appear here when it ends.")
+
+
 def train_panel(page: str, plan: Plan, data_root: str) -> bool:
-    """The sidebar's section for this page's runs; True while one of them trains."""
+    """The sidebar's section for this page's runs; True while one of them is queued or trains. Train is
+    disabled while this plan's own runs are queued or training (Cancel stops them)."""
     jobs = page_jobs(page, plan.run_ids)
     running = any(j.active for j in jobs)
     usable = [c for c, i in zip(plan.configs, plan.run_ids, strict=True) if i is not None]
+    busy = bool(in_flight(plan.run_ids))
     with st.sidebar:
         st.divider()
         st.markdown("**This page's run**")
-        st.caption(_status_line(plan, jobs))
+        st.caption(_status_line(plan, [j for j in jobs if j.id in plan.run_ids] or jobs))
         label = f"Re{plan.label[0].lower()}{plan.label[1:]}" if plan.trained else plan.label  # Retrain (both)
-        if st.button(label, key=f"{page}_train", type="primary", icon=":material/play_arrow:", disabled=not usable,
-                     width="stretch",
-                     help="Trains in the background: keep exploring meanwhile. Retrain replaces the stored run(s)."):
+        if st.button(label, key=f"{page}_train", type="primary", icon=":material/play_arrow:",
+                     disabled=not usable or busy, width="stretch",
+                     help="Trains in the background: keep exploring meanwhile. Retrain replaces the stored run(s)."):  # fmt: skip
             submit_runs(page, usable, data_root, force=plan.trained)
             running = True
         if running:
@@ -151,8 +176,11 @@ def _show_job(job: Job, page: str) -> None:
         cols[0].metric("Train accuracy", fmt_acc(latest.get("accuracy")) if latest else "–")
         cols[1].metric("Validation accuracy", fmt_acc(latest.get("val_accuracy")) if latest else "–")
         eta = v.progress.get("eta_s")
-        cols[2].metric("Time left (this phase)", f"~{fmt_eta(eta)}" if eta is not None else "–",
-                       help="Estimated from the speed measured so far.")
+        cols[2].metric(
+            "Time left (this phase)",
+            f"~{fmt_eta(eta)}" if eta is not None else "–",
+            help="Estimated from the speed measured so far.",
+        )
         cols[3].metric("Epoch", f"{v.progress.get('epoch', '–')} / {v.progress.get('epochs', '–')}")
         if v.history:
             draw_curves({run_name(v.cfg.to_dict()): v.history}, key=f"{page}_live_{v.id}")
@@ -165,7 +193,9 @@ def _fraction(p: dict, message: str) -> tuple[float, str]:
         if kind == "batch":
             batches = int(p.get("batches") or 1)
             done = ((epoch - 1) * batches + int(p.get("batch") or 0)) / (epochs * batches)
-            return min(1.0, done), f"{p.get('phase')} phase · epoch {epoch} of {epochs} · batch {p.get('batch')} of {batches}"
+            return min(
+                1.0, done
+            ), f"{p.get('phase')} phase · epoch {epoch} of {epochs} · batch {p.get('batch')} of {batches}"
         return min(1.0, epoch / epochs), f"{p.get('phase')} phase · epoch {epoch} of {epochs} done"
     if kind in ("features", "prefix"):
         total = int(p.get("total") or 1)

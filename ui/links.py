@@ -18,7 +18,7 @@ from core.errors import ConfigError
 from core.fields import check_value, parse_text
 from core.models.backbones import BACKBONES
 from ui.panel import key as value_key
-from ui.settings import CONFIG_SHARED_KEYS, SIZE_TOUCHED
+from ui.settings import CONFIG_SHARED_KEYS, SIZE_TOUCHED, USER_PARAM, user_name
 
 WRITTEN = "_url_written"  # what this session last wrote to the URL (a change is a link being opened)
 IGNORED = "_url_ignored"
@@ -88,7 +88,7 @@ def apply_page_link(page: str, fields: tuple[str, ...]) -> None:
         try:
             if param in SHARED_PARAMS:
                 _apply_shared(param, raw)  # again, to learn whether it was usable
-            elif param != "data":
+            elif param not in ("data", USER_PARAM):  # the user's name: ui.settings.user_section
                 field = _field_of(param)
                 if field is None or field not in fields:
                     raise ConfigError("this page has no such setting")
@@ -110,6 +110,8 @@ def write_link(page: str, fields: tuple[str, ...], defaults: dict[str, Any]) -> 
     into the URL."""
     ss = st.session_state
     params = {param: _text(ss[name]) for param, name in SHARED_PARAMS.items() if ss.get(name) is not None}
+    if user_name():
+        params[USER_PARAM] = user_name()
     for field in fields:
         k = value_key(page, field)
         if k in ss and ss[k] != defaults.get(k):

@@ -1,4 +1,4 @@
-"""The reference study's hyperparameter search (task 5), as it reported it.
+"""The study's hyperparameter search (task 5), as it reported it.
 
 A Weights & Biases random sweep of 30 trials over optimizer, learning rate, weight decay, momentum,
 dropout, batch size and batch norm (DenseNet121, ImageNet weights, MIT 8-scene at 256 px). The study
@@ -14,7 +14,7 @@ SWEEP = {
     "model": "DenseNet121, ImageNet weights, MIT 8-scene at 256 px",
 }
 
-#: the top trials the study reported: (optimizer, accuracy)
+#: the top trials the study reported, best first: (optimizer, accuracy); Nadam twice (its best and its 8th)
 TOP_TRIALS: list[tuple[str, float]] = [
     ("Nadam", 0.952),
     ("Adamax", 0.947),
@@ -26,4 +26,13 @@ TOP_TRIALS: list[tuple[str, float]] = [
     ("Nadam", 0.874),
 ]
 
-LABEL = "reference study (selected on test)"
+
+def best_per_optimizer() -> list[tuple[str, float]]:
+    """The study's best trial per optimizer (its top trials hold Nadam twice), best first."""
+    seen: dict[str, float] = {}
+    for optimizer, accuracy in TOP_TRIALS:
+        seen.setdefault(optimizer, accuracy)
+    return list(seen.items())
+
+
+LABEL = "the study: best trial per optimizer (selected on test)"

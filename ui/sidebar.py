@@ -18,7 +18,15 @@ from core.models.backbones import BACKBONES, default_backbone, weights_status
 from ui.datasource import dataset_section
 from ui.panel import bind
 from ui.resources import get_worker
-from ui.settings import IMAGE_SIZES, SIZE_TOUCHED, WEIGHT_CHOICES, admin_section, user_section
+from ui.settings import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SIZE_WHY,
+    IMAGE_SIZES,
+    SIZE_TOUCHED,
+    WEIGHT_CHOICES,
+    admin_section,
+    user_section,
+)
 
 
 def _weights_label(choice: str) -> str:
@@ -65,25 +73,23 @@ def _weights_status(backbone: str, weights: str) -> None:
 
 
 def _image_size(info: DatasetInfo | None) -> None:
-    """The image-size slider; until the user moves it, a dataset of smaller images sets it to their size."""
+    """The image-size slider: 128 px unless chosen, also for smaller images (upsampled, see ``DEFAULT_SIZE_WHY``)."""
     ss = st.session_state
     native = image_size_of(info) if info is not None else None
-    if native and not ss.get(SIZE_TOUCHED):
-        fitting = [s for s in IMAGE_SIZES if s >= native]
-        default = fitting[0] if fitting else IMAGE_SIZES[-1]
-        if default < 128 and ss.get("image_size") != default:
-            ss["image_size"] = default
-    sizes = sorted(set(IMAGE_SIZES) | {int(ss.get("image_size", 128))})
+    sizes = sorted(set(IMAGE_SIZES) | {int(ss.get("image_size", DEFAULT_IMAGE_SIZE))})
 
     def chosen(value: int) -> int:
         ss[SIZE_TOUCHED] = True
         return int(value)
 
     bind("image_size", st.select_slider, "Image size (px)", sizes, to_value=chosen,
-         help="Images are resized to this square size (the study: 256 px originals).")  # fmt: skip
+         help=f"Images are resized to this square size (the study: 256 px originals). {DEFAULT_SIZE_WHY}")  # fmt: skip
     if native:
-        st.caption(f"This dataset's images are about {native} px" +
-                   (" (the slider starts there)." if not ss.get(SIZE_TOUCHED) and native < 128 else "."))
+        upsampled = native < int(ss["image_size"])
+        st.caption(
+            f"This dataset's images are about {native} px"
+            + (f", shown to the network at {ss['image_size']} px: {DEFAULT_SIZE_WHY}" if upsampled else ".")
+        )
 
 
 def _sidebar_queue() -> None:

@@ -100,13 +100,17 @@ def differences(base: RunConfig, source: str, image_size: int) -> str:
 
 
 def row_link(row: Row, cfg: RunConfig | None) -> str:
-    """The row's page with its settings in the URL (``ui.links`` restores them)."""
+    """The row's page with its settings in the URL (``ui.links`` restores them); none that the page fixes
+    (page 4 trains on the study's best augmentation, which its "Best augmentation" toggle stands for)."""
     if cfg is None or row.page == "search":
         return f"/{row.page}"
     values = cfg.to_dict()
     params = {k: v for k, v in values.items() if k not in ("backbone", "weights", "image_size", "seed", "tta", "augment")
               and v != RunConfig().to_dict()[k]}  # fmt: skip
-    params.update({k: v for k, v in values["augment"].items() if v})
+    from core.study.plan import STUDY_BEST_AUG
+
+    if not (row.page == "regularisation" and cfg.augment == STUDY_BEST_AUG):  # page 4's toggle, on by default
+        params.update({k: v for k, v in values["augment"].items() if v})
     params.update({"backbone": cfg.backbone, "weights": cfg.weights, "size": cfg.image_size, "seed": cfg.seed,
                    "tta": int(cfg.tta)})  # fmt: skip
     text = {k: ("none" if v is None else int(v) if isinstance(v, bool) else v) for k, v in params.items()}

@@ -45,8 +45,17 @@ from core.store.folders import RunRecord
 from core.training.metrics import top_k
 from core.training.runs import load_classifier
 
-__all__ = ["METHODS", "Comparison", "Explanation", "class_index_of", "compare", "difference", "explain", "explain_image",
-           "inspector_for"]
+__all__ = [
+    "METHODS",
+    "Comparison",
+    "Explanation",
+    "class_index_of",
+    "compare",
+    "difference",
+    "explain",
+    "explain_image",
+    "inspector_for",
+]
 
 METHODS = EXPLAIN_METHODS
 MAX_CHANNELS = 64  # Score-CAM: channels used (one forward pass each)
@@ -134,8 +143,12 @@ def score_cam(
 
 
 def occlusion(
-    inspector: Inspector, image: np.ndarray, class_index: int, base_prob: float,
-    cells: int = OCCLUSION_CELLS, window: int = OCCLUSION_WINDOW,
+    inspector: Inspector,
+    image: np.ndarray,
+    class_index: int,
+    base_prob: float,
+    cells: int = OCCLUSION_CELLS,
+    window: int = OCCLUSION_WINDOW,
 ) -> np.ndarray:
     """Mean drop of the class probability when a square of ``window`` cells covers each cell."""
     x = inspector.prepared(image)[0]
@@ -153,8 +166,13 @@ def occlusion(
 
 
 def explain(
-    inspector: Inspector, image: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
-    class_index: int | None = None, max_channels: int = MAX_CHANNELS,
+    inspector: Inspector,
+    image: np.ndarray,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    class_index: int | None = None,
+    max_channels: int = MAX_CHANNELS,
 ) -> Explanation:
     """``method``'s heatmap of ``class_index`` (default the predicted class) at ``layer`` (default the
     model's middle block, :attr:`Inspector.default_layer`) for one image of the model's size."""
@@ -194,12 +212,18 @@ def difference(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def compare(
-    before: Inspector, after: Inspector, image: np.ndarray, *, method: str = "gradcam", layer: str | None = None,
+    before: Inspector,
+    after: Inspector,
+    image: np.ndarray,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
     class_index: int | None = None,
 ) -> Comparison:
-    """``after`` (a fine-tuned run) explains ``class_index`` (default its predicted class); ``before`` (the
-    ImageNet backbone, same size) explains its own top ImageNet class with the same method at the same
-    block, or shows where that block fires when it has no head."""
+    """``after`` (a fine-tuned run) explains ``class_index`` (default its predicted class) and ``before`` the
+    same class when it has the same classes (the head-only run of the same settings: what fine-tuning
+    changed), else its own top class (the ImageNet backbone, same size), with the same method at the same
+    block; without a head, ``before`` shows where that block fires."""
     layer = after.default_layer if layer is None else after.check_layer(layer)
     if layer not in before.layers:
         raise ConfigError(f"The ImageNet backbone has no block {layer!r} to compare; pick another block.")
@@ -209,7 +233,9 @@ def compare(
         )
     late = explain(after, image, method=method, layer=layer, class_index=class_index)
     if before.has_head:
-        early: Explanation | None = explain(before, image, method=method, layer=layer)
+        same = before.classes is not None and list(before.classes) == list(after.classes or [])
+        early: Explanation | None = explain(before, image, method=method, layer=layer,
+                                            class_index=late.class_index if same else None)  # fmt: skip
         before_map = early.heatmap
     else:
         early = None
@@ -233,7 +259,11 @@ def class_index_of(classes: Sequence[str], name: str | None) -> int | None:
 
 # -- one image from the command line ---------------------------------------------------------------------
 def inspector_for(
-    run: RunRecord | None = None, *, backbone: str | None = None, weights: str = "imagenet", image_size: int | None = None,
+    run: RunRecord | None = None,
+    *,
+    backbone: str | None = None,
+    weights: str = "imagenet",
+    image_size: int | None = None,
 ) -> Inspector:
     """The Inspector of a stored run, or of a backbone with its ImageNet top (not fine-tuned)."""
     if run is not None:
@@ -250,9 +280,17 @@ def inspector_for(
 
 
 def explain_image(
-    image_path: str | os.PathLike[str], out: str | os.PathLike[str], *, run: RunRecord | None = None,
-    backbone: str | None = None, weights: str = "imagenet", image_size: int | None = None, block: str | None = None,
-    method: str = "gradcam", class_name: str | None = None, top: int = 5,
+    image_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    run: RunRecord | None = None,
+    backbone: str | None = None,
+    weights: str = "imagenet",
+    image_size: int | None = None,
+    block: str | None = None,
+    method: str = "gradcam",
+    class_name: str | None = None,
+    top: int = 5,
 ) -> dict[str, Any]:
     """Explain one image file and write its overlay as a PNG: what ``python -m core explain`` prints."""
     check_method(method)

@@ -18,21 +18,39 @@ TRUNCATION = {0: (7.0e6, 0.9318), 1: (4.9e6, 0.941), 2: (1.5e6, 0.825), 3: (0.38
 TRUNCATION_300_EPOCHS = 0.9542
 #: with a Dense(1024) head: blocks removed -> (backbone + head parameters, accuracy)
 TRUNCATION_DENSE = {1: (4.9e6, 0.9393), 2: (1.5e6, 0.832), 3: (0.52e6, 0.601)}
-TRUNCATION_LABELS = {0: "the whole network", 1: "−1 block", 2: "−2 blocks", 3: "−3 blocks"}
+TRUNCATION_LABELS = {0: "no blocks removed", 1: "−1 block", 2: "−2 blocks", 3: "−3 blocks"}
 
 SMALL_DATA = {"images": 400, "per_class": 50, "accuracy": 0.845}
 
-AUGMENTATION_BEST = {"setting": "horizontal flip + zoom 0.2", "hflip": True, "zoom": 0.2, "accuracy": 0.895,
-                     "summary_table": 0.881}
+AUGMENTATION_BEST = {
+    "setting": "horizontal flip + zoom 0.2",
+    "hflip": True,
+    "zoom": 0.2,
+    "accuracy": 0.895,
+    "summary_table": 0.881,
+}
 #: the study's augmentation grid: seven on/off factors (2^7 = 128 combinations, of which it ran a sample)
-AUGMENTATION_GRID = {"rotation": 20.0, "width_shift": 0.2, "height_shift": 0.2, "shear": 0.2, "zoom": 0.2,
-                     "hflip": True, "vflip": True}
+AUGMENTATION_GRID = {
+    "rotation": 20.0,
+    "width_shift": 0.2,
+    "height_shift": 0.2,
+    "shear": 0.2,
+    "zoom": 0.2,
+    "hflip": True,
+    "vflip": True,
+}
 
 REGULARISATION_BEST = {"setting": "dropout 0.5 with early stopping and reduce-LR", "dropout": 0.5, "accuracy": 0.915}
 
 SWEEP = {"method": "random search (W&B sweep)", "trials": 30, "best_accuracy": 0.9518, "model": STUDY_MODEL}
 #: the top trials the study reported: (optimizer, accuracy)
 TOP_TRIALS: list[tuple[str, float]] = [
-    ("Nadam", 0.952), ("Adamax", 0.947), ("Adagrad", 0.942), ("SGD", 0.938), ("Adadelta", 0.931), ("Adam", 0.925),
-    ("RMSprop", 0.880), ("Nadam", 0.874),
+    ("Nadam", 0.952),
+    ("Adamax", 0.947),
+    ("Adagrad", 0.942),
+    ("SGD", 0.938),
+    ("Adadelta", 0.931),
+    ("Adam", 0.925),
+    ("RMSprop", 0.880),
+    ("Nadam", 0.874),
 ]

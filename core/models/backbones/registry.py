@@ -36,9 +36,14 @@ class BackboneSpec:
     load_weights: Callable[[Any, Path], None]  # (built no-top model, weights file)
     weights_source: str
     offline: bool  # its ImageNet weights ship with pip (no download ever)
-    imagenet_top: Callable[[int], tuple[Any, list[Any]]] | None = None  # size -> (base, [kernel, bias]) of its 1000-way top
+    imagenet_top: Callable[[int], tuple[Any, list[Any]]] | None = (
+        None  # size -> (base, [kernel, bias]) of its 1000-way top
+    )
     explain_layer: str | None = None  # the block explanations open on: a middle one (8x8 at 128 px, not 4x4)
     block_name: Callable[[str], str] | None = None  # layer name -> plain words ("Block 4, unit 5")
+    #: the size its ImageNet weights were trained at: where its own ImageNet predictions belong (Lite0's coffee
+    #: photo, skimage.data.coffee(): "espresso" 85% at 224 px, "stethoscope" 91% at 64 px)
+    imagenet_size: int = 224
 
     @property
     def blocks(self) -> int:
