@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import DEFAULT_IMAGE_SIZE, SHARED_SETTINGS, RunConfig, entry_defaults
+from core.config import SHARED_SETTINGS, RunConfig, entry_defaults
 from core.data.bundled import default_dataset
 from core.errors import SceneLabError
 from core.paths import default_artifacts
