@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.data.arrays import scan
+from core.data import scan
 from core.errors import WeightsError
-from core.explain.heatmaps import activations as act
-from core.explain.heatmaps import render
+from core.explain import activations as act
+from core.explain import render
 from core.models import imagenet
 from core.models.backbones import ResolvedWeights
 from core.models.model import build_classifier

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from core.data import archive, bundled
 from core.data.archive import IMPORT_RECORD, ImportResult, Limits, default_upload_root, import_zip
-from core.data.arrays import archive, bundled, scan_dataset
+from core.data.arrays import scan_dataset
 from core.errors import ConfigError, DataRootError, DatasetError
 from tests.zips import CLASSES, jpeg, split_entries, write_zip
 

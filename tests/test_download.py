@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.data.arrays import download as dl
+from core.data import download as dl
 from core.data.arrays import scan_dataset
 from core.data.download import download, download_data, download_original, split_archive
 from core.errors import DatasetError

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError
+from core.explain import heatmaps as ex
 from core.explain.activations import Inspector
-from core.explain.heatmaps import heatmaps as ex
 
 SIZE, PATCH = 32, 8
 COLOURS = np.array([(235, 40, 40), (40, 235, 40), (40, 40, 235)], np.float32)  # the class is the patch's colour

@@ -12,7 +12,7 @@ import pytest
 from core.cli import main
 from core.config import RunConfig
 from core.errors import ConfigError
-from core.explain.heatmaps import projection as pj
+from core.explain import projection as pj
 from core.store.folders import Store
 from core.training.train import train
 from tests.conftest import make_image

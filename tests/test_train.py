@@ -10,8 +10,8 @@ import pytest
 from core.config import AugmentConfig, RunConfig
 from core.errors import ConfigError, WeightsError
 from core.models import backbones
+from core.store import folders as store_mod
 from core.store.folders import Store
-from core.store.folders import folders as store_mod
 from core.training import features, identity
 from core.training import runs as runs_mod
 from core.training import train as train_mod

@@ -36,8 +36,8 @@ from PIL import Image
 from core.config import DEFAULT_IMAGE_SIZE
 from core.data.decode import ImageDecodeError, decode_image
 from core.errors import ConfigError
+from core.explain import render
 from core.explain.activations import Inspector, imagenet_inspector
-from core.explain.heatmaps import render
 from core.explain.methods import EXPLAIN_METHODS
 from core.models.backbones import get_backbone
 from core.store.atomic import atomic_write_bytes
