@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.config import RUN_SETTINGS, SEED_MAX
+from core.config import DEFAULT_IMAGE_SIZE, RUN_SETTINGS, SEED_MAX
 from core.data.arrays import DatasetInfo
 from core.data.scan import image_size_of
 from core.models.backbones import BACKBONES, default_backbone, weights_status
@@ -19,7 +19,6 @@ from ui.datasource import dataset_section
 from ui.panel import bind
 from ui.resources import get_worker
 from ui.settings import (
-    DEFAULT_IMAGE_SIZE,
     DEFAULT_SIZE_WHY,
     IMAGE_SIZES,
     SIZE_TOUCHED,
