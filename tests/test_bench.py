@@ -17,7 +17,7 @@ EXPECTED = {
     "pipeline": {"sizes", "ratio", "target_ratio", "augmentation", "batch_size"},
     "train_step": {"results", "best", "nominal_fp32_peak_gflops", "measured_ceiling_gflops", "threads"},
     "bundled": {"unpack_s", "second_call_ms", "images", "targets"},
-    "aug_finetune": {"arms", "ratio", "target_ratio", "met", "freeze_blocks", "image_size", "epochs"},
+    "aug_finetune": {"arms", "ratio", "ratio_cpu", "repeats", "target_ratio", "met", "freeze_blocks", "epochs"},
     "time_to_accuracy": {"scenelab", "study", "ratio", "target_accuracy", "accuracy_within_budget", "image_size"},
     "latency": {
         "show_cached_run_s",

@@ -120,7 +120,8 @@ class EpochBanks:
     ``e`` is seeded by ``(seed, e)``: a run repeats exactly, and runs that differ only in what trains after the
     prefix (its learning rate, the head's dropout) share the banks. What remains is the passes themselves: the
     study's small set at 128 px on Lite0 (3 blocks frozen, 15 epochs) computes 6000 augmented prefix activations
-    where the run without augmentation computes none beyond its cached 2688 (BENCHMARKS.md, bench/aug_finetune.py).
+    where the run without augmentation computes none beyond its cached 2688, so it takes about 2.0x that run's CPU
+    time (the former path 2.5x; BENCHMARKS.md, bench/aug_finetune.py).
 
     Use it as a context manager: leaving it abandons a pass still running (a cancelled or early-stopped run).
     """

@@ -263,8 +263,9 @@ def _full_phase(cfg: RunConfig) -> tuple[float, int]:
 def suffix_on_prefix(run: Phases) -> None:
     """Partial fine-tuning: the blocks after the frozen prefix, trained on its activations (BatchNorm in inference
     mode): the cached activations of the images; with augmentation, each epoch's bank of the activations of that
-    epoch's augmented images (``core.training.augbank.EpochBanks``: the prefix runs once an epoch, not at every step,
-    1.x the time of the run without augmentation instead of 3.8x). Validated and evaluated on the cached ones."""
+    epoch's augmented images (``core.training.augbank.EpochBanks``: the prefix runs once an epoch as a frozen graph, not in
+    every training step; 2.0x the CPU time of the run without augmentation where training through the whole
+    network took 2.5x, bench/aug_finetune.py). Validated and evaluated on the cached activations."""
     cfg, clf, ds, sp = run.cfg, run.clf, run.ds, run.splits
     prefix, suffix = run.entry.extras["split"]
     fn = run.fn("prefix_fn", lambda: prefix_images_model(clf, prefix), clf)
