@@ -42,7 +42,7 @@ from core.store import RunRecord, Store
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "Projection", "project", "reduce", "write_csv"]
+__all__ = ["METHODS", "Projection", "project", "project_pair", "reduce", "write_csv"]
 
 METHODS = PROJECTION_METHODS
 PROJECTION_FORMAT = 3  # bump when a method's settings change: cached maps then recompute
@@ -338,6 +338,25 @@ def project(
     out.seconds = time.perf_counter() - t0
     return out
 
+
+def project_pair(
+    data: str | os.PathLike[str], *, backbone: str, weights: str, image_size: int, store: Store,
+    run: RunRecord | None = None, method: str = "pca", remove_blocks: int = 0, seed: int = 0,
+) -> tuple[Projection, Projection | None]:
+    """The backbone's map and ``run``'s (None without a run), as the dataset map shows them side by side.
+
+    ``run``'s map is computed in a second thread while this one computes the backbone's: each projection runs
+    on one thread (:func:`reduce`), so on 2 cores the two t-SNEs of the page take the time of one. They share
+    no files but the features cache, which a head-only run's training has already written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kwargs: dict[str, Any] = {"backbone": backbone, "weights": weights, "image_size": image_size, "store": store,
+                              "method": method, "remove_blocks": remove_blocks, "seed": seed}  # fmt: skip
+    if run is None:
+        return project(data, **kwargs), None
+    with ThreadPoolExecutor(1, thread_name_prefix="projection") as pool:
+        theirs = pool.submit(project, data, run=run, **kwargs)
+        return project(data, **kwargs), theirs.result()
 
 def write_csv(projection: Projection, path: str | os.PathLike[str]) -> Path:
     """The projection as CSV (x, y, class, split, predicted, path), written atomically."""
