@@ -354,7 +354,11 @@ def project_pair(
                               "method": method, "remove_blocks": remove_blocks, "seed": seed}  # fmt: skip
     if run is None:
         return project(data, **kwargs), None
-    with ThreadPoolExecutor(1, thread_name_prefix="projection") as pool:
+    from threadpoolctl import threadpool_limits
+
+    # the thread limits are the process's: set once around both threads, so that neither one's end restores
+    # the other's (or leaves the process on one thread)
+    with threadpool_limits(limits=1), ThreadPoolExecutor(1, thread_name_prefix="projection") as pool:
         theirs = pool.submit(project, data, run=run, **kwargs)
         return project(data, **kwargs), theirs.result()
 
