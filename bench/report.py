@@ -470,7 +470,8 @@ def section_browser(b: dict[str, Any]) -> str:
             "",
             f"Page 3's preview after moving the rotation slider one step (three steps): {preview}.",
             "",
-            load_line(b),
+            f"CPU of this run: {b['machine']['cpu']} (family/model {b['machine']['cpu_family_model']}), "
+            f"{b['machine']['cores']} cores. " + load_line(b),
         ]
     )
 
