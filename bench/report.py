@@ -439,6 +439,55 @@ def section_search(s: dict[str, Any]) -> str:
     )
 
 
+def section_browser(b: dict[str, Any]) -> str:
+    """What a student waits for in Chromium (bench/browser.py): targets first, then every step."""
+    t, met, run = b["targets"], b["met"], b["run"]
+    targets = [
+        ["first load (fresh HOME, KERAS_HOME, artifacts)", f"{b['first_load_s']} s", f"≤ {t['first_load_s']:g} s",
+         met["first_load_s"]],
+        ["slowest page after a switch, warm", f"{b['page_warm_max_s']} s", f"≤ {t['page_warm_s']:g} s", met["page_warm_s"]],
+        ["t-SNE in the app, first time (both maps)", f"{b['map_cold_s']['tsne']} s", f"≤ {t['map_tsne_cold_s']:g} s",
+         met["map_tsne_cold_s"]],
+    ]  # fmt: skip
+    pages = [[label, b["pages_cold_s"][label], b["pages_warm_s"].get(label)] for label in b["pages_cold_s"]]
+    names = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM", "occlusion": "occlusion"}
+    page6 = [[names.get(m, m), s, b["page6_warm_s"].get(m)] for m, s in b["page6_cold_s"].items()]
+    maps = [[m.upper() if m == "pca" else "t-SNE", s, b["map_cached_s"].get(m)] for m, s in b["map_cold_s"].items()]
+    preview = ", ".join(f"{s} s" for s in b["preview_s"])
+    return "\n".join(
+        [
+            "## In the browser (bench/browser.py)",
+            "",
+            f"`streamlit run app.py` headless with a fresh HOME, KERAS_HOME and artifacts folder on {b['dataset']}, one "
+            f"head run trained first through the CLI (`{run.get('run_id')}`, EfficientNet-Lite0 ImageNet, "
+            f"{run.get('seconds')} s, not timed), driven by headless Chromium (Playwright). A figure is the time from "
+            f"the click (or `goto`, or key press) to the moment the app went quiet for good: no \"Running…\" status "
+            f"widget for {b['quiet_ms']} ms, the step's result on the page; those {b['quiet_ms']} ms are not counted. "
+            "*cold*: the first time in this server (models loaded, Lite0 weights converted, blocks compiled); "
+            "*warm*: the same again.",
+            "",
+            md_table(["figure", "measured", "target", "met"], targets),
+            "",
+            "Each page after a switch from the one before it in the navigation (seconds):",
+            "",
+            md_table(["page", "cold", "warm"], pages),
+            "",
+            "Page 6 (Activations), the run beside the ImageNet backbone, after choosing each method (seconds):",
+            "",
+            md_table(["method", "cold", "warm"], page6),
+            "",
+            "The dataset map, both models (PCA on arriving at the page, then t-SNE chosen; seconds):",
+            "",
+            md_table(["projection", "cold", "cached"], maps),
+            "",
+            f"Page 3's preview after moving the rotation slider one step (three steps): {preview}.",
+            "",
+            f"CPU of this run: {b['machine']['cpu']} (family/model {b['machine']['cpu_family_model']}), "
+            f"{b['machine']['cores']} cores. " + load_line(b),
+        ]
+    )
+
+
 @dataclass(frozen=True)
 class Section:
     """One benchmark in the report: ``bench/results/<name>.json``, its section, its rows of the targets table."""
@@ -460,6 +509,7 @@ SECTIONS: list[Section] = [
     Section("search", "search", section_search),
     Section("aug_finetune", "augmented partial fine-tuning",
             lambda f: aug_finetune.section(f, md_table, load_line), lambda f: [aug_finetune.target_row(f)]),
+    Section("browser", "in the browser", section_browser),
 ]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import SceneLabError
-from core.explain.projection import METHODS, project
+from core.explain.projection import METHODS, project_pair
 from core.store.folders import Store
 from ui import explain as ux
 from ui.compat import ensure_router
@@ -37,12 +37,13 @@ s = settings()
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def projected(data: str, artifacts: str, backbone: str, weights: str, size: int, remove_blocks: int,
-              run_id: str | None, method: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+              run_id: str | None, method: str) -> tuple[Any, ...]:  # fmt: skip
+    """(rows, summary) of the backbone's map, then of the run's (None, None without a run), computed side by side."""
     store = Store(artifacts)
     run = store.load_run(run_id) if run_id else None
-    proj = project(data, backbone=backbone, weights=weights, image_size=size, store=store, run=run, method=method,
-                   remove_blocks=remove_blocks)  # fmt: skip
-    return proj.rows(), proj.summary()
+    mine, theirs = project_pair(data, backbone=backbone, weights=weights, image_size=size, store=store, run=run,
+                                method=method, remove_blocks=remove_blocks)  # fmt: skip
+    return mine.rows(), mine.summary(), *((theirs.rows(), theirs.summary()) if theirs is not None else (None, None))
 
 
 prints = {info.fingerprint, info.legacy_fingerprint}
@@ -69,12 +70,9 @@ cfg = record.config["run"] if record is not None else {"backbone": s["backbone"]
                                                        "image_size": s["image_size"], "remove_blocks": 0}  # fmt: skip
 try:
     with st.spinner(f"Projecting every image with {METHODS[method]} (features are computed once, then cached)…"):
-        left, left_info = projected(s["data_root"], s["artifacts"], cfg["backbone"], cfg["weights"], cfg["image_size"],
-                                    cfg.get("remove_blocks", 0), None, method)  # fmt: skip
-        right = right_info = None
-        if record is not None:
-            right, right_info = projected(s["data_root"], s["artifacts"], cfg["backbone"], cfg["weights"],
-                                          cfg["image_size"], cfg.get("remove_blocks", 0), record.run_id, method)  # fmt: skip
+        left, left_info, right, right_info = projected(
+            s["data_root"], s["artifacts"], cfg["backbone"], cfg["weights"], cfg["image_size"],
+            cfg.get("remove_blocks", 0), record.run_id if record is not None else None, method)  # fmt: skip
 except SceneLabError as exc:
     st.error(str(exc))
     st.stop()

@@ -31,14 +31,14 @@ EXPECTED = {
 }
 
 
-def run_tiny(name: str) -> tuple[dict, str]:
+def run_tiny(name: str, timeout: float = 600) -> tuple[dict, str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--tiny"],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -165,6 +165,26 @@ def test_the_notes_name_modules_and_names_that_exist():
     for dotted in set(re.findall(r"`(core(?:\.\w+)+)", notes)):
         module, _, attr = dotted.rpartition(".")
         assert hasattr(importlib.import_module(module), attr), dotted
+
+
+@pytest.mark.browser
+def test_browser_bench_tiny_prints_json():
+    """bench/browser.py drives the app in Chromium on generated images: every step has a figure."""
+    from tests.browserkit import need_browser
+
+    need_browser()
+    figures, stdout = run_tiny("browser", timeout=1200)
+    assert figures["bench"] == "browser" and figures["tiny"] is True
+    missing = (COMMON_KEYS | {"first_load_s", "pages_cold_s", "pages_warm_s", "page6_cold_s", "page6_warm_s",
+                              "map_cold_s", "map_cached_s", "preview_s", "targets", "met", "run"}) - set(figures)  # fmt: skip
+    assert not missing, missing
+    from ui.catalog import PAGES
+
+    assert set(figures["pages_warm_s"]) == set(figures["pages_cold_s"]) == {p.label for p in PAGES}
+    assert set(figures["page6_cold_s"]) == {"gradcam", "gradcam++", "scorecam", "occlusion"}
+    assert set(figures["map_cold_s"]) == {"pca", "tsne"} and len(figures["preview_s"]) == 3
+    assert all(r["seconds"] >= 0 for r in figures["steps"]) and figures["run"]["run_id"]
+    assert "first load" in stdout
 
 
 # -- the speedups the benchmarks measure keep results exact ---------------------------------------------

@@ -62,9 +62,13 @@ def dataset_report(data_root: str | os.PathLike[str], *, show_error: bool = True
 
 
 def lookup(cfg: RunConfig, data_root: str) -> tuple[str | None, RunRecord | None]:
-    """(run id, stored run or None) for ``cfg``; (None, None) after one sentence when it cannot be resolved."""
+    """(run id, stored run or None) for ``cfg``; (None, None) after one sentence when it cannot be resolved.
+
+    The dataset's scan is the cached one (a minute, as :func:`dataset_report`'s): pages look up to ten configs
+    per rerun (page 3's grid), and each fresh scan of mit_split_64 cost 25-960 ms on 2 busy cores, which made
+    page 3's preview take seconds after every slider move (issue 22)."""
     try:
-        prep = prepare(cfg, data_root)
+        prep = prepare(cfg, data_root, _scan(str(data_root).strip()))
     except SceneLabError as exc:
         st.error(str(exc))
         return None, None

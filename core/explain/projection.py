@@ -34,7 +34,7 @@ from core.data.arrays import DECODE_FORMAT_VERSION, DatasetInfo, decode_dataset,
 from core.errors import ConfigError, SceneLabError
 from core.explain.methods import PROJECTION_METHODS
 from core.models.backbones import ResolvedWeights, resolve_weights
-from core.models.model import classifier_for
+from core.models.model import classifier_for, head_for
 from core.store.atomic import atomic_write_bytes, atomic_write_npz, load_npz
 from core.store.folders import RunRecord, Store
 from core.training.features import FeatureFn, compute_features, features_key
@@ -42,7 +42,7 @@ from core.training.runs import load_classifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["METHODS", "Projection", "project", "reduce", "write_csv"]
+__all__ = ["METHODS", "Projection", "project", "project_pair", "reduce", "write_csv"]
 
 METHODS = PROJECTION_METHODS
 PROJECTION_FORMAT = 3  # bump when a method's settings change: cached maps then recompute
@@ -170,13 +170,46 @@ def _features(source: _Source, info: DatasetInfo, store: Store, n_classes: int) 
     return np.concatenate([f_train, f_test])
 
 
+_HEADS: dict[str, Any] = {}  # run id -> its head alone (small Keras models, a few kept per process)
+MAX_HEADS = 8
+
+
+def _head_of(run: RunRecord, in_features: int) -> Any:
+    """``run``'s trained head alone, built once per process.
+
+    A head-only run stores just its head's weights; rebuilding its whole classifier (``load_classifier``:
+    the backbone with its ImageNet weights, then the head) to read that head back cost 3-6 s per projection
+    on 2 busy cores, every time a map of the run was computed (PCA, t-SNE, each run). Its features come from
+    the cache, so only the head is built here (milliseconds). Runs with a weights file, or a saved whole
+    model, go through ``load_classifier`` (which checks that file)."""
+    head = _HEADS.get(run.run_id)
+    if head is not None:
+        return head
+    cfg = RunConfig.from_dict(run.config["run"])
+    weights_file = run.path / "head.weights.h5"
+    if not run.model_path.exists() and weights_file.exists() and cfg.weights in ("imagenet", "none"):
+        head = head_for(cfg, len(run.config["dataset"]["classes"]), in_features)
+        try:
+            head.load_weights(weights_file)
+        except Exception:  # noqa: BLE001 - load_classifier says why in one sentence
+            head = None
+    if head is None:
+        head = load_classifier(run).get_layer("head")
+    while len(_HEADS) >= MAX_HEADS:
+        _HEADS.pop(next(iter(_HEADS)))
+    _HEADS[run.run_id] = head
+    return head
+
+
 def _head_scores(run: RunRecord, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(class scores before softmax, probabilities) of ``run``'s head on pooled ``features``."""
     import keras
 
-    head = load_classifier(run).get_layer("head")
+    head = _head_of(run, int(features.shape[1]))
     last = head.layers[-1]
-    hidden = keras.Model(head.inputs, last.input, name="head_hidden").predict(features, batch_size=512, verbose=0)
+    hidden_model = keras.Model(head.inputs[0], last.input, name="head_hidden")
+    hidden = np.concatenate([np.asarray(hidden_model(features[i : i + 1024], training=False))
+                             for i in range(0, len(features), 1024)])  # fmt: skip
     kernel, *bias = last.get_weights()
     logits = hidden @ kernel + (bias[0] if bias else 0.0)
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -206,9 +239,21 @@ def _pca(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def reduce(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
-    """(n, d) -> (n, 2) by ``method`` (pca, tsne or umap)."""
+    """(n, d) -> (n, 2) by ``method`` (pca, tsne or umap), on one thread.
+
+    One thread, because the app's server is never idle: t-SNE of mit_split_64's 2688 images took 28 s with
+    scikit-learn's default OpenMP and OpenBLAS threads (2) while other processes kept the 2 cores busy, and
+    3.6 s on one thread in the same conditions: with more threads than free cores, every one of its 400
+    iterations waits for a descheduled thread at a barrier. On an idle machine one thread costs little."""
+    from threadpoolctl import threadpool_limits
+
     if method not in METHODS:
         raise ConfigError(f"Unknown projection method {method!r}; expected one of {', '.join(METHODS)}.")
+    with threadpool_limits(limits=1):
+        return _reduce(x, method, seed)
+
+
+def _reduce(x: np.ndarray, method: str, seed: int) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean(axis=0)
     if method == "pca" or len(x) < 5:
@@ -220,7 +265,7 @@ def reduce(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
 
         perplexity = float(min(TSNE_PERPLEXITY, (len(x) - 1) / 3))
         tsne = TSNE(2, perplexity=perplexity, init="pca", learning_rate="auto", max_iter=TSNE_ITERATIONS,
-                    angle=TSNE_ANGLE, random_state=seed, n_jobs=os.cpu_count())  # fmt: skip
+                    angle=TSNE_ANGLE, random_state=seed, n_jobs=1)  # fmt: skip
         return tsne.fit_transform(z).astype(np.float32)
     try:
         import umap  # optional: umap-learn
@@ -293,6 +338,29 @@ def project(
     out.seconds = time.perf_counter() - t0
     return out
 
+
+def project_pair(
+    data: str | os.PathLike[str], *, backbone: str, weights: str, image_size: int, store: Store,
+    run: RunRecord | None = None, method: str = "pca", remove_blocks: int = 0, seed: int = 0,
+) -> tuple[Projection, Projection | None]:
+    """The backbone's map and ``run``'s (None without a run), as the dataset map shows them side by side.
+
+    ``run``'s map is computed in a second thread while this one computes the backbone's: each projection runs
+    on one thread (:func:`reduce`), so on 2 cores the two t-SNEs of the page take the time of one. They share
+    no files but the features cache, which a head-only run's training has already written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kwargs: dict[str, Any] = {"backbone": backbone, "weights": weights, "image_size": image_size, "store": store,
+                              "method": method, "remove_blocks": remove_blocks, "seed": seed}  # fmt: skip
+    if run is None:
+        return project(data, **kwargs), None
+    from threadpoolctl import threadpool_limits
+
+    # the thread limits are the process's: set once around both threads, so that neither one's end restores
+    # the other's (or leaves the process on one thread)
+    with threadpool_limits(limits=1), ThreadPoolExecutor(1, thread_name_prefix="projection") as pool:
+        theirs = pool.submit(project, data, run=run, **kwargs)
+        return project(data, **kwargs), theirs.result()
 
 def write_csv(projection: Projection, path: str | os.PathLike[str]) -> Path:
     """The projection as CSV (x, y, class, split, predicted, path), written atomically."""
