@@ -137,6 +137,7 @@ def test_train_pressed_at_once_on_a_fresh_session(server, tab):
         assert words not in text and words not in side, words
     assert "run `" not in text  # markdown rendered, not raw
     assert "Retrain" in button.inner_text()
+    shown_equals_stored(tab, _tmp / "artifacts", "finetune")  # page 0's figures are the stored run's
     assert_clean(tab, "finetune")
     assert not wider_than_container(tab)
     shoot(tab, "finetune")
@@ -195,7 +196,21 @@ def test_a_copied_link_restores_the_page_and_its_settings(browser, server, tab):
     other.context.close()
 
 
-def test_a_run_on_every_task_page_fits_the_screen(tab):
+def shown_equals_stored(tab, artifacts, page: str) -> None:
+    """The result strip's first figures are the stored run's: the run the caption names, read from the store."""
+    from core.store.folders import Store
+
+    ids = re.findall(r"run ([0-9a-f]{16})", main_text(tab))
+    assert ids, f"{page}: no run id on the page"
+    record = Store(artifacts).load_run(ids[0])
+    assert record is not None, f"{page}: run {ids[0]} is not stored"
+    for label, key in (("Test accuracy", "test_accuracy"), ("Validation accuracy", "val_accuracy")):
+        shown = metric(tab, label).first.locator('[data-testid="stMetricValue"]').inner_text().strip()
+        assert shown == f"{record.metrics[key]:.3f}", (page, label, shown, record.metrics[key])
+
+
+def test_a_run_on_every_task_page_fits_the_screen(server, tab):
+    artifacts = server[1] / "artifacts"
     for title, page in TASK_PAGES.items():
         t0 = time.monotonic()
         go(tab, title)
@@ -206,6 +221,7 @@ def test_a_run_on_every_task_page_fits_the_screen(tab):
             button.click()
             wait_for_result(tab, page)
         first_result_above_the_fold(tab, page)
+        shown_equals_stored(tab, artifacts, page)
         assert_clean(tab, page)
         assert not wider_than_container(tab), (page, wider_than_container(tab))
         shoot(tab, page)
