@@ -126,7 +126,7 @@ def page6(tab: Any, log: list[dict[str, Any]], kind: str) -> dict[str, float]:
     for method in ("gradcam++", "scorecam", "occlusion", "gradcam"):  # the page opens on Grad-CAM
         name = METHODS[method]
         out[method] = timed(log, f"page 6 {name}, {kind}", tab, lambda n=name: radio(tab, "Grad-CAM++", n),
-                            shows(f"{name} of its top class"))  # fmt: skip
+                            shows(f"{name} of "))  # fmt: skip
     return out
 
 
@@ -152,18 +152,21 @@ def preview(tab: Any, log: list[dict[str, Any]]) -> list[float]:
 
 # -- setting up ------------------------------------------------------------------------------------------
 def train_run(data: Path, root: Path, tiny: bool) -> dict[str, Any]:
-    """One head run (CLI, its own KERAS_HOME so the server still converts the weights cold)."""
-    size = ["--image-size", "32", "--epochs", "2", "--batch-size", "8", "--val-fraction", "0.25"] if tiny else [
-        "--image-size", "128"]  # fmt: skip
-    cmd = [sys.executable, "-m", "core", "train", "--data", str(data), "--backbone", "efficientnet_lite0", "--weights",
-           "imagenet", "--phase", "head", *size, "--artifacts", str(root / "artifacts"), "--json"]  # fmt: skip
+    """A head run and its fine-tuned twin (head, then the last block), as task 0 of the Study leaves them, through
+    the CLI with its own KERAS_HOME (so the server still converts the weights cold); page 6 opens on the pair."""
+    quick = ["--epochs", "2", "--full-epochs", "1", "--batch-size", "8", "--val-fraction", "0.25"] if tiny else []
+    base = [sys.executable, "-m", "core", "train", "--data", str(data), "--backbone", "efficientnet_lite0", "--weights",
+            "imagenet", "--image-size", "128", "--artifacts", str(root / "artifacts"), "--json"]  # fmt: skip
     env = {**os.environ, "KERAS_HOME": str(root / "keras-cli"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
-    if proc.returncode != 0:
-        raise SystemExit(f"training the head run failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"run_id": out.get("run_id"), "seconds": round(time.monotonic() - t0, 1),
+    t0, outs = time.monotonic(), []
+    for phase in (["--phase", "head"], ["--phase", "head+full", "--freeze-blocks", "3"]):
+        cmd = [*base, *phase, *([a for a in quick if a != "--full-epochs" and a != "1"] if phase[1] == "head" else quick)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent)
+        if proc.returncode != 0:
+            raise SystemExit(f"training the {phase[1]} run failed:\n{proc.stderr[-3000:]}")
+        outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    out = outs[-1]
+    return {"run_id": out.get("run_id"), "head_run_id": outs[0].get("run_id"), "seconds": round(time.monotonic() - t0, 1),
             "test_accuracy": (out.get("metrics") or {}).get("test_accuracy", out.get("test_accuracy"))}  # fmt: skip
 
 

@@ -458,8 +458,9 @@ def section_browser(b: dict[str, Any]) -> str:
         [
             "## In the browser (bench/browser.py)",
             "",
-            f"`streamlit run app.py` headless with a fresh HOME, KERAS_HOME and artifacts folder on {b['dataset']}, one "
-            f"head run trained first through the CLI (`{run.get('run_id')}`, EfficientNet-Lite0 ImageNet, "
+            f"`streamlit run app.py` headless with a fresh HOME, KERAS_HOME and artifacts folder on {b['dataset']}, a "
+            f"head run and its fine-tuned twin trained first through the CLI (`{run.get('head_run_id', '–')}`, "
+            f"`{run.get('run_id')}`, EfficientNet-Lite0 ImageNet, "
             f"{run.get('seconds')} s, not timed), driven by headless Chromium (Playwright). A figure is the time from "
             f"the click (or `goto`, or key press) to the moment the app went quiet for good: no \"Running…\" status "
             f"widget for {b['quiet_ms']} ms, the step's result on the page; those {b['quiet_ms']} ms are not counted. "

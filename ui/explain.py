@@ -68,7 +68,17 @@ def imagenet_size(backbone: str) -> int:
 #: what differs between a fine-tuned run and the head-only run of the same settings (its "before")
 FINE_TUNING_ONLY = ("phase", "full_epochs", "full_lr", "freeze_blocks")
 PHASE_WORDS = {"head": "head only, backbone frozen", "head+full": "fine-tuned (head, then the whole network)",
-               "full": "fine-tuned (every layer from the start)"}  # fmt: skip
+               "full": "fine-tuned (every layer from the start)",
+               "head+last": "fine-tuned (head, then the last blocks; the first ones frozen)",
+               "last": "fine-tuned (the last blocks; the first ones frozen)"}  # fmt: skip
+
+
+def _phase(run: dict[str, Any]) -> str:
+    """The run's phase in PHASE_WORDS' terms: a frozen prefix makes "the whole network" its last blocks."""
+    phase = str(run.get("phase", "?"))
+    if run.get("freeze_blocks") and phase in ("head+full", "full"):
+        return {"head+full": "head+last", "full": "last"}[phase]
+    return phase
 
 
 def settings_key(run: dict[str, Any], fingerprint: Any) -> str:
@@ -88,7 +98,7 @@ def run_rows(artifacts: str) -> list[dict[str, Any]]:
             {
                 "run_id": r.run_id, "dataset": ds.get("name") or Path(str(ds.get("root", "?"))).name,
                 "root": ds.get("root"), "backbone": run.get("backbone", "?"), "weights": run.get("weights", "?"),
-                "image_size": run.get("image_size"), "phase": run.get("phase", "?"),
+                "image_size": run.get("image_size"), "phase": _phase(run),
                 "test_accuracy": r.metrics.get("test_accuracy"), "val_accuracy": r.metrics.get("val_accuracy"),
                 "classes": list(ds.get("classes") or []), "created": r.config.get("created") or "",
                 "base_trained": bool(r.config.get("base_trained")), "key": settings_key(run, ds.get("fingerprint")),
