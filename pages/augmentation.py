@@ -113,18 +113,19 @@ write_link(P, FIELDS, DEFAULTS)
 with progress_area:
     live_progress(P, watch=[run_id, baseline_id, *(i for i, _ in grid)])
 
-st.caption(f"The study's best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUGMENTATION_BEST['accuracy']:.3f} on its "
-           f"small set ({ref.SELECTION_NOTE}; its summary table also gives {ref.AUGMENTATION_BEST['summary_table']:.3f}).")  # fmt: skip
-finding_area = st.container()  # filled once the stored runs are read (below)
-if record is not None:
+if record is not None:  # the result first: above the fold on a laptop, under the controls and the preview
     result_strip(record, page=P, previous=baseline if baseline is not None and baseline.run_id != record.run_id else None,
                  versus="none")  # fmt: skip
+finding_area = st.container()  # filled once the stored runs are read (below)
+if record is not None:
     other = baseline is not None and baseline.run_id != record.run_id
     draw_curves({"these augmentations": record.history, **({"no augmentation": baseline.history} if other else {})},
                 key=f"{P}_curves")  # fmt: skip
 else:
     not_trained_note([run_id], "Not trained yet with these augmentations: press **Train** in the sidebar.")
 
+st.caption(f"The study's best was {ref.AUGMENTATION_BEST['setting']} at {ref.AUGMENTATION_BEST['accuracy']:.3f} on its "
+           f"small set ({ref.SELECTION_NOTE}; its summary table also gives {ref.AUGMENTATION_BEST['summary_table']:.3f}).")  # fmt: skip
 st.subheader("The study's grid (seven on/off factors) and every run with these settings")
 g1, g2 = st.columns([1, 3])
 g1.number_input(

@@ -167,7 +167,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 PAGE_LOAD_LIMIT_S = float(os.environ.get("SCENELAB_PAGE_LOAD_LIMIT_S", "3.0"))  # the issue's bound
 GIB = 1 << 30
-EPOCHS = 30  # whole-network epochs of A's and B's run (C: one more)
+EPOCHS = 60  # whole-network epochs of A's and B's run (C: one more): still training while D moves, at 128 px too
 
 
 def _memory(pid: int) -> dict[str, int]:
