@@ -159,17 +159,17 @@ def study_table() -> None:
         shown, key="study_table", column_order=columns, hide_index=True, width="stretch", height=36 * (len(frame) + 1) + 4,
         column_config={
             "task": st.column_config.TextColumn(width=40),
-            "setting": st.column_config.TextColumn(width=250),
-            "the study": st.column_config.TextColumn(width=80, help=f"Its published figure ({ref.SELECTION_NOTE})."),
-            MODE_LABELS["quick"]: st.column_config.TextColumn(width=215, help="Quick mode: a new head on the frozen "
+            "setting": st.column_config.TextColumn(width=235),
+            "the study": st.column_config.TextColumn(width=70, help=f"Its published figure ({ref.SELECTION_NOTE})."),
+            MODE_LABELS["quick"]: st.column_config.TextColumn(width=205, help="Quick mode: a new head on the frozen "
                                                               "backbone. Test accuracy, its 95% interval (seeds and the "
                                                               "test set's size)."),
-            MODE_LABELS["faithful"]: st.column_config.TextColumn(width=215, help="Faithful mode: the head, then the "
+            MODE_LABELS["faithful"]: st.column_config.TextColumn(width=205, help="Faithful mode: the head, then the "
                                                                  "network's last block fine-tuned. Test accuracy, its 95% "
                                                                  "interval."),
             "page": st.column_config.LinkColumn("page", display_text="open", width=50,
                                                 help="The page that shows this row's run, with its settings."),
-            "runs": st.column_config.TextColumn(width=150, help="The row's run ids: frozen · fine-tuned."),
+            "runs": st.column_config.TextColumn(width=130, help="The row's run ids: frozen · fine-tuned."),
         },
     )  # fmt: skip
     st.caption(f"Dataset {info.root.name} · {base.backbone} ({base.weights} weights) · {s['image_size']} px · seed "

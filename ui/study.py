@@ -130,7 +130,7 @@ def _figure(r: reproduce.RowResult | None) -> str:
         text += f" ({r.low:.3f}–{r.high:.3f})"
     if r.n > 1:
         text += f" · {r.n} seeds"
-    return text if r.cached else f"{text} · {r.done} of {r.runs} runs"
+    return text if r.cached else f"{text} · {r.done}/{r.runs} runs"
 
 
 def table_frame(by_mode: dict[str, list[reproduce.RowResult]], rows: list[Row]) -> pd.DataFrame:
