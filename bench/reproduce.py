@@ -86,6 +86,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return common.emit("reproduce", figures, ("step", "seconds", "target"), out_rows, log, args.tiny)
 
 
+def _shown(path: str | None, artifacts: Path) -> str | None:
+    """The report's folder as ``DIR/...`` (no developer's absolute path in bench/results)."""
+    if not path:
+        return path
+    try:
+        return str(Path("DIR") / Path(path).resolve().relative_to(artifacts.resolve()))
+    except ValueError:
+        return Path(path).name
+
+
 def _one_mode(args: Any, mode: str, data: Path, artifacts: Path, log: list[dict[str, Any]]) -> dict[str, Any]:
     """One mode from whatever the artifacts hold (runs shared with an earlier mode are not trained again)."""
     from core.config import RunConfig
@@ -146,7 +156,7 @@ def _one_mode(args: Any, mode: str, data: Path, artifacts: Path, log: list[dict[
         "task_seconds": _per_task(rows, timings, search_s),
         "rows": again["rows"],
         "claims": again["claims"],
-        "report": again.get("report"),
+        "report": _shown(again.get("report"), artifacts),
         "targets": FAITHFUL_TARGETS if mode == "faithful" else TARGETS,
     }
 

@@ -78,7 +78,7 @@ def test_faithful_rows_are_other_runs_than_quick_ones(reproduced) -> None:
 
 def test_the_report_names_every_run(reproduced) -> None:
     artifacts, out, _ = reproduced
-    assert Path(out["report"]) == (artifacts / "report-quick").resolve()
+    assert out["report"] == "DIR/report-quick" and (artifacts / "report-quick" / "report.md").is_file()
     for mode in ("quick", "faithful"):
         report = artifacts / f"report-{mode}"
         text = (report / "report.md").read_text()
