@@ -96,6 +96,8 @@ def estimates_line() -> str:
             when = f"about {fmt_eta(found[0])}" if found[1] else f"roughly {fmt_eta(found[0])} (no such run measured here yet)"
         if found is None and speed is not None and speed.status == "failed":
             when = f"no estimate ({speed.error})"
+        elif found is None and speed is not None and speed.status == "done":
+            when = "no estimate: some rows cannot be trained here (the table says why)"
         parts.append(f"{m}: {counts[1] - counts[0]} runs and {max(0, counts[3] - counts[2])} search trials missing, {when}")
     if unknown and speed is None:
         measure_speed(base, store)  # a few seconds in the background; the caption below polls it
