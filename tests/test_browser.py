@@ -88,8 +88,13 @@ def wait_for_result(tab, page: str, name: str | None = None) -> None:
     shows a test accuracy (the poll redraws the page when a run is done)."""
     try:
         metric(tab, "Test accuracy").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
-        tab.locator(f".st-key-{page}_cancel").wait_for(state="detached", timeout=TRAIN_TIMEOUT_MS)
-        settle(tab, timeout_s=120)
+        cancel = tab.locator(f".st-key-{page}_cancel")
+        for _ in range(10):  # a plan of several runs: Cancel leaves for a moment between two of them
+            cancel.wait_for(state="detached", timeout=TRAIN_TIMEOUT_MS)
+            settle(tab, timeout_s=120)
+            tab.wait_for_timeout(2500)
+            if cancel.count() == 0:
+                break
         metric(tab, "Test accuracy").first.wait_for(timeout=30_000)
     except Exception:
         shoot(tab, f"{name or page}-failed")
