@@ -32,7 +32,9 @@ def test_search_bench_tiny_prints_json() -> None:
         assert arm["trials"] == figures["trials"] == sum(arm["per_worker"])  # every trial asked for ran once
         assert arm["span_s"] <= arm["wall_s"] and arm["mean_trial_s"] <= arm["span_s"] * workers
         assert arm["trials_per_min"] == pytest.approx(60 * arm["trials"] / arm["span_s"], rel=0.05)
-        assert 0 <= arm["cores_used"] <= workers
+        # one worker's TensorFlow already runs its kernels on every core: the bound is the machine's cores, not the
+        # workers (CPU seconds of the worker processes per wall second, with a jiffy's slack)
+        assert 0 < arm["cores_used"] <= (os.cpu_count() or 1) + 0.05
     speedup = arms["sqlite/2"]["trials_per_min"] / arms["sqlite/1"]["trials_per_min"]
     assert figures["speedup_2_workers"]["sqlite"] == pytest.approx(speedup, abs=0.01)
     # a trial's storage calls cost more on SQLite (a file, locks, fsync) than in memory
