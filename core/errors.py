@@ -30,6 +30,10 @@ class StoreError(SceneLabError):
     """The artifact store cannot be read or written."""
 
 
+class TrainingCancelled(SceneLabError):
+    """The user cancelled a run; nothing was saved."""
+
+
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 

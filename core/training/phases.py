@@ -24,7 +24,7 @@ import numpy as np
 from core.config import RunConfig
 from core.data.arrays import DecodedDataset, Splits, make_tf_dataset
 from core.data.augment import build_augmenter
-from core.errors import SceneLabError
+from core.errors import TrainingCancelled
 from core.models.backbones import get_backbone
 from core.models.model import (
     HeadOnly,
@@ -52,10 +52,6 @@ from core.training.fit import HEAD_STEPS_PER_EXECUTION, ProgressFn, StopFn, comp
 from core.training.headfit import fit_head
 
 Predict = Callable[[], tuple[np.ndarray, np.ndarray]]  # () -> (validation probabilities, test probabilities)
-
-
-class TrainingCancelled(SceneLabError):
-    """The user cancelled a run; nothing was saved."""
 
 
 @dataclass
@@ -312,4 +308,3 @@ def full_on_images(run: Phases, augmenter: Any) -> None:
     train_ds, val_ds = _image_datasets(run, augmenter)
     run.run_fit(model, train_ds, None, val_ds, epochs=epochs, phase="full")
     run.predict = _images_predict(run)
-

@@ -45,6 +45,8 @@ def _preprocess() -> Any:
 
 
 def _imagenet() -> Path:
+    if _cached():  # converted before: naming the file needs no Keras (a stored run is answered without it)
+        return keras_models_dir() / WEIGHTS_FILE
     from core.models.lite0 import imagenet_weights_file
 
     return imagenet_weights_file(keras_models_dir())
