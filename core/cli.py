@@ -94,7 +94,7 @@ def _add_describe(sub: Any) -> None:
     for name in ("backbone", "remove_blocks", "dense_1024", "batch_norm", "image_size"):
         _add_run_setting(p, name, defaults[name])
     p.add_argument("--classes", type=int, default=8)
-    p.add_argument("--json", action="store_true")
+    _add_artifacts_and_json(p)  # counts are cached there: asked again, they are read without TensorFlow
 
 
 def _add_train(sub: Any) -> None:
@@ -256,6 +256,11 @@ def _add_project(sub: Any) -> None:
     _add_artifacts_and_json(p)
 
 
+def _add_runs(sub: Any) -> None:
+    p = sub.add_parser("runs", help="the stored runs, newest first (read from the store, without TensorFlow)")
+    _add_artifacts_and_json(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m core", description="SceneLab core: describe, train, tune, reproduce the study, export, explain."
@@ -272,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_reproduce,
         _add_explain,
         _add_project,
+        _add_runs,
     ):
         add(sub)
     return parser

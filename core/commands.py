@@ -90,10 +90,11 @@ def _describe(args: Any) -> dict[str, Any]:
         raise ConfigError(f"Classes (--classes) must be at least 2 for a classifier; received {args.classes}.")
     RunConfig(backbone=args.backbone, remove_blocks=args.remove_blocks, image_size=args.image_size).validate()
     from core.models.backbones import get_backbone
-    from core.models.model import describe
+    from core.models.counts import describe_cached
 
     get_backbone(args.backbone).cut_layer(args.remove_blocks)
-    return describe(
+    return describe_cached(
+        args.artifacts or default_artifacts(),
         args.backbone,
         args.remove_blocks,
         classes=args.classes,
@@ -257,7 +258,22 @@ def _project(args: Any) -> dict[str, Any]:
     return {"out": str(write_csv(proj, args.out).resolve()), **proj.summary()}
 
 
+def _runs(args: Any) -> dict[str, Any]:
+    from core.store.folders import Store
+    from core.training.runs import summary_row
+
+    store = Store(args.artifacts or default_artifacts())
+    rows = sorted((summary_row(r) for r in store.list_runs()), key=lambda r: str(r.get("created") or ""), reverse=True)
+    if not args.json:  # a table a person reads; --json gives every column
+        for r in rows:
+            print(f"{r['run_id']}  {r.get('dataset') or '-':<16} {r.get('backbone') or '-':<18} {r.get('image_size')!s:>4}px "
+                  f"{r.get('phase') or '-':<9} val {_number(r.get('val_accuracy'), '.3f')}  "
+                  f"test {_number(r.get('test_accuracy'), '.3f')}  {r.get('created') or ''}")  # fmt: skip
+        return {"runs": len(rows), "artifacts": str(store.root)}
+    return {"runs": rows, "count": len(rows), "artifacts": str(store.root)}
+
+
 COMMANDS = {
     "describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export,
-    "import-data": _import_data, "reproduce": _reproduce, "explain": _explain, "project": _project,
+    "import-data": _import_data, "reproduce": _reproduce, "explain": _explain, "project": _project, "runs": _runs,
 }  # fmt: skip

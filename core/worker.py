@@ -16,7 +16,8 @@ Keras keeps its global state (layer-name counters, seeds, call contexts, scopes)
 ``keras.backend.clear_session()`` replaces that state for *every* thread at once; and Streamlit calls
 it after every script run. A rerun while the worker builds or traces a model then breaks the build
 ("The name "zero_padding2d" is used 2 times in the model") or silently resets its seed. A Worker
-therefore makes ``clear_session`` clear only the calling thread's state (:func:`isolate_keras_sessions`).
+therefore makes ``clear_session`` clear only the calling thread's state (:func:`isolate_keras_sessions`), from
+the moment its thread starts (the first run that must be trained; until then the app need not load Keras).
 """
 
 from __future__ import annotations
@@ -163,7 +164,6 @@ class Worker:
         self._jobs: dict[str, Job] = {}
         self._queue: queue.Queue[Job] = queue.Queue()
         self._thread: threading.Thread | None = None
-        isolate_keras_sessions()
 
     # -- asking ------------------------------------------------------------------------------------
     def submit(
@@ -269,6 +269,12 @@ class Worker:
             self._thread.start()
 
     def _loop(self) -> None:
+        # before this thread builds its first model (not at construction: a page that only reads stored runs
+        # never loads Keras, and this import runs off the page's thread)
+        try:
+            isolate_keras_sessions()
+        except Exception:  # noqa: BLE001 - the jobs must still run; a rerun may then disturb a build (logged)
+            logger.exception("Could not make keras.backend.clear_session thread-local")
         while True:
             job = self._queue.get()
             try:

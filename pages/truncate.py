@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.errors import SceneLabError
 from core.models.backbones import get_backbone
-from core.models.model import describe
+from core.models.counts import describe_cached
 from core.study import reference as ref
 from ui import handover, panel
 from ui.charts import truncation_chart
@@ -16,7 +16,7 @@ from ui.datasource import require_dataset
 from ui.format import PHASE_LABELS, fmt_acc, fmt_signed
 from ui.jobs import Plan, live_progress, not_trained_note, submit_runs, train_panel
 from ui.links import apply_page_link, link_notice, write_link
-from ui.resources import lookup
+from ui.resources import get_store, lookup
 from ui.settings import settings
 from ui.strip import result_strip
 
@@ -28,7 +28,8 @@ DEFAULTS = panel.defaults(P, FIELDS)
 @st.cache_data(max_entries=64, show_spinner="Counting parameters…")
 def param_counts(backbone: str, remove_blocks: int, dense_1024: bool, classes: int, image_size: int) -> dict:
     """Parameter counts of the classifier (weights are never loaded; a few seconds the first time)."""
-    return describe(backbone, remove_blocks, classes=classes, dense_1024=dense_1024, image_size=image_size)
+    return describe_cached(get_store().root, backbone, remove_blocks, classes=classes, dense_1024=dense_1024,
+                           image_size=image_size)  # fmt: skip
 
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
