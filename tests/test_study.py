@@ -17,6 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
+from core.search.study import option_argv
 from core.store.folders import Store
 from core.training.train import train
 from tests.test_interrupts import _env
@@ -97,6 +98,62 @@ def test_a_second_reproduction_is_all_cached(reproduced, mode: str) -> None:
     figures = out["modes"][mode]
     assert figures["second_trained"] == 0 and figures["all_cached_second"]
     assert [r["run_id"] for r in figures["rows"]] == figures["first_run_ids"]
+
+
+# ``python -m core ARGS`` run through runpy, reporting at exit which heavy modules the process imported
+_REPORTING = """
+import atexit, json, runpy, sys
+HEAVY = ("tensorflow", "keras", "sklearn")
+atexit.register(lambda: sys.stderr.write("HEAVY=" + json.dumps([m for m in HEAVY if m in sys.modules]) + "\\n"))
+sys.argv = ["core", *sys.argv[1:]]
+runpy.run_module("core", run_name="__main__", alter_sys=True)
+"""
+
+
+def core_reporting_imports(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``python -m core ARGS`` in a fresh process; its result and the heavy modules (TensorFlow...) it imported."""
+    proc = subprocess.run([sys.executable, "-c", _REPORTING, *args], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    heavy = [json.loads(line[6:]) for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
+    assert len(heavy) == 1, proc.stderr[-2000:]  # the report itself is there: an empty list means something
+    return proc, heavy[0]
+
+
+@pytest.mark.parametrize("mode", ["quick", "faithful"])
+def test_cached_answers_never_import_tensorflow(reproduced, tiny_dataset: Path, mode: str) -> None:
+    """Everything that only reads the store answers without TensorFlow or Keras: the reproduction with every
+    row stored, a stored run through ``train``, the list of runs."""
+    artifacts, out, _ = reproduced
+    common = ["--data", str(tiny_dataset), "--artifacts", str(artifacts), "--json"]
+    proc, heavy = core_reporting_imports("reproduce", *common, *BASE, "--mode", mode)
+    assert heavy == []
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
+    assert [r["run_id"] for r in rows] == out["modes"][mode]["first_run_ids"]  # the same table, read without Keras
+    _, heavy = core_reporting_imports("reproduce", *common, *BASE, "--mode", mode, "--estimate")
+    assert heavy == []
+    stored = Store(artifacts).load_run(rows[2]["run_id"])  # a task 1 row: a cut backbone
+    cfg = RunConfig.from_dict(stored.config["run"])  # its settings as the CLI's flags, from their declarations
+    options = {k: v for k, v in vars(cfg).items() if k != "augment" and v is not None}
+    flags = option_argv({**options, **{f"aug_{k}": v for k, v in vars(cfg.augment).items()}})
+    proc, heavy = core_reporting_imports("train", *common, *flags)
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert heavy == [] and answer["cached"] and answer["run_id"] == stored.run_id, answer
+    assert answer["test_accuracy"] == stored.metrics["test_accuracy"]
+    proc, heavy = core_reporting_imports("runs", "--artifacts", str(artifacts), "--json")
+    listed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert heavy == [] and listed["count"] == len(Store(artifacts).list_runs()) > 10
+    assert stored.run_id in {r["run_id"] for r in listed["runs"]}
+
+
+def test_describe_builds_once_then_answers_from_its_cache(tmp_path: Path) -> None:
+    args = ("describe", "--backbone", "efficientnet_lite0", "--remove-blocks", "2", "--image-size", "32", "--artifacts",
+            str(tmp_path), "--json")  # fmt: skip
+    first, heavy_first = core_reporting_imports(*args)
+    again, heavy_again = core_reporting_imports(*args)
+    assert "keras" in heavy_first and heavy_again == []  # counted once with Keras, then read back
+    assert json.loads(again.stdout.strip().splitlines()[-1]) == json.loads(first.stdout.strip().splitlines()[-1])
+    assert len(list((tmp_path / "describe").glob("*.json"))) == 1
 
 
 @pytest.mark.parametrize(("extra", "words"), [(["--trials", "-1"], "--trials"), (["--grid-sample", "1"], "--grid-sample"),
