@@ -1,7 +1,9 @@
 """A dataset's images as arrays: decoded once per size (cached), split, fed to Keras through tf.data.
 
 Every image is decoded once per image size to uint8 arrays, which are cached on disk
-(``<cache>/<fingerprint>-<size>-v<N>.npz``) so later runs skip decoding entirely. Discovery and
+(``<cache>/<fingerprint>-<size>-v<N>.npz``) so later runs skip decoding entirely. Decoding streams to that
+file a chunk at a time, and the images are read back memory-mapped: a dataset larger than memory decodes
+and trains in bounded memory. Discovery and
 validation of the folder are :mod:`core.data.scan`'s.
 """
 
@@ -10,15 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 from core.data.decode import ImageDecodeError, decode_image
 from core.data.scan import SPLITS, DatasetInfo, Skipped, scan_dataset
-from core.errors import DatasetError, SceneLabError, first_line, printable
+from core.errors import DatasetError, SceneLabError, StoreError, first_line, printable
+from core.store.mapped import NotMappable, map_member
 
 logger = logging.getLogger(__name__)
 
@@ -52,76 +59,142 @@ def _decode_one(args: tuple[Path, int]) -> np.ndarray | str:
         return str(exc)
 
 
-def decode_dataset(
-    info: DatasetInfo, image_size: int, cache_dir: str | os.PathLike[str] | None = None
-) -> DecodedDataset:
-    """Decode every image of ``info`` at ``image_size``; reuse the on-disk uint8 cache if valid."""
-    cache_path = None
-    if cache_dir is not None:
-        cache_path = Path(cache_dir) / f"{info.fingerprint}-{image_size}-v{DECODE_FORMAT_VERSION}.npz"
-        cached = _load_decoded(cache_path, info, image_size)
-        if cached is not None:
-            return cached
+DECODE_CHUNK = 256  # images decoded, then written, at a time: memory holds one chunk, never the dataset
+ProgressFn = Callable[[dict[str, Any]], None]
 
+
+@dataclass
+class _Decoding:
+    """One split decoded chunk by chunk into ``sink`` (raw uint8 rows): labels, paths and what was skipped."""
+
+    labels: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+
+def _decode_split(
+    pool: ThreadPoolExecutor, info: DatasetInfo, split: str, size: int, sink: Callable[[np.ndarray], None],
+    skipped: list[Skipped], progress: ProgressFn | None, counter: dict[str, Any],
+) -> _Decoding:  # fmt: skip
+    out = _Decoding()
+    items = info.files[split]
+    for start in range(0, len(items), DECODE_CHUNK):
+        chunk = items[start : start + DECODE_CHUNK]
+        rows = []
+        for (rel, label), result in zip(chunk, pool.map(_decode_one, [(info.root / r, size) for r, _ in chunk]),
+                                        strict=True):  # fmt: skip
+            if isinstance(result, str):
+                skipped.append(Skipped(rel, result))
+                continue
+            rows.append(result)
+            out.labels.append(label)
+            out.paths.append(rel)
+        if rows:
+            sink(np.stack(rows))
+        counter["done"] += len(chunk)
+        if progress is not None:
+            progress({"event": "decode", "done": counter["done"], "total": counter["total"],
+                      "elapsed": time.monotonic() - counter["t0"]})  # fmt: skip
+    empty = [c for i, c in enumerate(info.classes) if i not in set(out.labels)]
+    if empty:
+        raise DatasetError(
+            f"No image of class(es) {', '.join(printable(c) for c in empty)} in {printable(info.root / split)} "
+            "could be decoded; "
+            "replace the unreadable files (see the skipped-file report) with JPEG or PNG images."
+        )
+    return out
+
+
+def decode_dataset(
+    info: DatasetInfo, image_size: int, cache_dir: str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> DecodedDataset:  # fmt: skip
+    """Decode every image of ``info`` at ``image_size``; reuse the on-disk uint8 cache if valid.
+
+    With a cache folder, images stream to disk a chunk at a time and the arrays returned are memory-mapped
+    from the cache (:mod:`core.store.mapped`): memory stays bounded however many images there are."""
+    if cache_dir is None:
+        return _decode_in_memory(info, image_size, progress)
+    cache_path = Path(cache_dir) / f"{info.fingerprint}-{image_size}-v{DECODE_FORMAT_VERSION}.npz"
+    cached = _load_decoded(cache_path, info, image_size)
+    if cached is not None:
+        return cached
+    try:
+        _decode_to_cache(info, image_size, cache_path, progress)
+    except _CacheUnwritable:
+        return _decode_in_memory(info, image_size, progress)
+    decoded = _load_decoded(cache_path, info, image_size)
+    if decoded is None:  # pragma: no cover - written and checked just now; only a disk fault gets here
+        raise SceneLabError(f"The decoded images written to {cache_path} could not be read back; check the disk.")
+    return decoded
+
+
+def _decode_in_memory(info: DatasetInfo, image_size: int, progress: ProgressFn | None) -> DecodedDataset:
     skipped = list(info.skipped)
-    arrays: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+    counter = {"done": 0, "total": sum(len(info.files[s]) for s in SPLITS), "t0": time.monotonic()}
+    arrays: dict[str, tuple[np.ndarray, _Decoding]] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         for split in SPLITS:
-            items = info.files[split]
-            results = pool.map(_decode_one, [(info.root / rel, image_size) for rel, _ in items])
-            xs, ys, paths = [], [], []
-            for (rel, label), result in zip(items, results, strict=True):
-                if isinstance(result, str):
-                    skipped.append(Skipped(rel, result))
-                    continue
-                xs.append(result)
-                ys.append(label)
-                paths.append(rel)
-            empty = [c for i, c in enumerate(info.classes) if i not in set(ys)]
-            if empty:
-                raise DatasetError(
-                    f"No image of class(es) {', '.join(printable(c) for c in empty)} in {printable(info.root / split)} "
-                    "could be decoded; "
-                    "replace the unreadable files (see the skipped-file report) with JPEG or PNG images."
-                )
-            x = np.stack(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8)
-            arrays[split] = (x, np.asarray(ys, dtype=np.int32), paths)
+            parts: list[np.ndarray] = []
+            dec = _decode_split(pool, info, split, image_size, parts.append, skipped, progress, counter)
+            x = np.concatenate(parts) if parts else np.zeros((0, image_size, image_size, 3), np.uint8)
+            arrays[split] = (x, dec)
     if skipped:
         logger.warning("%d file(s) skipped in %s", len(skipped), info.root)
-    ds = DecodedDataset(
-        classes=info.classes,
-        image_size=image_size,
-        x_train=arrays["train"][0],
-        y_train=arrays["train"][1],
-        train_paths=arrays["train"][2],
-        x_test=arrays["test"][0],
-        y_test=arrays["test"][1],
-        test_paths=arrays["test"][2],
-        skipped=skipped,
-        fingerprint=info.fingerprint,
-    )
-    if cache_path is not None:
-        _save_decoded(cache_path, ds)
-    return ds
+    return _dataset(info, image_size, arrays, skipped)
 
 
-def _save_decoded(path: Path, ds: DecodedDataset) -> None:
-    from core.store.atomic import atomic_write_npz
+def _dataset(info: DatasetInfo, image_size: int, arrays: dict[str, tuple[np.ndarray, _Decoding]],
+             skipped: list[Skipped]) -> DecodedDataset:  # fmt: skip
+    (x_tr, tr), (x_te, te) = arrays["train"], arrays["test"]
+    return DecodedDataset(
+        classes=info.classes, image_size=image_size, x_train=x_tr, y_train=np.asarray(tr.labels, dtype=np.int32),
+        train_paths=tr.paths, x_test=x_te, y_test=np.asarray(te.labels, dtype=np.int32), test_paths=te.paths,
+        skipped=skipped, fingerprint=info.fingerprint,
+    )  # fmt: skip
 
+
+def _decode_to_cache(info: DatasetInfo, image_size: int, cache_path: Path, progress: ProgressFn | None) -> None:
+    """Decode into raw temporary files beside the cache (a chunk at a time), then write the cache from them."""
+    from core.store.atomic import atomic_write_npz_streamed
+
+    skipped = list(info.skipped)
+    counter = {"done": 0, "total": sum(len(info.files[s]) for s in SPLITS), "t0": time.monotonic()}
+    shape = (image_size, image_size, 3)
     try:
-        atomic_write_npz(
-            path,
-            x_train=ds.x_train,
-            y_train=ds.y_train,
-            train_paths=np.asarray(ds.train_paths, dtype=str),
-            x_test=ds.x_test,
-            y_test=ds.y_test,
-            test_paths=np.asarray(ds.test_paths, dtype=str),
-            classes=np.asarray(ds.classes, dtype=str),
-            skipped=np.asarray([[s.path, s.reason] for s in ds.skipped], dtype=str).reshape(-1, 2),
-        )
-    except (OSError, SceneLabError) as exc:  # a full disk or read-only cache only costs speed
-        logger.warning("Could not cache decoded images at %s: %s", path, exc)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            raws: dict[str, IO[bytes]] = {
+                split: stack.enter_context(tempfile.TemporaryFile(prefix=".decoding-", dir=cache_path.parent))
+                for split in SPLITS
+            }
+            decoded: dict[str, _Decoding] = {}
+            with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+                for split in SPLITS:
+                    sink = (lambda rows, fh=raws[split]: fh.write(rows.tobytes()))  # noqa: E731
+                    decoded[split] = _decode_split(pool, info, split, image_size, sink, skipped, progress, counter)
+            if skipped:
+                logger.warning("%d file(s) skipped in %s", len(skipped), info.root)
+            arrays: dict[str, Any] = {}
+            for split in SPLITS:
+                raws[split].seek(0)
+                arrays[f"x_{split}"] = ((len(decoded[split].labels), *shape), np.dtype(np.uint8), _chunks(raws[split]))
+                arrays[f"y_{split}"] = np.asarray(decoded[split].labels, dtype=np.int32)
+                arrays[f"{split}_paths"] = np.asarray(decoded[split].paths, dtype=str)
+            arrays["classes"] = np.asarray(info.classes, dtype=str)
+            arrays["skipped"] = np.asarray([[s.path, s.reason] for s in skipped], dtype=str).reshape(-1, 2)
+            atomic_write_npz_streamed(cache_path, arrays)
+    except (OSError, StoreError) as exc:  # a full disk or read-only cache: decode in memory instead
+        logger.warning("Could not cache decoded images at %s: %s; decoding in memory.", cache_path, exc)
+        raise _CacheUnwritable from exc
+
+
+def _chunks(fh: IO[bytes], size: int = 16 << 20) -> Iterator[bytes]:
+    while block := fh.read(size):
+        yield block
+
+
+class _CacheUnwritable(Exception):
+    """The decoded-image cache could not be written (``decode_dataset`` then decodes in memory)."""
 
 
 def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedDataset | None:
@@ -133,18 +206,20 @@ def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedData
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            ds = DecodedDataset(
-                classes=[str(c) for c in z["classes"]],
-                image_size=image_size,
-                x_train=z["x_train"],
-                y_train=z["y_train"],
-                train_paths=[str(p) for p in z["train_paths"]],
-                x_test=z["x_test"],
-                y_test=z["y_test"],
-                test_paths=[str(p) for p in z["test_paths"]],
-                skipped=[Skipped(str(a), str(b)) for a, b in z["skipped"]],
-                fingerprint=info.fingerprint,
-            )
+            small = {k: z[k] for k in ("y_train", "train_paths", "y_test", "test_paths", "classes", "skipped")}
+            x = {k: _mapped_or_loaded(path, z, k) for k in ("x_train", "x_test")}
+        ds = DecodedDataset(
+            classes=[str(c) for c in small["classes"]],
+            image_size=image_size,
+            x_train=x["x_train"],
+            y_train=small["y_train"],
+            train_paths=[str(p) for p in small["train_paths"]],
+            x_test=x["x_test"],
+            y_test=small["y_test"],
+            test_paths=[str(p) for p in small["test_paths"]],
+            skipped=[Skipped(str(a), str(b)) for a, b in small["skipped"]],
+            fingerprint=info.fingerprint,
+        )
         k = len(info.classes)
         shape = (image_size, image_size, 3)
         ok = (
@@ -170,6 +245,22 @@ def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedData
     with contextlib.suppress(OSError):
         path.unlink()
     return None
+
+
+#: images of a split up to this size are read into memory; larger ones are memory-mapped from the cache. A mapped
+#: file must never change in place (SceneLab replaces files by renaming them), which is also why small ones,
+#: by far the common case, are simply read.
+MAP_ABOVE_BYTES = 256 << 20
+
+
+def _mapped_or_loaded(path: Path, z: Any, name: str) -> np.ndarray:
+    """The images of a cache: read, or memory-mapped when large (a cache written compressed is read whole)."""
+    if z.zip.getinfo(f"{name}.npy").file_size <= MAP_ABOVE_BYTES:
+        return z[name]
+    try:
+        return map_member(path, name)
+    except NotMappable:
+        return z[name]
 
 
 # -- splits -----------------------------------------------------------------------------------------

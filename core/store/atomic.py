@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +27,7 @@ from typing import IO, Any
 import numpy as np
 
 from core.errors import StoreError, first_line, os_error_phrase
+from core.store.mapped import Streamed, write_member
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,23 @@ def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
             _write_file(fh, buf.getvalue(), path)
         else:
             np.savez(fh, **arrays)
+
+    _atomic_write(path, write, f".{path.stem}.", ".npz")
+
+
+def atomic_write_npz_streamed(path: Path, arrays: dict[str, np.ndarray | Streamed]) -> None:
+    """:func:`atomic_write_npz` for arrays that need not fit in memory: a :data:`~core.store.mapped.Streamed` one
+    is written chunk by chunk (the file is an ordinary uncompressed ``.npz``, and :func:`~core.store.mapped.map_member`
+    maps its members)."""
+    path = Path(path)
+
+    def write(fh: IO[bytes]) -> None:
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for i, (name, array) in enumerate(arrays.items()):
+                write_member(zf, name, array)
+                if i == 0 and _HOOKS:  # a listener sees the file half-written
+                    fh.flush()
+                    checkpoint(f"write:{path.name}", f"write:{path.parent.name}", in_run=False)
 
     _atomic_write(path, write, f".{path.stem}.", ".npz")
 

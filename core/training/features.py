@@ -24,6 +24,7 @@ from core.errors import SceneLabError
 from core.models.backbones import ResolvedWeights
 from core.store.atomic import atomic_write_npz, load_npz
 from core.store.folders import CACHE_FORMAT_VERSION, Store
+from core.store.mapped import batches
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ class FeatureFn:
     ) -> np.ndarray:
         """Outputs for every row of ``x`` (uint8 or float images), ``batch_size`` rows at a time."""
         parts = []
-        for start in range(0, len(x), batch_size):
-            batch = np.asarray(x[start : start + batch_size], dtype="float32")
+        for batch in batches(x, batch_size, "float32"):  # a memory-mapped x keeps one batch resident
             parts.append(self(batch).astype(dtype, copy=False))
             if on_batch is not None:
                 on_batch(len(batch))
@@ -92,8 +92,7 @@ class FrozenFn:
 def map_many(fn: FeatureFn, x: np.ndarray, batch_size: int = 64, on_batch: Callable[[int], None] | None = None) -> list[np.ndarray]:
     """Like :meth:`FeatureFn.map` for a model with several outputs: one array per output."""
     parts: list[list[np.ndarray]] = []
-    for start in range(0, len(x), batch_size):
-        batch = np.asarray(x[start : start + batch_size], dtype="float32")
+    for batch in batches(x, batch_size, "float32"):
         outs = fn._fn(batch)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]  # a one-output model returns its tensor
         parts.append([np.asarray(o, dtype="float32") for o in outs])
