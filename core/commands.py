@@ -7,6 +7,7 @@ Every runner takes the parsed namespace and returns the JSON-able dict the CLI p
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,30 +60,47 @@ def _number(value: Any, spec: str) -> str:
         return "-"
 
 
-def _progress_printer(event: dict[str, Any]) -> None:
-    """Progress of ``train`` on stderr. Every key is read with a default: the training paths send several
-    shapes of event (the per-epoch augmentation banks once sent "features" without "elapsed", which ended a
-    finished training in a traceback), and a progress line must never fail the run it reports on."""
-    kind = event.get("event")
-    if kind == "status":
-        logger.info("%s", event.get("message", ""))
-    elif kind == "epoch":
-        row = event.get("row") or {}
-        logger.info(
-            "%s epoch %s/%s  loss %s  acc %s  val_loss %s  val_acc %s  lr %s",
-            event.get("phase", "?"),
-            event.get("epoch", "?"),
-            event.get("epochs", "?"),
-            *(_number(row.get(k), spec) for k, spec in
-              (("loss", ".4f"), ("accuracy", ".4f"), ("val_loss", ".4f"), ("val_accuracy", ".4f"), ("lr", ".2g"))),
-        )  # fmt: skip
-    elif kind in ("features", "prefix"):
+class _ProgressPrinter:
+    """Progress of ``train`` on stderr: every status and epoch; counts (decoding, features, prefix activations)
+    at most one line a second per kind, and the last. Every key is read with a default: the training paths send
+    several shapes of event (the per-epoch augmentation banks once sent "features" without "elapsed", which ended
+    a finished training in a traceback), and a progress line must never fail the run it reports on."""
+
+    WORDS = {"decode": "decoding images", "features": "backbone features", "prefix": "prefix activations"}
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self.every_s = every_s
+        self.last: dict[str, float] = {}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "status":
+            logger.info("%s", event.get("message", ""))
+        elif kind == "epoch":
+            row = event.get("row") or {}
+            logger.info(
+                "%s epoch %s/%s  loss %s  acc %s  val_loss %s  val_acc %s  lr %s",
+                event.get("phase", "?"),
+                event.get("epoch", "?"),
+                event.get("epochs", "?"),
+                *(_number(row.get(k), spec) for k, spec in
+                  (("loss", ".4f"), ("accuracy", ".4f"), ("val_loss", ".4f"), ("val_accuracy", ".4f"), ("lr", ".2g"))),
+            )  # fmt: skip
+        elif kind in self.WORDS:
+            self._count(kind, event)
+
+    def _count(self, kind: str, event: dict[str, Any]) -> None:
         try:
             done, total = int(event.get("done")), int(event.get("total"))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return
-        if done == total or done % 640 < 64:
-            logger.info("%s %d/%d (%s s)", kind, done, total, _number(event.get("elapsed"), ".1f"))
+        now = time.monotonic()
+        if done < total and now - self.last.get(kind, -1e9) < self.every_s:
+            return
+        self.last[kind] = now
+        elapsed = event.get("elapsed")
+        rate = f", {done / float(elapsed):.0f}/s" if isinstance(elapsed, (int, float)) and elapsed > 0 else ""
+        logger.info("%s %d/%d (%s s%s)", self.WORDS[kind], done, total, _number(elapsed, ".1f"), rate)
 
 
 def _describe(args: Any) -> dict[str, Any]:
@@ -112,7 +130,7 @@ def _train(args: Any) -> dict[str, Any]:
 
     artifacts = args.artifacts or default_artifacts()
     data = args.data or default_dataset(artifacts)
-    return train(cfg, data, Store(artifacts), progress=_progress_printer, force=args.force).summary()
+    return train(cfg, data, Store(artifacts), progress=_ProgressPrinter(), force=args.force).summary()
 
 
 def _download(args: Any) -> dict[str, Any]:

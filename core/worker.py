@@ -93,7 +93,7 @@ def estimate_eta(event: dict[str, Any]) -> float | None:
     elapsed = event.get("elapsed")
     if elapsed is None:
         return None
-    if kind == "features":
+    if kind in ("decode", "features", "prefix"):
         done, total = event.get("done", 0), event.get("total", 0)
         fraction = done / total if total else 0.0
     elif kind == "batch":
@@ -301,6 +301,8 @@ class Worker:
                     job.message = str(event.get("message", ""))
                 elif kind == "features":
                     job.message = "computing backbone features"
+                elif kind == "decode":
+                    job.message = "decoding images"
                 elif kind in ("batch", "epoch"):
                     job.message = "training the head" if event.get("phase") == "head" else "fine-tuning the whole network"
                 if kind == "epoch":

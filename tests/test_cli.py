@@ -185,7 +185,7 @@ TRAIN_PATHS = {
 
 @pytest.mark.parametrize("path", sorted(TRAIN_PATHS))
 def test_every_training_path_prints_its_progress(path, tiny_dataset, tmp_path, capsys, caplog):
-    """``train`` reports progress through ``_progress_printer`` on every path; no event it sends may crash it
+    """``train`` reports progress through ``_ProgressPrinter`` on every path; no event it sends may crash it
     (a per-epoch augmentation bank's "features" event without "elapsed" once ended a finished run in a
     KeyError)."""
     caplog.set_level(logging.INFO, logger="core")
@@ -204,12 +204,27 @@ def test_every_training_path_prints_its_progress(path, tiny_dataset, tmp_path, c
 
 def test_progress_printer_takes_any_event(caplog):
     """Events with missing, None or odd values print what they have instead of raising."""
-    from core.commands import _progress_printer
+    from core.commands import _ProgressPrinter
 
+    _progress_printer = _ProgressPrinter()
     caplog.set_level(logging.INFO, logger="core")
     for event in ({}, {"event": "features"}, {"event": "features", "done": 64, "total": 64},
                   {"event": "prefix", "done": "x", "total": None}, {"event": "epoch"},
                   {"event": "epoch", "row": {"loss": None, "accuracy": "?"}}, {"event": "status"},
                   {"event": "batch", "logs": {}}, {"event": "download", "bytes": 1}):  # fmt: skip
         _progress_printer(event)
-    assert "features 64/64 (- s)" in caplog.messages
+    assert "backbone features 64/64 (- s)" in caplog.messages
+
+
+def test_counts_print_at_most_a_line_a_second_and_the_last(caplog):
+    """Decoding 50,000 images sends an event per chunk: the CLI prints the first, then one a second, and the last."""
+    from core.commands import _ProgressPrinter
+
+    caplog.set_level(logging.INFO, logger="core")
+    printer = _ProgressPrinter(every_s=3600.0)  # nothing between the first and the last within the hour
+    for done in range(256, 50_001, 256):
+        printer({"event": "decode", "done": min(done, 50_000), "total": 50_000, "elapsed": done / 1000})
+    printer({"event": "decode", "done": 50_000, "total": 50_000, "elapsed": 50.0})
+    decoding = [m for m in caplog.messages if m.startswith("decoding images")]
+    assert decoding[0].startswith("decoding images 256/50000") and decoding[-1].startswith("decoding images 50000/50000")
+    assert len(decoding) == 2 and "1000/s" in decoding[-1]  # the first and the last, nothing between

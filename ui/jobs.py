@@ -197,7 +197,8 @@ def _fraction(p: dict, message: str) -> tuple[float, str]:
                 1.0, done
             ), f"{p.get('phase')} phase · epoch {epoch} of {epochs} · batch {p.get('batch')} of {batches}"
         return min(1.0, epoch / epochs), f"{p.get('phase')} phase · epoch {epoch} of {epochs} done"
-    if kind in ("features", "prefix"):
+    if kind in ("decode", "features", "prefix"):
         total = int(p.get("total") or 1)
-        return min(1.0, int(p.get("done") or 0) / total), f"backbone features · {p.get('done')} of {total} images"
+        what = "decoding images" if kind == "decode" else "backbone features"
+        return min(1.0, int(p.get("done") or 0) / total), f"{what} · {p.get('done')} of {total} images"
     return 0.0, message or "starting"

@@ -32,7 +32,7 @@ def train_uncached(
     t_start = time.monotonic()
     if progress is not None:
         progress({"event": "status", "message": "decoding images"})
-    ds = decode_dataset(prep.info, cfg.image_size, store.datasets_dir)
+    ds = decode_dataset(prep.info, cfg.image_size, store.datasets_dir, progress=progress)
     splits = make_splits(ds.y_train, cfg.val_fraction, cfg.seed, cfg.train_per_class)
     if progress is not None:
         progress({"event": "status", "message": "building model"})
