@@ -17,6 +17,7 @@ EXPECTED = {
     "pipeline": {"sizes", "ratio", "target_ratio", "augmentation", "batch_size"},
     "train_step": {"results", "best", "nominal_fp32_peak_gflops", "measured_ceiling_gflops", "threads"},
     "bundled": {"unpack_s", "second_call_ms", "images", "targets"},
+    "scale": {"sizes", "results", "growth", "size_ratio", "image_size", "targets", "met"},
     "aug_finetune": {"arms", "ratio", "ratio_cpu", "repeats", "target_ratio", "met", "freeze_blocks", "epochs"},
     "time_to_accuracy": {"scenelab", "study", "ratio", "target_accuracy", "accuracy_within_budget", "image_size"},
     "latency": {
@@ -110,7 +111,17 @@ def check_aug_finetune(f: dict) -> None:
     assert f["met"] == (f["ratio"] <= f["target_ratio"])
 
 
-CHECKS = {"pipeline": check_pipeline, "train_step": check_train_step, "bundled": check_bundled,
+def check_scale(f: dict) -> None:
+    assert f["sizes"] == [60, 240] and f["image_size"] == 32 and f["size_ratio"] == 4.0  # what --tiny asks for
+    runs = f["results"]["candidate"]
+    assert set(runs) == {"60", "240"} and all("error" not in r for r in runs.values()), runs
+    assert all(r["seconds"] > 0 and 0.1 < r["peak_rss_gib"] < 8 and 0 <= r["test_accuracy"] <= 1 for r in runs.values())
+    assert runs["240"]["decoded_cache_gib"] >= runs["60"]["decoded_cache_gib"]
+    assert f["growth"] == pytest.approx(runs["240"]["seconds"] / runs["60"]["seconds"], abs=0.01)
+    assert f["met"]["peak_rss"] == (runs["240"]["peak_rss_gib"] <= f["targets"]["peak_rss_50k_gib"])
+
+
+CHECKS = {"pipeline": check_pipeline, "scale": check_scale, "train_step": check_train_step, "bundled": check_bundled,
           "time_to_accuracy": check_time_to_accuracy, "latency": check_latency,
           "aug_finetune": check_aug_finetune}  # fmt: skip
 
