@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import aug_finetune
+from bench import aug_finetune, scale, startup
 from bench.common import NOMINAL_PEAK_GFLOPS
 
 EXPLAIN_NAMES = {"gradcam_warm_s": "Grad-CAM", "gradcampp_warm_s": "Grad-CAM++", "scorecam_warm_s": "Score-CAM (64 channels)",
@@ -540,6 +540,8 @@ SECTIONS: list[Section] = [
     Section("aug_finetune", "augmented partial fine-tuning",
             lambda f: aug_finetune.section(f, md_table, load_line), lambda f: [aug_finetune.target_row(f)]),
     Section("browser", "in the browser", section_browser),
+    Section("startup", "answers from the store", lambda f: startup.section(f, md_table, load_line), startup.target_rows),
+    Section("scale", "a big folder", lambda f: scale.section(f, md_table, load_line), scale.target_rows),
 ]
 
 

@@ -161,3 +161,38 @@ def report(results: dict, sizes: list[int], generated: dict, source: Path, image
 
 if __name__ == "__main__":
     main()
+
+
+# -- BENCHMARKS.md --------------------------------------------------------------------------------------------
+def target_rows(f: dict[str, Any]) -> list[list[Any]]:
+    runs, sizes = f["results"]["candidate"], f["sizes"]
+    where = f"generated from {f['dataset']} / Lite0 / {f['image_size']} px"
+    last = runs[str(sizes[-1])]
+    return [[f"head from nothing: {sizes[-1]} images over {sizes[0]}", where, f"{f['growth']}x (sizes {f['size_ratio']}x)",
+             f"≤ {f['targets']['growth_50k_over_2_7k']:g}x", f["met"]["growth"]],
+            [f"head from nothing: peak RSS at {sizes[-1]} images", where, f"{last.get('peak_rss_gib')} GiB",
+             f"≤ {f['targets']['peak_rss_50k_gib']:g} GiB", f["met"]["peak_rss"]]]  # fmt: skip
+
+
+def section(f: dict[str, Any], md_table: Any, load_line: Any) -> str:
+    rows = [[arm, int(n), r.get("seconds"), r.get("peak_rss_gib"), r.get("decoded_cache_gib"), r.get("test_accuracy"),
+             r.get("others_cores"), r.get("error", "")]
+            for arm, per in f["results"].items() for n, r in per.items()]  # fmt: skip
+    return "\n".join(
+        [
+            "## A big folder in bounded memory (bench/scale.py)",
+            "",
+            f"Datasets of {', '.join(str(n) for n in f['sizes'])} JPEGs generated from {f['dataset']} (each a source "
+            f"image cropped, maybe mirrored, resized to 96-160 px), then `python -m core train` at {f['image_size']} px, "
+            f"{f['epochs']} head epochs, EfficientNet-Lite0 ImageNet, in a fresh process with a fresh artifacts folder "
+            "(scan, fingerprint, decode, features, head, save). *peak RSS*: `ru_maxrss` of that process. *candidate*: "
+            "decoding streamed to its cache and read back memory-mapped; *baseline*: the commit before, in the same run.",
+            "",
+            md_table(["checkout", "images", "seconds", "peak RSS (GiB)", "decoded cache (GiB)", "test accuracy",
+                      "others (cores)", "error"], rows),  # fmt: skip
+            "",
+            f"Time grew {f['growth']}x for {f['size_ratio']}x the images.",
+            "",
+            load_line(f),
+        ]
+    )

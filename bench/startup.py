@@ -210,3 +210,52 @@ def report(cli: dict, app: dict, data: Path, run_id: str, filled_s: float | None
 
 if __name__ == "__main__":
     main()
+
+
+# -- BENCHMARKS.md --------------------------------------------------------------------------------------------
+def target_rows(f: dict[str, Any]) -> list[list[Any]]:
+    """The summary table's rows: a stored run via ``train``, the reproduction all stored, the app's first page."""
+    cand, where = f["cli"]["candidate"], f"{f['dataset']} / its store"
+    rows = [["stored run via `train`, from process start", where, f"{cand['train (stored run)']['median_s']} s",
+             f"≤ {f['targets']['train_stored_s']:g} s", f["met"]["train_stored_s"]],
+            ["`reproduce`, every row stored", where, f"{cand['reproduce (all stored, quick)']['median_s']} s",
+             f"≤ {f['targets']['reproduce_cached_s']:g} s", f["met"]["reproduce_cached_s"]]]  # fmt: skip
+    app = f["app"].get("candidate", {})
+    if "first_page_s" in app:
+        rows.append(["app: first page after the server starts", where, f"{app['first_page_s']} s",
+                     f"≤ {f['targets']['first_page_s']:g} s", f["met"]["first_page_s"]])  # fmt: skip
+    return rows
+
+
+def section(f: dict[str, Any], md_table: Any, load_line: Any) -> str:
+    cli, app = f["cli"], f["app"]
+    before = cli.get("baseline", {})
+
+    def imports(step: dict[str, Any]) -> str:
+        if step.get("median_s") is None:  # the command failed there (e.g. did not exist yet)
+            return "–"
+        return ", ".join(step.get("imports") or []) or "none"
+
+    rows = [[label, s["median_s"], imports(s), before.get(label, {}).get("median_s"),
+             imports(before[label]) if label in before else "–"] for label, s in cli["candidate"].items()]  # fmt: skip
+    pages = [[arm, a.get("server_healthy_s"), a.get("first_page_s"), a.get("tensorflow_loaded")] for arm, a in app.items()]
+    return "\n".join(
+        [
+            "## Answers from the store without TensorFlow (bench/startup.py)",
+            "",
+            f"Each command in a fresh process, wall seconds from its start to its exit (median of {f['repeats']}, after "
+            f"one uncounted call), on {f['dataset']} with the store of a whole reproduction; *before* is the same "
+            "command in a checkout of the commit before this work, run interleaved with *now* in the same run. "
+            "*imports*: which of TensorFlow, Keras and scikit-learn the process imported.",
+            "",
+            md_table(["command", "now (s)", "imports", "before (s)", "imports before"], rows),
+            "",
+            "The app: `streamlit run app.py` until its health check answers, then the first page (the Study page, "
+            "its table read from the store) opened in headless Chromium until settled; *TensorFlow loaded*: the "
+            "server's memory map holds libtensorflow after the page settled.",
+            "",
+            md_table(["checkout", "server healthy (s)", "first page (s)", "TensorFlow loaded"], pages),
+            "",
+            load_line(f),
+        ]
+    )

@@ -26,7 +26,7 @@ from core.study import reproduce
 from core.study.plan import MODE_LABELS, MODES, Row
 from core.tasks import TaskCancelled
 from core.training import throughput
-from ui.resources import get_task, get_worker, start_task
+from ui.resources import dataset_report, get_task, get_worker, start_task
 from ui.settings import is_admin, user_name
 
 TASK = "reproduce-the-study"
@@ -51,7 +51,8 @@ def _stamp(store: Store) -> tuple[int, ...]:
 @st.cache_data(max_entries=32, show_spinner=False)
 def _table(base: dict[str, Any], data_root: str, artifacts: str, how: reproduce.Plan,
            stamp: tuple[int, ...]) -> list[reproduce.RowResult]:  # fmt: skip
-    return reproduce.table(RunConfig.from_dict(base), data_root, Store(artifacts), how=how)
+    info = dataset_report(data_root, show_error=False)  # the page's scan (cached a minute), not one more
+    return reproduce.table(RunConfig.from_dict(base), data_root, Store(artifacts), how=how, info=info)
 
 
 def cached_table(base: RunConfig, data_root: str, store: Store, how: reproduce.Plan) -> list[reproduce.RowResult]:
@@ -186,7 +187,7 @@ def known_estimate(base: RunConfig, data_root: str, store: Store, how: reproduce
     if not throughput.known(base.backbone, base.image_size, Path(store.root)) is not None:
         return None
     try:
-        return reproduce.estimate_detail(base, data_root, store, how)
+        return reproduce.estimate_detail(base, data_root, store, how, info=dataset_report(data_root, show_error=False))
     except SceneLabError:
         return None
 

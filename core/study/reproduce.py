@@ -215,10 +215,10 @@ def search_result(req: StudyRequest, store: Store | None = None, mode: str = "qu
 
 
 def table(base: RunConfig, data_root: str, store: Store, *, trials: int = DEFAULT_TRIALS,
-          grid_sample: int = DEFAULT_GRID_SAMPLE, how: Plan | None = None) -> list[RowResult]:  # fmt: skip
-    """Every row as it stands in the store and the search storage."""
+          grid_sample: int = DEFAULT_GRID_SAMPLE, how: Plan | None = None, info: Any = None) -> list[RowResult]:  # fmt: skip
+    """Every row as it stands in the store and the search storage (``info``: the dataset's scan, if at hand)."""
     how = how or Plan(grid_sample=grid_sample, trials=trials)
-    info = _scan(data_root)
+    info = info if info is not None else _scan(data_root)
     rows = [row_result(r, data_root, store, how.mode, info) for r in plan(base, how=how)]
     if how.trials:
         req = search_request(base, data_root, str(store.root), how.trials, how.mode, how.trained_blocks)
@@ -232,11 +232,11 @@ def claims(rows: list[RowResult]) -> list[Claim]:
 
 
 def missing_runs(base: RunConfig, data_root: str, store: Store, grid_sample: int = DEFAULT_GRID_SAMPLE,
-                 how: Plan | None = None) -> list[Prepared]:  # fmt: skip
+                 how: Plan | None = None, info: Any = None) -> list[Prepared]:  # fmt: skip
     """The runs not stored yet, each once, cheapest first (so cached rows fill in at once); a run that
     cannot be prepared here (weights missing offline, a cut the backbone does not have) raises its sentence."""
     seen: dict[str, Prepared] = {}
-    info = _scan(data_root)
+    info = info if info is not None else _scan(data_root)
     for row in plan(base, grid_sample, how):
         for cfg in (*row.configs, *row.repeats):
             prep = prepare(cfg, data_root, info)
@@ -254,12 +254,12 @@ def _order(prep: Prepared, store: Store) -> tuple[int, int, int, float]:
     return kind, cfg.remove_blocks if kind == 0 else 0, -cfg.freeze_blocks, run_cost(prep, store).seconds
 
 
-def _trial_seconds(req: StudyRequest, data_root: str, store: Store) -> tuple[float, bool]:
+def _trial_seconds(req: StudyRequest, data_root: str, store: Store, info: Any = None) -> tuple[float, bool]:
     """One search trial's cost from this machine's measured throughput (its run, times its seeds; pruning
     only shortens it) and whether that is measured here rather than rough."""
     from core.search.objective import resolve_repeats
 
-    prep = prepare(req.cfg, data_root)
+    prep = prepare(req.cfg, data_root, info)
     cost = run_cost(prep, store)
     return (cost.seconds - cost.feature_seconds) * resolve_repeats(req.repeats, req.cfg), cost.measured
 
@@ -271,10 +271,10 @@ def estimate(base: RunConfig, data_root: str, store: Store, *, trials: int = DEF
     return estimate_detail(base, data_root, store, how=how or Plan(grid_sample=grid_sample, trials=trials))[0]
 
 
-def estimate_detail(base: RunConfig, data_root: str, store: Store, how: Plan) -> tuple[float, bool]:
+def estimate_detail(base: RunConfig, data_root: str, store: Store, how: Plan, info: Any = None) -> tuple[float, bool]:
     """(seconds, measured): measured is False when part of it is a rough share, not this machine's own runs."""
     total, computed, measured = 0.0, set(), True
-    for prep in missing_runs(base, data_root, store, how=how):
+    for prep in missing_runs(base, data_root, store, how=how, info=info):
         cost = run_cost(prep, store)
         measured = measured and cost.measured
         shared = cost.feature_key in computed
@@ -284,7 +284,7 @@ def estimate_detail(base: RunConfig, data_root: str, store: Store, how: Plan) ->
     if how.trials:
         req = search_request(base, data_root, str(store.root), how.trials, how.mode, how.trained_blocks)
         done = search_result(req, None, how.mode).done
-        trial, trial_measured = _trial_seconds(req, data_root, store)
+        trial, trial_measured = _trial_seconds(req, data_root, store, info)
         total += max(0, how.trials - done) * trial
         measured = measured and (trial_measured or done >= how.trials)
     return total, measured
