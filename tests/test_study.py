@@ -219,3 +219,30 @@ def test_the_study_page_on_a_full_store(reproduced, tiny_dataset: Path) -> None:
     claims = at.dataframe[1].value
     for mode, column in (("quick", "backbone frozen"), ("faithful", "fine-tuned")):
         assert [v.split(":")[0] for v in claims[column]] == [c["verdict"] for c in out["modes"][mode]["claims"]]
+
+
+_PAGE_IN_A_FRESH_PROCESS = """
+import json, sys
+from streamlit.testing.v1 import AppTest
+repo, state = sys.argv[1], json.loads(sys.argv[2])
+at = AppTest.from_file(repo + "/app.py", default_timeout=120)
+for key, value in state.items():
+    at.session_state[key] = value
+at.run()
+print(json.dumps({"exceptions": [str(e.value) for e in at.exception], "frozen": list(at.dataframe[0].value["backbone frozen"]),
+                  "heavy": [m for m in ("tensorflow", "keras", "sklearn") if m in sys.modules]}))
+"""
+
+
+def test_the_study_page_reads_a_full_store_without_tensorflow(reproduced, tiny_dataset: Path) -> None:
+    """The app's first page, drawn in a fresh process from a full store, never loads TensorFlow or Keras."""
+    artifacts, out, _ = reproduced
+    state = {"data_root": str(tiny_dataset), "backbone": "efficientnet_lite0", "weights": "imagenet", "image_size": 32,
+             "seed": 0, "tta": False, "artifacts": str(artifacts), "study_trials": 2, "study_grid": 2,
+             "study_repeats_quick": 1, "study_repeats_faithful": 1}  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _PAGE_IN_A_FRESH_PROCESS, str(REPO), json.dumps(state)], cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert page["exceptions"] == [] and page["heavy"] == []
+    assert [c.split(" ")[0] for c in page["frozen"]] == [f"{r['ours']:.3f}" for r in out["modes"]["quick"]["rows"]]
