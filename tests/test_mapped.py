@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data import arrays
 from core.data.arrays import decode_dataset
 from core.data.scan import scan_dataset
+from core.store import mapped
 from core.store.atomic import atomic_write_npz_streamed
 from core.store.mapped import NotMappable, batches, map_member, release_rows
 
@@ -66,7 +66,7 @@ def test_released_rows_leave_the_process_memory(tmp_path: Path) -> None:
 def test_large_decoded_images_are_memory_mapped_and_equal(fresh_dataset: Path, store, monkeypatch) -> None:
     info = scan_dataset(fresh_dataset)
     in_memory = decode_dataset(info, 32)  # no cache folder: decoded in memory
-    monkeypatch.setattr(arrays, "MAP_ABOVE_BYTES", 0)  # every split counts as large
+    monkeypatch.setattr(mapped, "MAP_ABOVE_BYTES", 0)  # every split counts as large
     events: list[dict] = []
     first = decode_dataset(info, 32, store.datasets_dir, progress=events.append)
     again = decode_dataset(info, 32, store.datasets_dir, progress=events.append)

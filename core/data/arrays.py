@@ -25,7 +25,7 @@ import numpy as np
 from core.data.decode import ImageDecodeError, decode_image
 from core.data.scan import SPLITS, DatasetInfo, Skipped, scan_dataset
 from core.errors import DatasetError, SceneLabError, StoreError, first_line, printable
-from core.store.mapped import NotMappable, map_member
+from core.store.mapped import read_or_map
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedData
     try:
         with np.load(path, allow_pickle=False) as z:
             small = {k: z[k] for k in ("y_train", "train_paths", "y_test", "test_paths", "classes", "skipped")}
-            x = {k: _mapped_or_loaded(path, z, k) for k in ("x_train", "x_test")}
+            x = {k: read_or_map(path, z, k) for k in ("x_train", "x_test")}  # large ones memory-mapped
         ds = DecodedDataset(
             classes=[str(c) for c in small["classes"]],
             image_size=image_size,
@@ -245,22 +245,6 @@ def _load_decoded(path: Path, info: DatasetInfo, image_size: int) -> DecodedData
     with contextlib.suppress(OSError):
         path.unlink()
     return None
-
-
-#: images of a split up to this size are read into memory; larger ones are memory-mapped from the cache. A mapped
-#: file must never change in place (SceneLab replaces files by renaming them), which is also why small ones,
-#: by far the common case, are simply read.
-MAP_ABOVE_BYTES = 256 << 20
-
-
-def _mapped_or_loaded(path: Path, z: Any, name: str) -> np.ndarray:
-    """The images of a cache: read, or memory-mapped when large (a cache written compressed is read whole)."""
-    if z.zip.getinfo(f"{name}.npy").file_size <= MAP_ABOVE_BYTES:
-        return z[name]
-    try:
-        return map_member(path, name)
-    except NotMappable:
-        return z[name]
 
 
 # -- splits -----------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import IO, Any
 import numpy as np
 
 from core.errors import StoreError, first_line, os_error_phrase
-from core.store.mapped import Streamed, write_member
+from core.store.mapped import Streamed, read_or_map, write_member
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +130,15 @@ def atomic_write_npz_streamed(path: Path, arrays: dict[str, np.ndarray | Streame
     _atomic_write(path, write, f".{path.stem}.", ".npz")
 
 
-def load_npz(path: Path) -> dict[str, np.ndarray] | None:
-    """Load a cache file without pickle; a corrupt one is reported, deleted and ``None`` returned."""
+def load_npz(path: Path, *, map_large: bool = False) -> dict[str, np.ndarray] | None:
+    """Load a cache file without pickle; a corrupt one is reported, deleted and ``None`` returned. ``map_large``:
+    members past :data:`~core.store.mapped.MAP_ABOVE_BYTES` are memory-mapped (read-only) instead of read."""
     path = Path(path)
     if not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            return {k: read_or_map(path, z, k) if map_large else z[k] for k in z.files}
     except Exception as exc:  # noqa: BLE001 - truncated, not a zip, pickled objects...: rebuild, never trust
         logger.warning("Cache file %s is corrupt (%s); it will be rebuilt.", path, first_line(exc))
         with contextlib.suppress(OSError):

@@ -16,12 +16,15 @@ import weakref
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from numpy.lib.array_utils import byte_bounds
 
 PAGE = mmap.PAGESIZE
+#: arrays up to this size are read into memory; larger ones are memory-mapped. A mapped file must never change in
+#: place (SceneLab replaces files by renaming them), which is also why small ones, by far the common case, are read.
+MAP_ABOVE_BYTES = 256 << 20
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # a zip member's local header, before its name and extra field
 _MAPPINGS: dict[int, tuple[int, weakref.ref[mmap.mmap]]] = {}  # base address -> (length, mapping)
 
@@ -67,6 +70,17 @@ def map_member(path: str | Path, name: str) -> np.ndarray:
     base = np.frombuffer(mm, np.uint8).ctypes.data
     _MAPPINGS[base] = (len(mm), weakref.ref(mm, lambda _ref, key=base: _MAPPINGS.pop(key, None)))
     return np.ndarray(shape, dtype, buffer=mm, offset=offset)
+
+
+def read_or_map(path: str | Path, z: Any, name: str) -> np.ndarray:
+    """Member ``name`` of the open ``numpy.load`` result ``z`` of ``path``: read when small, memory-mapped when
+    larger than :data:`MAP_ABOVE_BYTES` (a compressed member is read whole)."""
+    if z.zip.getinfo(f"{name}.npy").file_size <= MAP_ABOVE_BYTES:
+        return z[name]
+    try:
+        return map_member(path, name)
+    except NotMappable:
+        return z[name]
 
 
 def release_rows(x: np.ndarray, start: int, stop: int) -> None:

@@ -125,7 +125,7 @@ def prefix_key(features: str, layer: str) -> str:
 
 # -- caches ---------------------------------------------------------------------------------------------
 def _cached_arrays(path: Path, expected: dict[str, int]) -> dict[str, np.ndarray] | None:
-    cached = load_npz(path)
+    cached = load_npz(path, map_large=True)  # 50,000 images' prefix activations need not fit in memory
     if cached is None:
         return None
     if all(k in cached and len(cached[k]) == n for k, n in expected.items()):
