@@ -66,7 +66,7 @@ class _ProgressPrinter:
     several shapes of event (the per-epoch augmentation banks once sent "features" without "elapsed", which ended
     a finished training in a traceback), and a progress line must never fail the run it reports on."""
 
-    WORDS = {"decode": "decoding images", "features": "backbone features", "prefix": "prefix activations"}
+    WORDS = {"scan": "reading the dataset's files", "decode": "decoding images", "features": "backbone features", "prefix": "prefix activations"}
 
     def __init__(self, every_s: float = 1.0) -> None:
         self.every_s = every_s

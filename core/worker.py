@@ -93,7 +93,7 @@ def estimate_eta(event: dict[str, Any]) -> float | None:
     elapsed = event.get("elapsed")
     if elapsed is None:
         return None
-    if kind in ("decode", "features", "prefix"):
+    if kind in ("scan", "decode", "features", "prefix"):
         done, total = event.get("done", 0), event.get("total", 0)
         fraction = done / total if total else 0.0
     elif kind == "batch":

@@ -190,3 +190,12 @@ def test_real_dataset_layout(mit64: Path):
     assert len(info.classes) == 8
     assert sum(info.counts()["train"].values()) == 1881
     assert sum(info.counts()["test"].values()) == 807
+
+
+def test_the_scan_reports_its_progress_to_the_last_file(fresh_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "digests"))  # every file read, none from the digest cache
+    events: list[dict] = []
+    info = scan_dataset(fresh_dataset, progress=events.append)
+    files = sum(len(v) for v in info.files.values())
+    assert events and all(e["event"] == "scan" for e in events)
+    assert events[-1]["done"] == events[-1]["total"] >= files  # every image counted (and skipped names too)

@@ -197,8 +197,8 @@ def _fraction(p: dict, message: str) -> tuple[float, str]:
                 1.0, done
             ), f"{p.get('phase')} phase · epoch {epoch} of {epochs} · batch {p.get('batch')} of {batches}"
         return min(1.0, epoch / epochs), f"{p.get('phase')} phase · epoch {epoch} of {epochs} done"
-    if kind in ("decode", "features", "prefix"):
+    if kind in ("scan", "decode", "features", "prefix"):
         total = int(p.get("total") or 1)
-        what = "decoding images" if kind == "decode" else "backbone features"
+        what = {"scan": "reading the dataset's files", "decode": "decoding images"}.get(kind, "backbone features")
         return min(1.0, int(p.get("done") or 0) / total), f"{what} · {p.get('done')} of {total} images"
     return 0.0, message or "starting"

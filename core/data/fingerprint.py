@@ -14,8 +14,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -76,13 +78,19 @@ def _save_cache(path: Path, files: dict[str, list]) -> None:
             tmp.unlink()
 
 
-def content_fingerprint(root: Path, classes: list[str], stats: list[Stat]) -> str:
-    """Classes, file names, sizes and content digests (cached by size and mtime)."""
+def content_fingerprint(
+    root: Path, classes: list[str], stats: list[Stat], progress: Callable[[dict[str, Any]], None] | None = None
+) -> str:
+    """Classes, file names, sizes and content digests (cached by size and mtime); ``progress`` hears about every
+    500th file read (``{"event": "scan", "done", "total", "elapsed"}``)."""
     cache_path = _cache_file(root)
     cached = _load_cache(cache_path)
     files: dict[str, list] = {}
     h = hashlib.sha256(_encode("\n".join(classes)))
-    for rel, size, mtime in sorted(stats):
+    t0 = time.monotonic()
+    for i, (rel, size, mtime) in enumerate(sorted(stats), 1):
+        if progress is not None and (i % 500 == 0 or i == len(stats)):
+            progress({"event": "scan", "done": i, "total": len(stats), "elapsed": time.monotonic() - t0})
         hit = cached.get(rel)
         if isinstance(hit, list) and len(hit) == 3 and hit[0] == size and hit[1] == mtime and isinstance(hit[2], str):
             digest = hit[2]

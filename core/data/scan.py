@@ -9,8 +9,10 @@ or special files are skipped and listed, never fatal. The path must be allowed b
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.data.fingerprint import content_fingerprint, legacy_fingerprint
 from core.data.security import allowed_roots, check_data_root, check_inside
@@ -80,7 +82,7 @@ def _scandir_sorted(path: Path) -> list[os.DirEntry[str]]:
         return sorted(it, key=lambda e: e.name)
 
 
-def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
+def scan_dataset(root: str | os.PathLike[str], progress: Callable[[dict[str, Any]], None] | None = None) -> DatasetInfo:
     """List a dataset folder's classes and image files; raise :class:`DatasetError` on a bad layout.
 
     The path must be allowed by ``SCENELAB_DATA_ROOTS`` (see :mod:`core.data.security`); every problem,
@@ -88,7 +90,7 @@ def scan_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
     """
     path = check_data_root(root)
     try:
-        return _scan(path)
+        return _scan(path, progress)
     except DatasetError:
         raise
     except (OSError, RuntimeError) as exc:  # a folder that vanished, a permission, a loop
@@ -207,7 +209,7 @@ def _scan_split(
     return items, stats
 
 
-def _scan(root: Path) -> DatasetInfo:
+def _scan(root: Path, progress: Callable[[dict[str, Any]], None] | None = None) -> DatasetInfo:
     classes = _check_layout(root)
     restricted = bool(allowed_roots())
     files: dict[str, list[tuple[str, int]]] = {}
@@ -217,7 +219,7 @@ def _scan(root: Path) -> DatasetInfo:
         files[split], split_stats = _scan_split(root, split, classes, restricted, skipped)
         stats += split_stats
     info = DatasetInfo(root=root, classes=classes, files=files, skipped=skipped)
-    info.fingerprint = content_fingerprint(root, classes, stats)
+    info.fingerprint = content_fingerprint(root, classes, stats, progress)
     info.legacy_fingerprint = legacy_fingerprint(classes, stats)
     return info
 

@@ -7,6 +7,7 @@ anything, so the app and the CLI can name a run (and find it in the store) at on
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,12 +66,15 @@ class Prepared:
         return get_backbone(self.cfg.backbone).prefix_layer(self.cfg.remove_blocks, self.freeze_blocks)
 
 
-def prepare(cfg: RunConfig, data_root: str | os.PathLike[str], info: DatasetInfo | None = None) -> Prepared:
+def prepare(
+    cfg: RunConfig, data_root: str | os.PathLike[str], info: DatasetInfo | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Prepared:  # fmt: skip
     """Validate the config, scan the dataset (or take ``info``, a scan of it that a caller preparing many
-    configs made once) and resolve weights (no decoding, no training)."""
+    configs made once; ``progress`` hears the scan's) and resolve weights (no decoding, no training)."""
     cfg.validate()
     freeze = resolve_freeze_blocks(cfg)
-    info = info if info is not None else scan_dataset(data_root)
+    info = info if info is not None else scan_dataset(data_root, progress)
     weights = resolve_weights(cfg.backbone, cfg.weights)
     legacy = run_id_for(cfg, info.legacy_fingerprint, weights) if info.legacy_fingerprint else None
     return Prepared(cfg, info, weights, run_id_for(cfg, info.fingerprint, weights), freeze, legacy)

@@ -89,7 +89,7 @@ def train(
 
     ``force`` trains again and replaces the stored run once the new one is complete. ``meta`` is stored beside
     the run's config and does not enter its id (e.g. ``{"trained_by": name}``)."""
-    prep = prepare(cfg, data_root)
+    prep = prepare(cfg, data_root, progress=progress)
     if not force:
         record = prep.stored(store)
         if record is not None:
