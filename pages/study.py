@@ -12,6 +12,7 @@ from core.study.plan import DEFAULT_GRID_SAMPLE, MODE_LABELS, MODES
 from ui.compat import ensure_router
 from ui.datasource import require_dataset
 from ui.format import fmt_eta
+from ui.links import apply_page_link, link_notice
 from ui.resources import get_store
 from ui.settings import base_config, settings
 from ui.study import (
@@ -32,7 +33,9 @@ from ui.study import (
 )
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
+apply_page_link("study", ())  # the shared settings of a link (size, backbone...); this page has no others
 st.title("The study, reproduced")
+link_notice()  # e.g. ?size=9999: one sentence, the rest of the link applied
 st.markdown(
     "A classic transfer-learning study fine-tuned **DenseNet121** (ImageNet weights) on the **MIT 8-scene** "
     "dataset in six steps: fine-tune (0), truncate (1), small data (2), augmentation (3) and regularisation (4) "

@@ -369,3 +369,18 @@ def test_every_study_row_link_applies_without_a_warning(tiny_dataset, tmp_path):
         assert not at.exception, (link, [e.value for e in at.exception])
         assert not [i.value for i in at.info if "could not be used" in i.value], link
         assert at.session_state["image_size"] == 32 and at.session_state["weights"] == "none", link
+
+
+def test_a_bad_link_to_the_study_page_says_what_was_ignored(tiny_dataset, tmp_path):
+    """``/?size=9999&epochs=3``: the Study page names both, keeps its size, and still draws its table."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    for key, value in {"data_root": str(tiny_dataset), "artifacts": str(tmp_path / "artifacts")}.items():
+        at.session_state[key] = value
+    at.query_params["size"], at.query_params["epochs"], at.query_params["backbone"] = "9999", "3", "densenet121"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (notice,) = [i.value for i in at.info if "could not be used" in i.value]
+    assert "size=9999 (Image size (--image-size) must be between 32 and 512 px" in notice
+    assert "epochs=3 (this page has no such setting)" in notice and "backbone" not in notice
+    assert at.session_state["backbone"] == "densenet121"  # the usable part of the link is applied
+    assert at.session_state["image_size"] != 9999 and len(at.dataframe[0].value) == 14

@@ -95,7 +95,7 @@ def apply_page_link(page: str, fields: tuple[str, ...]) -> None:
                 st.session_state[value_key(page, field)] = _parse(field.split(".")[-1], raw)
         except ConfigError as exc:
             ignored.append(f"{param}={raw} ({str(exc).rstrip('.')})")
-    st.session_state[IGNORED] = ignored
+    st.session_state[IGNORED] = (params, ignored)
     st.session_state[WRITTEN] = params
 
 
@@ -122,7 +122,8 @@ def write_link(page: str, fields: tuple[str, ...], defaults: dict[str, Any]) -> 
 
 
 def link_notice() -> None:
-    """One sentence for what an opened link held that could not be used (then forgotten)."""
-    ignored = st.session_state.pop(IGNORED, None)
-    if ignored:
+    """One sentence for what an opened link held that could not be used, shown while the address bar still holds
+    that link (a rerun right after opening it, e.g. the sidebar settling the dataset, must not lose it)."""
+    params, ignored = st.session_state.get(IGNORED) or ({}, [])
+    if ignored and params == _url():
         st.info(f"The link's {'; '.join(ignored)} could not be used and was ignored; the rest of it is applied.")

@@ -26,6 +26,7 @@ from core.study import reproduce
 from core.study.plan import MODE_LABELS, MODES, Row
 from core.tasks import TaskCancelled
 from core.training import throughput
+from core.worker import isolate_keras_sessions
 from ui.resources import dataset_report, get_task, get_worker, start_task
 from ui.settings import is_admin, user_name
 
@@ -199,7 +200,14 @@ def _measure_name(base: RunConfig) -> str:
 def measure_speed(base: RunConfig, store: Store) -> Any:
     """Measure this machine's speed for the backbone and size in a background task (seconds, once)."""
     root = Path(store.root)
-    return start_task(_measure_name(base), lambda progress, stop: throughput.measure(base.backbone, base.image_size, root))
+
+    def measure(progress: Any, stop: Any) -> Any:
+        # this thread builds models while Streamlit clears Keras' session after every page run: make clearing
+        # thread-local first (the worker does the same when its thread starts)
+        isolate_keras_sessions()
+        return throughput.measure(base.backbone, base.image_size, root)
+
+    return start_task(_measure_name(base), measure)
 
 
 def measuring(base: RunConfig) -> Any:
