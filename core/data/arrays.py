@@ -9,6 +9,7 @@ validation of the folder are :mod:`core.data.scan`'s.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -71,29 +72,50 @@ class _Decoding:
     paths: list[str] = field(default_factory=list)
 
 
+def _decoded_in_order(pool: ThreadPoolExecutor, info: DatasetInfo, items: list[tuple[str, int]],
+                      size: int) -> Iterator[tuple[str, int, np.ndarray | str]]:  # fmt: skip
+    """(path, label, image or why not) of each item in order, decoded by ``pool`` at most two chunks ahead: the
+    threads never wait for a chunk's slowest image, and memory holds two chunks at most."""
+    pending: collections.deque = collections.deque()
+    for rel, label in items:
+        pending.append((rel, label, pool.submit(_decode_one, (info.root / rel, size))))
+        if len(pending) >= 2 * DECODE_CHUNK:
+            rel0, label0, future = pending.popleft()
+            yield rel0, label0, future.result()
+    while pending:
+        rel0, label0, future = pending.popleft()
+        yield rel0, label0, future.result()
+
+
 def _decode_split(
     pool: ThreadPoolExecutor, info: DatasetInfo, split: str, size: int, sink: Callable[[np.ndarray], None],
     skipped: list[Skipped], progress: ProgressFn | None, counter: dict[str, Any],
 ) -> _Decoding:  # fmt: skip
     out = _Decoding()
-    items = info.files[split]
-    for start in range(0, len(items), DECODE_CHUNK):
-        chunk = items[start : start + DECODE_CHUNK]
-        rows = []
-        for (rel, label), result in zip(chunk, pool.map(_decode_one, [(info.root / r, size) for r, _ in chunk]),
-                                        strict=True):  # fmt: skip
-            if isinstance(result, str):
-                skipped.append(Skipped(rel, result))
-                continue
-            rows.append(result)
-            out.labels.append(label)
-            out.paths.append(rel)
+    rows: list[np.ndarray] = []
+
+    def flush(seen: int) -> None:
         if rows:
             sink(np.stack(rows))
-        counter["done"] += len(chunk)
+            rows.clear()
+        counter["done"] += seen
         if progress is not None:
             progress({"event": "decode", "done": counter["done"], "total": counter["total"],
                       "elapsed": time.monotonic() - counter["t0"]})  # fmt: skip
+
+    seen = 0
+    for rel, label, result in _decoded_in_order(pool, info, info.files[split], size):
+        seen += 1
+        if isinstance(result, str):
+            skipped.append(Skipped(rel, result))
+        else:
+            rows.append(result)
+            out.labels.append(label)
+            out.paths.append(rel)
+        if seen == DECODE_CHUNK:
+            flush(seen)
+            seen = 0
+    flush(seen)
     empty = [c for i, c in enumerate(info.classes) if i not in set(out.labels)]
     if empty:
         raise DatasetError(
