@@ -34,7 +34,7 @@ from bench.common import CpuMeter, dataset_label, emit, parser, quiet, resolve_d
 
 quiet()
 from core.config import RunConfig  # noqa: E402
-from core.search.study import option_argv  # noqa: E402
+from core.search.request import option_argv  # noqa: E402
 from core.store.folders import Store  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

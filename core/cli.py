@@ -22,8 +22,8 @@ from core.errors import ConfigError, SceneLabError, os_error_phrase
 from core.explain.methods import EXPLAIN_METHODS, PROJECTION_METHODS
 from core.fields import Setting, flag_of, parse_text
 from core.search.objective import AUTO_REPEATS_CHEAP
+from core.search.request import DEFAULT_TRIALS, StudyRequest
 from core.search.samplers import PRUNERS, SAMPLERS
-from core.search.study import DEFAULT_TRIALS, StudyRequest
 from core.study.plan import DEFAULT_GRID_SAMPLE, DEFAULT_TRAINED_BLOCKS, MODES
 
 logger = logging.getLogger("core")

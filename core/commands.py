@@ -14,7 +14,7 @@ from typing import Any
 from core.config import AUGMENT_SETTINGS, ENTRY_DEFAULTS, RUN_SETTINGS, AugmentConfig, RunConfig, entry_config
 from core.errors import ConfigError
 from core.paths import default_artifacts
-from core.search.study import TUNE_DEFAULTS, StudyRequest
+from core.search.request import TUNE_DEFAULTS, StudyRequest
 
 logger = logging.getLogger("core")
 

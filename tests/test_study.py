@@ -9,6 +9,7 @@ the Study page is opened on an empty, a partly filled and that full store.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
-from core.search.study import option_argv
+from core.search.request import option_argv
 from core.store.folders import Store
 from core.training.train import train
 from tests.test_interrupts import _env
@@ -246,3 +247,22 @@ def test_the_study_page_reads_a_full_store_without_tensorflow(reproduced, tiny_d
     page = json.loads(proc.stdout.strip().splitlines()[-1])
     assert page["exceptions"] == [] and page["heavy"] == []
     assert [c.split(" ")[0] for c in page["frozen"]] == [f"{r['ours']:.3f}" for r in out["modes"]["quick"]["rows"]]
+
+
+def test_the_search_row_is_kept_until_a_trial_lands(reproduced, tiny_dataset: Path, monkeypatch) -> None:
+    """Task 5's row is read from its storage once, then from ``studies/.rows/`` until the storage's files change."""
+    from core.search import storage
+    from core.study import reproduce as rep
+
+    artifacts, out, _ = reproduced
+    how = rep.Plan(trials=2, grid_sample=2)
+    first = rep.table(CFG, str(tiny_dataset), Store(artifacts), how=how)[-1]
+    opened: list[str] = []
+    real_open = storage.open_storage
+    monkeypatch.setattr(storage, "open_storage", lambda url, **kw: opened.append(url) or real_open(url, **kw))
+    again = rep.table(CFG, str(tiny_dataset), Store(artifacts), how=how)[-1]
+    assert opened == [] and again == first and again.ours == out["modes"]["quick"]["rows"][-1]["ours"]
+    assert again.figures["test"] == first.figures["test"]  # the claims' figure comes back too
+    db = next((artifacts / "studies").glob("*.db"))
+    os.utime(db, ns=(db.stat().st_atime_ns, db.stat().st_mtime_ns + 1_000_000))  # as a new trial would
+    assert rep.table(CFG, str(tiny_dataset), Store(artifacts), how=how)[-1] == first and len(opened) == 1

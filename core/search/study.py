@@ -13,22 +13,28 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from core.config import AUGMENT_SETTINGS, RUN_SETTINGS, RunConfig
+from core.config import RunConfig
 from core.data.scan import scan_dataset
 from core.errors import ConfigError, SceneLabError
-from core.fields import flag_of, to_text
 from core.paths import default_artifacts
 from core.search.objective import Objective, resolve_repeats
+from core.search.request import (  # noqa: F401 - the request's names are still found here, as before
+    DEFAULT_TRIALS,
+    TUNE_DEFAULTS,
+    StudyRequest,
+    option_argv,
+    option_flag,
+    tune_argv,
+)
 from core.search.samplers import make_pruner, make_sampler
 from core.search.space import SEARCHABLE, Space, build_space, check_space, read_space_file
-from core.search.storage import open_storage, redact, resolve_storage_url
+from core.search.storage import open_storage, redact
 from core.search.summaries import SETTINGS_ATTR, best_config, load_study, study_settings, summary, trial_rows
 from core.search.workers import run_worker
 from core.store.folders import Store
@@ -36,65 +42,6 @@ from core.store.folders import Store
 logger = logging.getLogger(__name__)
 
 SETTINGS_VERSION = 1
-DEFAULT_TRIALS = 30
-#: ``tune``'s defaults that differ from ``train``'s: 30 head epochs (each head trial takes seconds on
-#: cached features, the number of epochs the study's own head runs used), and the study's flip
-#: augmentation, free on cached features, judged with test-time flip (``--aug-hflip false --tta false``
-#: turn both off).
-TUNE_DEFAULTS: dict[str, Any] = {"epochs": 30, "aug_hflip": True, "tta": True}
-
-
-@dataclass
-class StudyRequest:
-    """What a worker was asked: the study, where it lives, and the run options given explicitly.
-
-    ``explicit`` maps an option (a RunConfig field, or ``aug_<field>`` for augmentation) to the value
-    given; ``cfg`` is tune's defaults with those values applied."""
-
-    study: str
-    cfg: RunConfig
-    explicit: dict[str, Any] = field(default_factory=dict)
-    data: str | None = None
-    trials: int | None = None
-    storage: str | None = None
-    timeout: float | None = None
-    sampler: str | None = None
-    pruner: str | None = None
-    space_file: str | None = None
-    repeats: str | None = None
-    artifacts: str | None = None
-
-    @property
-    def artifacts_root(self) -> str:
-        return self.artifacts or str(default_artifacts())
-
-    @property
-    def storage_url(self) -> str:
-        return resolve_storage_url(self.storage, self.artifacts_root)
-
-
-def option_flag(option: str) -> str:
-    """The CLI flag of an explicit option key (``early_stopping_patience`` -> ``--early-stopping``)."""
-    if option.startswith("aug_") and option[4:] in AUGMENT_SETTINGS:
-        return flag_of(option[4:], AUGMENT_SETTINGS[option[4:]], "aug-")
-    return flag_of(option, RUN_SETTINGS[option])
-
-
-def option_argv(options: dict[str, Any]) -> list[str]:
-    """Run options (keys as in :attr:`StudyRequest.explicit`) as ``tune`` arguments, flags from the declaration."""
-    return [text for option, value in options.items() for text in (option_flag(option), to_text(value))]
-
-
-def tune_argv(req: StudyRequest) -> list[str]:
-    """The ``python -m core tune`` arguments that ask for ``req`` (``core.cli.parse_tune`` reads them back):
-    what the app's background workers are started with."""
-    argv = ["--study", req.study]
-    others = {"--data": req.data, "--trials": req.trials, "--storage": req.storage, "--timeout": req.timeout,
-              "--sampler": req.sampler, "--pruner": req.pruner, "--space": req.space_file, "--repeats": req.repeats,
-              "--artifacts": req.artifacts}  # fmt: skip
-    argv += [text for flag, value in others.items() if value is not None for text in (flag, str(value))]
-    return [*argv, *option_argv(req.explicit), "--json"]
-
 
 def create_or_resume(
     storage: optuna.storages.BaseStorage,
@@ -197,7 +144,6 @@ def _check_join(req: StudyRequest, stored: dict[str, Any], space_file: dict[str,
 def _new_settings(req: StudyRequest, space_file: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
     """The settings a new study is created with, and its data root."""
     from core.data.bundled import default_dataset
-    from core.paths import default_artifacts
 
     data = req.data or default_dataset(req.artifacts or default_artifacts())  # SCENELAB_DATA, else the bundled copy
     data_root = str(Path(data).expanduser().resolve())
