@@ -154,7 +154,8 @@ class ClusterExecutor(Worker):
         self._by_key: dict[str, Job] = {}
         self._generation: dict[str, int] = {}
         self._shipped: dict[str, Any] = {}
-        self._info: tuple[float, str] = (0.0, "")
+        self._info: tuple[float, str] = (-INFO_TTL_S, "")
+        self._refresh = threading.Lock()
 
     # -- the connection ----------------------------------------------------------------------------
     def client(self) -> Any:
@@ -177,10 +178,14 @@ class ClusterExecutor(Worker):
             return client
 
     def describe(self) -> str:
-        """Where runs train: the cluster and its workers, or why it cannot be reached (one sentence)."""
+        """Where runs train: the cluster and its workers, or why it cannot be reached (one sentence). Never
+        waits: the scheduler is asked in the background at most every few seconds (a page calls this per rerun)."""
         stamp, text = self._info
-        if text and time.monotonic() - stamp < INFO_TTL_S:
-            return text
+        if time.monotonic() - stamp >= INFO_TTL_S and self._refresh.acquire(blocking=False):
+            threading.Thread(target=self._ask_scheduler, name="scenelab-cluster-info", daemon=True).start()
+        return text or f"Connecting to the Dask cluster at {self.address}."
+
+    def _ask_scheduler(self) -> None:
         try:
             workers = self.client().scheduler_info(n_workers=-1).get("workers", {})
             threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
@@ -190,8 +195,14 @@ class ClusterExecutor(Worker):
             text = str(exc)
         except Exception as exc:  # noqa: BLE001 - a scheduler lost meanwhile: one sentence
             text = str(_unreachable(self.address, exc))
+        finally:
+            self._refresh.release()
         self._info = (time.monotonic(), text)
-        return text
+
+    def problem(self) -> str | None:
+        """The sentence saying the scheduler cannot be reached, or None."""
+        text = self.describe()
+        return None if text.startswith(("Runs train on the Dask cluster", "Connecting to")) else text
 
     def close(self) -> None:
         with self._client_lock:
@@ -273,22 +284,11 @@ class ClusterExecutor(Worker):
         return held
 
     def _await(self, job: Job, future: Any, key: str) -> dict[str, Any]:
-        """The future's result; cancels it (and stops its training) when the job is cancelled."""
+        """The future's result; cancels it (and stops its training) when the job is cancelled. It polls the
+        future's state (``Future.result(timeout=...)`` in a loop raced in distributed 2026.8 and lost results)."""
         from distributed import Event
 
-        while True:
-            try:
-                return future.result(timeout=POLL_S)
-            except TimeoutError:
-                pass
-            except (TrainingCancelled, SceneLabError):
-                raise
-            except Exception as exc:
-                if job.cancel_requested:
-                    raise TrainingCancelled("Training was cancelled; nothing was saved.") from exc
-                if type(exc).__module__.startswith(("distributed", "concurrent", "asyncio", "tornado")):
-                    raise SceneLabError(_lost(self.address, exc)) from exc
-                raise
+        while not future.done():
             if job.cancel_requested:
                 with contextlib.suppress(Exception):
                     Event(f"scenelab-stop-{key}", client=future.client).set()
@@ -296,3 +296,16 @@ class ClusterExecutor(Worker):
                 with self._keys:
                     self._generation[job.id] = self._generation.get(job.id, 0) + 1
                 raise TrainingCancelled("Training was cancelled; nothing was saved.")
+            if future.client.status in ("closing", "closed", "failed"):
+                raise SceneLabError(_lost(self.address, ConnectionError(future.client.status)))
+            time.sleep(POLL_S)
+        try:
+            return future.result()
+        except (TrainingCancelled, SceneLabError):
+            raise
+        except Exception as exc:
+            if job.cancel_requested:
+                raise TrainingCancelled("Training was cancelled; nothing was saved.") from exc
+            if type(exc).__module__.startswith(("distributed", "concurrent", "asyncio", "tornado")):
+                raise SceneLabError(_lost(self.address, exc)) from exc
+            raise

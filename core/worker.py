@@ -291,6 +291,10 @@ class Worker:
         """Where this executor trains, in one sentence (the sidebar shows it)."""
         return "Runs train on this machine, one at a time."
 
+    def problem(self) -> str | None:
+        """Why runs cannot train now, in one sentence (None: they can)."""
+        return None
+
     # -- the thread --------------------------------------------------------------------------------
     local_where = "this machine"  # a job's ``where`` from its submission on
 
