@@ -78,7 +78,9 @@ def _figures(run: Path) -> dict:
     with np.load(run / "predictions.npz") as z:
         probs = z["probs"]
     history = (run / "history.csv").read_text()
-    augmented = config["phase"] == "head" and any(v for k, v in config["augment"].items() if k not in ("hflip", "vflip"))
+    augmented = config["phase"] == "head" and any(
+        v for k, v in config["augment"].items() if k not in ("hflip", "vflip")
+    )
     if not augmented:
         return {"metrics": metrics, "history": history, "probs": probs.round(5).tolist()}
     exact = {k: metrics[k] for k in ("train_accuracy", "val_accuracy", "test_accuracy", "confusion")}
