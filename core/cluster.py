@@ -156,6 +156,7 @@ class ClusterExecutor(Worker):
         self._shipped: dict[str, Any] = {}
         self._info: tuple[float, str] = (-INFO_TTL_S, "")
         self._refresh = threading.Lock()
+        self._answered = threading.Event()
 
     # -- the connection ----------------------------------------------------------------------------
     def client(self) -> Any:
@@ -183,6 +184,9 @@ class ClusterExecutor(Worker):
         stamp, text = self._info
         if time.monotonic() - stamp >= INFO_TTL_S and self._refresh.acquire(blocking=False):
             threading.Thread(target=self._ask_scheduler, name="scenelab-cluster-info", daemon=True).start()
+        if not text:  # the first answer is worth a short wait (a page drawn once would keep "Connecting")
+            self._answered.wait(self.connect_timeout + 1.0)
+            text = self._info[1]
         return text or f"Connecting to the Dask cluster at {self.address}."
 
     def _ask_scheduler(self) -> None:
@@ -198,6 +202,7 @@ class ClusterExecutor(Worker):
         finally:
             self._refresh.release()
         self._info = (time.monotonic(), text)
+        self._answered.set()
 
     def problem(self) -> str | None:
         """The sentence saying the scheduler cannot be reached, or None."""
