@@ -57,7 +57,7 @@ def test_train_from_the_sidebar_runs_on_the_cluster_and_the_run_comes_home(app):
         tab = browser.new_context(viewport=LAPTOP).new_page()
         tab.set_default_timeout(60_000)
         try:
-            tab.goto(f"{url}/finetune")
+            tab.goto(f"{url}/finetune?size=32")  # the tiny images at their own size: a quick run
             button = sidebar_button(tab, "finetune")
             button.wait_for()
             settle(tab)
