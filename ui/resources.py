@@ -34,7 +34,7 @@ def _store(artifacts: str) -> Store:
 
 
 @st.cache_resource(show_spinner=False)
-def _worker(artifacts: str, cluster: str) -> Worker:
+def _worker(artifacts: str, cluster: str = "") -> Worker:
     return executor_for(_store(artifacts), cluster)
 
 
@@ -45,7 +45,9 @@ def get_store() -> Store:
 def get_worker() -> Worker:
     """The app's one training executor (shared by every session; keyed by the artifacts folder and the cluster):
     this machine's worker thread, or the Dask cluster ``SCENELAB_CLUSTER`` names (``core.cluster``)."""
-    return _worker(settings()["artifacts"], os.environ.get(CLUSTER_ENV, ""))
+    cluster = os.environ.get(CLUSTER_ENV, "").strip()
+    artifacts = settings()["artifacts"]
+    return _worker(artifacts, cluster) if cluster else _worker(artifacts)  # unset: the same resource as always
 
 
 @st.cache_data(ttl=60, max_entries=16, show_spinner=False)
