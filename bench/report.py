@@ -520,8 +520,8 @@ def section_browser(b: dict[str, Any]) -> str:
 
 def section_cluster(c: dict[str, Any]) -> str:
     o, one, two = c["overhead"], c["arms"]["1"], c["arms"]["2"]
-    arms = [[f"{a['workers']} worker process(es), 1 thread each", a["runs"], a["wall_s"], a["run_seconds_sum"]]
-            for a in (one, two)]  # fmt: skip
+    arms = [[f"{a['workers']} worker process(es), 1 thread each", a["runs"], a["wall_s"], a["run_seconds_sum"],
+             a["cores_used"]] for a in (one, two)]  # fmt: skip
     waits = [[where, seconds] for where, seconds in c["class_wait_s"].items()]
     return "\n".join(
         [
@@ -539,11 +539,14 @@ def section_cluster(c: dict[str, Any]) -> str:
             f"**The quick reproduction** (grid sample {c['grid_sample']}, no search; every cache cold, TensorFlow "
             "imported in each worker before timing), all its missing runs submitted at once:",
             "",
-            md_table(["cluster", "runs", "wall s", "sum of the runs' own s"], arms),
+            md_table(["cluster", "runs", "wall s", "sum of the runs' own s", "cores used (workers + client)"], arms),
             "",
             f"Two worker processes against one: {c['speedup_2_workers']}x, a parallel efficiency of "
             f"**{c['parallel_efficiency']}** on 2 cores (each TensorFlow process already uses both cores; the sum of "
-            "the runs' own seconds shows how much each run slowed down beside the other).",
+            "the runs' own seconds shows how much each run slowed down beside the other). With other processes on "
+            f"{c['load']['others_cores_mean']} of the 2 cores, the arms had about "
+            f"{max(0.0, 2 - c['load']['others_cores_mean']):.1f} cores between them: a second worker process helps "
+            "only where there are idle cores for it (another machine, or a bigger one).",
             "",
             f"**A class of {c['class_size']}**, each student asking for one run like the reproduction's mean "
             f"({c['mean_run_s']} s on one worker process), derived from these figures: the last student waits",

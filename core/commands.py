@@ -128,16 +128,19 @@ def _train_on_cluster(cfg: RunConfig, data: Any, store: Any, address: str, force
     executor = ClusterExecutor(store, address)
     try:
         job = executor.submit(cfg, data, force=force)
-        seen, where = 0, ""
-        while job.active:
+        seen, where, epochs = 0, "", None
+        while True:
             view = job.view()
             if view.where and view.where != where:
                 where = view.where
                 logger.info("training on the Dask worker %s", where)
-            for row in view.history[seen:]:
+            epochs = view.progress.get("epochs") or epochs or cfg.epochs
+            for row in view.history[seen:]:  # when done: the stored run's history, the rest of it
                 _progress_printer({"event": "epoch", "row": row, "phase": view.progress.get("phase"),
-                                   "epoch": int(row.get("epoch", 0)), "epochs": view.progress.get("epochs")})  # fmt: skip
+                                   "epoch": int(row.get("epoch", 0)), "epochs": epochs})  # fmt: skip
             seen = len(view.history)
+            if not view.active:
+                break
             time.sleep(0.2)
         if job.status != "done" or job.result is None:
             raise SceneLabError(job.error or "The run was cancelled on the cluster; nothing was saved.")

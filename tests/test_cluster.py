@@ -209,6 +209,20 @@ def test_two_clients_share_one_training(cluster, tiny_dataset: Path, tmp_path: P
             e.close()
 
 
+def test_train_with_cluster_trains_on_a_worker_and_prints_where(cluster, tiny_dataset: Path, tmp_path: Path) -> None:
+    args = ["--data", str(tiny_dataset), "--image-size", "32", "--epochs", "6", "--seed", "21", "--artifacts",
+            str(tmp_path / "a"), "--json"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "core", "train", *args, "--cluster", cluster[0]], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["trained_on"].startswith("tcp://") and "training on the Dask worker" in proc.stderr
+    assert _entries(tmp_path / "a" / "runs") == [out["run_id"]] and "epoch 6/6" in proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "core", "train", *args, "--cluster", "sched"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("scenelab: The cluster address")
+
+
 def test_an_unreachable_scheduler_is_one_sentence(tiny_dataset: Path, store: Store) -> None:
     executor = ClusterExecutor(store, "tcp://127.0.0.1:9", connect_timeout=1.0)
     job = executor.wait(executor.submit(CFG, tiny_dataset).id, timeout=60)
