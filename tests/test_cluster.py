@@ -3,7 +3,7 @@
 The module's cluster is a real scheduler and two worker processes of one thread each (their own folder, and
 ``SCENELAB_DATA_ROOTS`` limiting what they may read to the session's tiny dataset and that folder, so a dataset
 elsewhere is one they cannot see). On it: the tiny reproduction through ``reproduce --cluster`` stores the same
-runs with the same figures as the local one; a worker SIGKILLed mid-run still gives the run once and nothing
+runs (ids; figures: see ``_figures``) as the local one; a worker SIGKILLed mid-run still gives the run once and nothing
 half-written; cancel stops the training on its worker; a dataset the workers cannot see is shipped once; a copy
 that differs is refused; two clients share one training. Without a cluster: an unreachable scheduler is one
 sentence, installing a run twice is a no-op, and no configuration means the local worker.
