@@ -518,6 +518,49 @@ def section_browser(b: dict[str, Any]) -> str:
     )
 
 
+def section_cluster(c: dict[str, Any]) -> str:
+    o, one, two = c["overhead"], c["arms"]["1"], c["arms"]["2"]
+    arms = [[f"{a['workers']} worker process(es), 1 thread each", a["runs"], a["wall_s"], a["run_seconds_sum"],
+             a["cores_used"]] for a in (one, two)]  # fmt: skip
+    waits = [[where, seconds] for where, seconds in c["class_wait_s"].items()]
+    return "\n".join(
+        [
+            "## Training on a Dask cluster (bench/cluster.py)",
+            "",
+            f"{c['dataset']}, {c['backbone']} ImageNet at {c['image_size']} px, the client, the scheduler and every "
+            "worker process on this one machine (`distributed.LocalCluster`).",
+            "",
+            f"**Per-job overhead.** {o['jobs']} heads on cached features asked one after the other: median "
+            f"{o['local_job_s']} s per job through the local worker, {o['cluster_job_s']} s through a cluster of one "
+            f"worker process. Subtracting each run's own training seconds, the local worker adds {o['local_added_ms']} ms "
+            f"a job and the cluster {o['cluster_added_ms']} ms: **{o['overhead_ms']} ms** more per job (submitting, the "
+            "scheduler, the worker finding the dataset, the run folder sent home and installed).",
+            "",
+            f"**The quick reproduction** (grid sample {c['grid_sample']}, no search; every cache cold, TensorFlow "
+            "imported in each worker before timing), all its missing runs submitted at once:",
+            "",
+            md_table(["cluster", "runs", "wall s", "sum of the runs' own s", "cores used (workers + client)"], arms),
+            "",
+            f"Two worker processes against one: {c['speedup_2_workers']}x, a parallel efficiency of "
+            f"**{c['parallel_efficiency']}** on 2 cores (each TensorFlow process already uses both cores; the sum of "
+            "the runs' own seconds shows how much each run slowed down beside the other). With other processes on "
+            f"{c['load']['others_cores_mean']} of the 2 cores, the arms had about "
+            f"{max(0.0, 2 - c['load']['others_cores_mean']):.1f} cores between them: a second worker process helps "
+            "only where there are idle cores for it (another machine, or a bigger one).",
+            "",
+            f"**A class of {c['class_size']}**, each student asking for one run like the reproduction's mean "
+            f"({c['mean_run_s']} s on one worker process), derived from these figures: the last student waits",
+            "",
+            md_table(["where the runs train", "s until the last run is stored"], waits),
+            "",
+            "(N machines: ceil(20 / N) runs one after the other on each, every run plus the measured overhead; it "
+            "assumes each machine is as fast as this one and the dataset already cached there.)",
+            "",
+            load_line(c),
+        ]
+    )
+
+
 @dataclass(frozen=True)
 class Section:
     """One benchmark in the report: ``bench/results/<name>.json``, its section, its rows of the targets table."""
@@ -542,6 +585,7 @@ SECTIONS: list[Section] = [
     Section("browser", "in the browser", section_browser),
     Section("startup", "answers from the store", lambda f: startup.section(f, md_table, load_line), startup.target_rows),
     Section("scale", "a big folder", lambda f: scale.section(f, md_table, load_line), scale.target_rows),
+    Section("cluster", "training on a Dask cluster", section_cluster),
 ]
 
 

@@ -54,8 +54,9 @@ def _text_type(name: str, info: Setting, prefix: str) -> Any:
     return parse
 
 
-def _add_setting(p: argparse.ArgumentParser, name: str, info: Setting, default: Any, *, prefix: str = "",
-                 help: str | None = None) -> None:
+def _add_setting(
+    p: argparse.ArgumentParser, name: str, info: Setting, default: Any, *, prefix: str = "", help: str | None = None
+) -> None:
     """One option for one run setting, from its metadata; ``dest`` is the field (``aug_<field>``). Every option
     named like a setting is made here (tests/test_architecture.py checks), so its flag, type and parser are
     the declaration's; ``help`` replaces the setting's own where the option means something narrower."""
@@ -102,7 +103,14 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--data", default=None, help=DATA_HELP)
     add_run_options(p)
     p.add_argument("--force", action="store_true", help="retrain even if cached")
+    _add_cluster(p)
     _add_artifacts_and_json(p)
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="train on the Dask scheduler at tcp://HOST:PORT (default: SCENELAB_CLUSTER; 'local' or unset: "
+                   "this machine)")  # fmt: skip
 
 
 def _add_download(sub: Any) -> None:
@@ -211,18 +219,37 @@ def _add_reproduce(sub: Any) -> None:
     defaults = entry_defaults()
     for name in SHARED_SETTINGS:
         _add_run_setting(p, name, defaults[name])
-    p.add_argument("--mode", choices=list(MODES), default="quick",
-                   help="quick: heads on the frozen backbone (task 0 fine-tunes for 2 epochs); faithful: every row "
-                   "fine-tuned as the study did (the head, then the last blocks)")
-    p.add_argument("--repeats", type=int, default=1, help="seeds per row (the table shows their mean and a 95%% interval)")
-    p.add_argument("--trained-blocks", type=int, default=DEFAULT_TRAINED_BLOCKS,
-                   help="faithful mode: blocks fine-tuned from the end of each (cut) network; the rest stays frozen")
-    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
-                   help=f"trials of the task-5 search (default {DEFAULT_TRIALS}; 0: no search)")
-    p.add_argument("--grid-sample", type=int, default=DEFAULT_GRID_SAMPLE,
-                   help=f"points of the augmentation grid, a seeded sample (default {DEFAULT_GRID_SAMPLE}; 128: all)")
+    p.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default="quick",
+        help="quick: heads on the frozen backbone (task 0 fine-tunes for 2 epochs); faithful: every row "
+        "fine-tuned as the study did (the head, then the last blocks)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=1, help="seeds per row (the table shows their mean and a 95%% interval)"
+    )
+    p.add_argument(
+        "--trained-blocks",
+        type=int,
+        default=DEFAULT_TRAINED_BLOCKS,
+        help="faithful mode: blocks fine-tuned from the end of each (cut) network; the rest stays frozen",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=DEFAULT_TRIALS,
+        help=f"trials of the task-5 search (default {DEFAULT_TRIALS}; 0: no search)",
+    )
+    p.add_argument(
+        "--grid-sample",
+        type=int,
+        default=DEFAULT_GRID_SAMPLE,
+        help=f"points of the augmentation grid, a seeded sample (default {DEFAULT_GRID_SAMPLE}; 128: all)",
+    )
     p.add_argument("--estimate", action="store_true", help="only say how long the missing rows will take")
     p.add_argument("--report", default=None, help="write a report (Markdown, SVG and PNG charts) into this folder")
+    _add_cluster(p)
     _add_artifacts_and_json(p)
 
 
@@ -230,8 +257,13 @@ def _add_explain(sub: Any) -> None:
     p = sub.add_parser("explain", help="where a model looks in one image: a heatmap overlay and its predictions")
     p.add_argument("--run", default=None, help="a stored run's id (else --backbone with its ImageNet top)")
     defaults = entry_defaults()
-    _add_run_setting(p, "backbone", None, help=f"without --run: the ImageNet backbone, not fine-tuned (default "
-                     f"{defaults['backbone']}, which has its ImageNet top)")
+    _add_run_setting(
+        p,
+        "backbone",
+        None,
+        help=f"without --run: the ImageNet backbone, not fine-tuned (default "
+        f"{defaults['backbone']}, which has its ImageNet top)",
+    )
     _add_run_setting(p, "weights", "imagenet", help="without --run: imagenet (a model with its ImageNet top)")
     _add_run_setting(p, "image_size", None, help=f"without --run: pixels (default {defaults['image_size']})")
     p.add_argument("--image", required=True, help="the image file (JPEG, PNG, BMP, GIF, WEBP or TIFF)")

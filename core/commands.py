@@ -124,13 +124,49 @@ def _describe(args: Any) -> dict[str, Any]:
 
 def _train(args: Any) -> dict[str, Any]:
     cfg = config_from_values(run_values(args))  # bad settings: one sentence before TensorFlow loads
+    from core.cluster import cluster_address
     from core.data.bundled import default_dataset
     from core.store.folders import Store
     from core.training.train import train
 
+    address = cluster_address(args.cluster)  # a bad address: one sentence before the dataset is read
     artifacts = args.artifacts or default_artifacts()
     data = args.data or default_dataset(artifacts)
+    if address is not None:
+        return _train_on_cluster(cfg, data, Store(artifacts), address, args.force)
     return train(cfg, data, Store(artifacts), progress=_ProgressPrinter(), force=args.force).summary()
+
+
+def _train_on_cluster(cfg: RunConfig, data: Any, store: Any, address: str, force: bool) -> dict[str, Any]:
+    """``train --cluster``: the run trained by a Dask worker, its progress printed here, installed in ``store``."""
+    import time
+
+    from core.cluster import ClusterExecutor
+    from core.errors import SceneLabError
+
+    executor = ClusterExecutor(store, address)
+    printer = _ProgressPrinter()
+    try:
+        job = executor.submit(cfg, data, force=force)
+        seen, where, epochs = 0, "", None
+        while True:
+            view = job.view()
+            if view.where and view.where != where:
+                where = view.where
+                logger.info("training on the Dask worker %s", where)
+            epochs = view.progress.get("epochs") or epochs or cfg.epochs
+            for row in view.history[seen:]:  # when done: the stored run's history, the rest of it
+                printer({"event": "epoch", "row": row, "phase": view.progress.get("phase"),
+                                   "epoch": int(row.get("epoch", 0)), "epochs": epochs})  # fmt: skip
+            seen = len(view.history)
+            if not view.active:
+                break
+            time.sleep(0.2)
+        if job.status != "done" or job.result is None:
+            raise SceneLabError(job.error or "The run was cancelled on the cluster; nothing was saved.")
+        return {**job.result.summary(), "trained_on": job.where or "cached here"}
+    finally:
+        executor.close()
 
 
 def _download(args: Any) -> dict[str, Any]:
@@ -209,7 +245,10 @@ def _reproduce(args: Any) -> dict[str, Any]:
         missing = reproduce.missing_runs(base, data, store, how=how)
         return {"estimated_seconds": round(seconds), "measured": measured, "runs_missing": len(missing),
                 "mode": how.mode, "repeats": how.repeats}  # fmt: skip
-    done = reproduce.reproduce(base, data, store, how=how)
+    on_cluster = _reproduce_on_cluster(args.cluster, base, data, store, how)
+    done = reproduce.reproduce(base, data, store, how=how)  # on a cluster: only the search is left
+    done["trained"] += on_cluster["trained"]
+    done["seconds"] = round(done["seconds"] + on_cluster["seconds"], 1)
     rows = reproduce.table(base, data, store, how=how)
     claims = [c.as_dict() for c in reproduce.claims(rows)]
     out: dict[str, Any] = {"mode": how.mode, "repeats": how.repeats, "rows": reproduce.json_rows(rows),
@@ -219,6 +258,27 @@ def _reproduce(args: Any) -> dict[str, Any]:
         out["report"] = str(write_report(args.report, [r.as_dict() for r in rows], context, done["seconds"],
                                          done["trained"], claims=claims))  # fmt: skip
     return out
+
+
+def _reproduce_on_cluster(cluster: str | None, base: RunConfig, data: str, store: Any, how: Any) -> dict[str, Any]:
+    """``reproduce --cluster``: every missing run submitted at once to the Dask cluster and installed here."""
+    import time
+
+    from core.cluster import ClusterExecutor, cluster_address, train_all
+    from core.study import reproduce
+
+    address = cluster_address(cluster)
+    if address is None:
+        return {"trained": 0, "seconds": 0.0}
+    t0 = time.monotonic()
+    todo = reproduce.missing_runs(base, data, store, how=how)
+    executor = ClusterExecutor(store, address)
+    try:
+        logger.info("%d run(s) to train on the Dask cluster at %s", len(todo), address)
+        trained = train_all(executor, [p.cfg for p in todo], data)
+    finally:
+        executor.close()
+    return {"trained": trained, "seconds": time.monotonic() - t0}
 
 
 def _stored_run(store: Any, run_id: str) -> Any:

@@ -70,6 +70,24 @@ def tf_global_seed() -> int | None:
         return None
 
 
+def reset_tf_operation_seeds(seed: int) -> bool:
+    """Restart the stream of operation seeds TensorFlow derives from its global seed (``tf.random.set_seed``
+    does this too, but also clears every kernel cache): so a run's random ops get the same seeds whatever the
+    process trained before it. False when the private API moved."""
+    import random
+
+    try:
+        from tensorflow.python.eager import context
+
+        ctx = context.context()
+        if not hasattr(ctx, "_rng"):
+            return False
+        ctx._rng = random.Random(seed)
+        return True
+    except ImportError:  # pragma: no cover - checked by tests/test_compat.py
+        return False
+
+
 def convert_variables_to_constants(concrete_function: Any) -> Any:
     """A frozen copy of a concrete function (its variables as constants): for counting FLOPs of its graph, and for
     passes of a frozen prefix that Grappler can then fold and fuse (``core.training.features.FrozenFn``)."""

@@ -26,6 +26,7 @@ def seed_all(seed: int) -> None:
         keras.utils.set_random_seed(seed)
         return
     compat.set_keras_seed_state(seed)
+    compat.reset_tf_operation_seeds(seed)  # the same op seeds as after set_random_seed, whatever ran before
     random.seed(seed)
     np.random.seed(seed)
 

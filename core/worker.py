@@ -18,6 +18,12 @@ it after every script run. A rerun while the worker builds or traces a model the
 ("The name "zero_padding2d" is used 2 times in the model") or silently resets its seed. A Worker
 therefore makes ``clear_session`` clear only the calling thread's state (:func:`isolate_keras_sessions`), from
 the moment its thread starts (the first run that must be trained; until then the app need not load Keras).
+
+**The executor seam.** A :class:`Worker`'s public methods (``submit``, ``get``, ``jobs``, ``queue_position``,
+``cancel``, ``wait``, ``describe``) are the one interface every training job of the app goes through (the train
+panel, the Study page's reproduction, page 3's grid). :class:`Worker` trains on this machine, one run at a time;
+``core.cluster.ClusterExecutor`` (a subclass: the same bookkeeping, another :meth:`Worker._enqueue`) trains on a
+Dask cluster. ``core.cluster.executor_for`` picks one from ``SCENELAB_CLUSTER``; unset, it is this one.
 """
 
 from __future__ import annotations
@@ -111,6 +117,27 @@ def estimate_eta(event: dict[str, Any]) -> float | None:
     return max(0.0, float(elapsed) * (1.0 - fraction) / fraction)
 
 
+def apply_progress(job: Job, event: dict[str, Any]) -> None:
+    """A training's progress event on its job: the latest event (with its time left), a message, the history."""
+    event = dict(event)
+    event["eta_s"] = estimate_eta(event)
+    with job._lock:
+        job.progress = event
+        kind = event.get("event")
+        if kind == "status":
+            job.message = str(event.get("message", ""))
+        elif kind == "features":
+            job.message = "computing backbone features"
+        elif kind == "decode":
+            job.message = "decoding images"
+        elif kind == "scan":
+            job.message = "reading the dataset's files"
+        elif kind in ("batch", "epoch"):
+            job.message = "training the head" if event.get("phase") == "head" else "fine-tuning the whole network"
+        if kind == "epoch":
+            job.history.append(dict(event["row"]))
+
+
 @dataclass(eq=False)
 class Job:
     """One run asked of the worker. Read it through :meth:`view` for a consistent copy."""
@@ -130,6 +157,7 @@ class Job:
     cached: bool = False
     force: bool = False  # train again even if stored (replaces it once the new run is complete)
     meta: dict[str, Any] = field(default_factory=dict)  # stored with the run, not part of its id
+    where: str = ""  # where it trains: "this machine", or a cluster worker's address once one took it
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -144,11 +172,9 @@ class Job:
     def view(self) -> Job:
         """A snapshot whose progress and history will not change under the reader."""
         with self._lock:
-            return dataclasses.replace(
-                self, progress=dict(self.progress), history=[dict(r) for r in self.history]
-            )
+            return dataclasses.replace(self, progress=dict(self.progress), history=[dict(r) for r in self.history])
 
-    def _update(self, **changes: Any) -> None:
+    def update(self, **changes: Any) -> None:
         with self._lock:
             for name, value in changes.items():
                 setattr(self, name, value)
@@ -167,7 +193,11 @@ class Worker:
 
     # -- asking ------------------------------------------------------------------------------------
     def submit(
-        self, cfg: RunConfig, data_root: str | os.PathLike[str], *, force: bool = False,
+        self,
+        cfg: RunConfig,
+        data_root: str | os.PathLike[str],
+        *,
+        force: bool = False,
         meta: dict[str, Any] | None = None,
     ) -> Job:
         """Queue ``cfg`` on ``data_root`` unless it is stored or in flight (see the module docstring);
@@ -190,7 +220,7 @@ class Worker:
             )
             with self._lock:
                 self._jobs[job.id] = job
-                self._prune()
+            self.prune()
             return job
         with self._lock:
             existing = self._jobs.get(run_id)
@@ -212,13 +242,12 @@ class Worker:
                     cached=True,
                 )
                 self._jobs[run_id] = job
-                self._prune()
+                self._prune_locked()
                 return job
-            job = Job(id=run_id, cfg=cfg, data_root=root, force=force, meta=dict(meta or {}))
+            job = Job(id=run_id, cfg=cfg, data_root=root, force=force, meta=dict(meta or {}), where=self.local_where)
             self._jobs.pop(run_id, None)  # a failed or cancelled earlier attempt: replaced, kept last
             self._jobs[run_id] = job
-            self._queue.put(job)
-            self._ensure_thread()
+            self._enqueue(job)
             return job
 
     def get(self, job_id: str) -> Job | None:
@@ -248,7 +277,7 @@ class Worker:
                 return False
             job._stop.set()
             if job.status == "queued":
-                job._update(status="cancelled", message="cancelled before it started", finished=time.time())
+                job.update(status="cancelled", message="cancelled before it started", finished=time.time())
             return True
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job | None:
@@ -262,7 +291,22 @@ class Worker:
                 return job
             time.sleep(0.05)
 
+    def describe(self) -> str:
+        """Where this executor trains, in one sentence (the sidebar shows it)."""
+        return "Runs train on this machine, one at a time."
+
+    def problem(self) -> str | None:
+        """Why runs cannot train now, in one sentence (None: they can)."""
+        return None
+
     # -- the thread --------------------------------------------------------------------------------
+    local_where = "this machine"  # a job's ``where`` from its submission on
+
+    def _enqueue(self, job: Job) -> None:
+        """Start ``job`` (the caller holds the lock): here, the queue of this machine's one thread."""
+        self._queue.put(job)
+        self._ensure_thread()
+
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._loop, name="scenelab-worker", daemon=True)
@@ -283,44 +327,34 @@ class Worker:
             except Exception:  # noqa: BLE001 - the thread must outlive any one job
                 logger.exception("Worker failed on job %s", job.id)
             finally:
-                with self._lock:
-                    self._prune()
+                self.prune()
 
     def _run(self, job: Job) -> None:
-        job._update(status="running", started=time.time(), message="starting")
+        job.update(status="running", started=time.time(), message="starting")
 
         def on_progress(event: dict[str, Any]) -> None:
             if job.cancel_requested:  # also stops feature extraction, which has no stop check
                 raise TrainingCancelled("Training was cancelled; nothing was saved.")
-            event = dict(event)
-            event["eta_s"] = estimate_eta(event)
-            with job._lock:
-                job.progress = event
-                kind = event.get("event")
-                if kind == "status":
-                    job.message = str(event.get("message", ""))
-                elif kind == "features":
-                    job.message = "computing backbone features"
-                elif kind == "decode":
-                    job.message = "decoding images"
-                elif kind in ("batch", "epoch"):
-                    job.message = "training the head" if event.get("phase") == "head" else "fine-tuning the whole network"
-                if kind == "epoch":
-                    job.history.append(dict(event["row"]))
+            apply_progress(job, event)
 
         try:
             result = train(
-                job.cfg, job.data_root, self.store, progress=on_progress, should_stop=job._stop.is_set, force=job.force,
+                job.cfg,
+                job.data_root,
+                self.store,
+                progress=on_progress,
+                should_stop=job._stop.is_set,
+                force=job.force,
                 meta=job.meta,
             )
         except TrainingCancelled:
-            job._update(status="cancelled", message="cancelled; nothing was saved", finished=time.time())
+            job.update(status="cancelled", message="cancelled; nothing was saved", finished=time.time())
             return
         except Exception as exc:  # noqa: BLE001 - one sentence for the page, the traceback for the log
             log_failure(f"Run {job.id} failed", exc)
-            job._update(status="failed", error=error_sentence(exc), message="failed", finished=time.time())
+            job.update(status="failed", error=error_sentence(exc), message="failed", finished=time.time())
             return
-        job._update(
+        job.update(
             status="done",
             result=result,
             cached=result.cached,
@@ -329,8 +363,12 @@ class Worker:
             finished=time.time(),
         )
 
-    def _prune(self) -> None:
-        """Forget the oldest finished jobs beyond ``max_finished`` (caller holds the lock)."""
+    def prune(self) -> None:
+        """Forget the oldest finished jobs beyond ``max_finished``."""
+        with self._lock:
+            self._prune_locked()
+
+    def _prune_locked(self) -> None:
         finished = [j for j in self._jobs.values() if not j.active]
         excess = len(finished) - self.max_finished
         if excess > 0:

@@ -30,6 +30,7 @@ from ui.study import (
     start_reproduction,
     started_by,
     table_frame,
+    training_where,
 )
 
 ensure_router()  # a deep link into a fresh server runs this page alone: hand over to app.py
@@ -96,12 +97,18 @@ def estimates_line() -> str:
         unknown |= found is None
         when = "measuring this machine's speed…"
         if found is not None:
-            when = f"about {fmt_eta(found[0])}" if found[1] else f"roughly {fmt_eta(found[0])} (no such run measured here yet)"
+            when = (
+                f"about {fmt_eta(found[0])}"
+                if found[1]
+                else f"roughly {fmt_eta(found[0])} (no such run measured here yet)"
+            )
         if found is None and speed is not None and speed.status == "failed":
             when = f"no estimate ({speed.error})"
         elif found is None and speed is not None and speed.status == "done":
             when = "no estimate: some rows cannot be trained here (the table says why)"
-        parts.append(f"{m}: {counts[1] - counts[0]} runs and {max(0, counts[3] - counts[2])} search trials missing, {when}")
+        parts.append(
+            f"{m}: {counts[1] - counts[0]} runs and {max(0, counts[3] - counts[2])} search trials missing, {when}"
+        )
     if unknown and speed is None:
         measure_speed(base, store)  # a few seconds in the background; the caption below polls it
         st.rerun()
@@ -131,8 +138,14 @@ with st.container(key="study_controls"):
     else:
         counts = progress_counts(cached_table(base, s["data_root"], store, plans[mode]))
         missing = counts[1] - counts[0] + max(0, counts[3] - counts[2])
-        if st.button(f"Reproduce the study ({mode})", key="study_reproduce", type="primary", disabled=missing == 0,
-                     icon=":material/play_arrow:", help="Trains every missing run, cheapest first, then the search."):
+        if st.button(
+            f"Reproduce the study ({mode})",
+            key="study_reproduce",
+            type="primary",
+            disabled=missing == 0,
+            icon=":material/play_arrow:",
+            help="Trains every missing run, cheapest first, then the search.",
+        ):
             start_reproduction(base, s["data_root"], store, plans[mode])
             st.rerun()
         estimate_caption()
@@ -152,7 +165,7 @@ def study_table() -> None:
         stored, total, trials_done, trials = progress_counts(by_mode[mode])
         done = stored + min(trials_done, trials)
         text = f"Reproducing ({mode}): {stored} of {total} runs stored" + (
-            f" · {trials_done} of {trials} search trials" if trials else "")  # fmt: skip
+            f" · {trials_done} of {trials} search trials" if trials else "") + training_where(now)  # fmt: skip
         st.progress(min(1.0, done / max(1, total + trials)), text=text)
     frame = table_frame(by_mode, reproduce.plan(base, how=plans[mode]))
     shown = frame.copy()

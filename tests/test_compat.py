@@ -29,6 +29,12 @@ def test_keras_global_state_and_seeds() -> None:
 
     assert state.get_global_attribute(rng_utils.GLOBAL_RANDOM_SEED) == 11
     assert compat.tf_global_seed() == 7  # TensorFlow's own seed untouched: warm graphs survive
+    from tensorflow.python.eager import context
+
+    keras.utils.set_random_seed(7)
+    fresh = [context.internal_operation_seed() for _ in range(3)]
+    assert compat.reset_tf_operation_seeds(7), "tensorflow's eager context has no _rng of operation seeds any more"
+    assert [context.internal_operation_seed() for _ in range(3)] == fresh  # as after set_random_seed(7)
 
 
 def test_thread_state_clear_is_per_thread() -> None:

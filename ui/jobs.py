@@ -68,6 +68,11 @@ def page_jobs(page: str, watch: Sequence[str | None] = ()) -> list[Job]:
     return [j for j in (worker.get(i) for i in ids) if j is not None]
 
 
+def _on(job: Job) -> str:
+    """Where a job trains, for a sentence: " on this machine", " on tcp://10.0.0.5:40211", or nothing yet."""
+    return f" on {job.where}" if job.where else ""
+
+
 def _queued_text(job: Job) -> str:
     ahead = get_worker().queue_position(job.id)
     return f"Queued: {run_name(job.cfg.to_dict())}" + (f" ({ahead} run(s) ahead)." if ahead else ".")
@@ -79,7 +84,8 @@ def _status_line(plan: Plan, jobs: list[Job]) -> str:
         running = next((j for j in active if j.status == "running"), None)
         if running is None:
             return _queued_text(active[0]) if len(active) == 1 else f"Queued: {len(active)} run(s)."
-        return f"Training {run_name(running.cfg.to_dict())}: {running.view().message or 'starting'}."
+        view = running.view()
+        return f"Training {run_name(running.cfg.to_dict())}{_on(view)}: {view.message or 'starting'}."
     if plan.trained and plan.records:
         accs = ", ".join(fmt_acc(r.metrics.get("test_accuracy")) for r in plan.records if r is not None)
         return f"Trained: test accuracy {accs}."
@@ -168,7 +174,9 @@ def _show_job(job: Job, page: str) -> None:
             st.markdown(f"**Queued**: {run_name(v.cfg.to_dict())}" + (f" ({pos} run(s) ahead)" if pos else ""))
             return
         elapsed = time.time() - (v.started or time.time())
-        st.markdown(f"**Training** {run_name(v.cfg.to_dict())}: {v.message or 'starting'} · {fmt_seconds(elapsed)}")
+        st.markdown(
+            f"**Training** {run_name(v.cfg.to_dict())}{_on(v)}: {v.message or 'starting'} · {fmt_seconds(elapsed)}"
+        )
         frac, text = _fraction(v.progress, v.message)
         st.progress(frac, text=text)
         latest = v.history[-1] if v.history else {}

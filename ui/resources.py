@@ -13,6 +13,7 @@ import os
 import numpy as np
 import streamlit as st
 
+from core.cluster import CLUSTER_ENV, executor_for
 from core.config import RunConfig
 from core.data.arrays import DatasetInfo, decode_image, scan_dataset
 from core.errors import SceneLabError
@@ -33,8 +34,8 @@ def _store(artifacts: str) -> Store:
 
 
 @st.cache_resource(show_spinner=False)
-def _worker(artifacts: str) -> Worker:
-    return Worker(_store(artifacts))
+def _worker(artifacts: str, cluster: str = "") -> Worker:
+    return executor_for(_store(artifacts), cluster)
 
 
 def get_store() -> Store:
@@ -42,8 +43,11 @@ def get_store() -> Store:
 
 
 def get_worker() -> Worker:
-    """The app's one training worker (shared by every session; keyed by the artifacts folder)."""
-    return _worker(settings()["artifacts"])
+    """The app's one training executor (shared by every session; keyed by the artifacts folder and the cluster):
+    this machine's worker thread, or the Dask cluster ``SCENELAB_CLUSTER`` names (``core.cluster``)."""
+    cluster = os.environ.get(CLUSTER_ENV, "").strip()
+    artifacts = settings()["artifacts"]
+    return _worker(artifacts, cluster) if cluster else _worker(artifacts)  # unset: the same resource as always
 
 
 @st.cache_data(ttl=60, max_entries=16, show_spinner=False)

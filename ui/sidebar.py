@@ -94,6 +94,11 @@ def _image_size(info: DatasetInfo | None) -> None:
 def _sidebar_queue() -> None:
     worker = get_worker()
     active = [j for j in worker.jobs() if j.active]
+    if worker.local_where != "this machine":  # a Dask cluster: say where runs train, or why they cannot
+        problem = worker.problem()
+        (st.error if problem else st.caption)(problem or worker.describe())
     if active:
         running = [j for j in active if j.status == "running"]
-        st.caption(f"Worker: {len(running)} training, {len(active) - len(running)} queued")
+        where = sorted({j.where for j in running if j.where})
+        on = f" on {', '.join(where)}" if where else ""
+        st.caption(f"Worker: {len(running)} training{on}, {len(active) - len(running)} queued")

@@ -173,6 +173,14 @@ def fmt_signed(x: float | None) -> str:
     return "–" if x is None else f"{x:+.3f}".replace("-", "−")
 
 
+def training_where(task: Any) -> str:
+    """Where the reproduction's runs train now and how many wait, for its progress line ("" when unknown)."""
+    progress = getattr(task, "progress", None) or {}
+    where, queued = progress.get("where") or [], progress.get("queued") or 0
+    text = f" · training on {', '.join(where)}" if where else ""
+    return text + (f" · {queued} queued" if queued else "")
+
+
 def progress_counts(results: list[reproduce.RowResult]) -> tuple[int, int, int, int]:
     """(runs stored, runs in the plan, search trials finished, trials asked): each run counted once, as the
     table's rows share runs (task 1's uncut network is task 0's run, task 2's full set too)."""
@@ -222,7 +230,9 @@ def _wait_jobs(job_ids: list[str], total: int, progress: Any, should_stop: Any) 
         jobs = [worker.get(i) for i in job_ids]
         active = [j for j in jobs if j is not None and j.active]
         done = sum(1 for j in jobs if j is not None and j.status == "done")
-        progress({"event": "runs", "done": done, "total": total})
+        where = sorted({j.where for j in active if j.status == "running" and j.where})
+        progress({"event": "runs", "done": done, "total": total, "where": where,
+                  "queued": sum(1 for j in active if j.status == "queued")})  # fmt: skip
         if not active:
             return
         if should_stop():
