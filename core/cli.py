@@ -266,6 +266,7 @@ def _add_best(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--minutes", type=float, required=True, help="minutes of search in this call")
+    p.add_argument("--trials", type=int, default=None, help="also stop after this many trials in this call")
     p.add_argument("--small", action="store_true", help=f"train on the study's small set ({SMALL} images per class)")
     p.add_argument("--storage", default=None, help="Optuna storage URL or file (default <artifacts>/studies/studies.db)")
     defaults = entry_defaults()

@@ -271,7 +271,8 @@ def _best(args: Any) -> dict[str, Any]:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     artifacts = str(args.artifacts or default_artifacts())
     data = str(args.data or default_dataset(artifacts))
-    return run_best(Request(data=data, minutes=args.minutes, base=base, artifacts=artifacts, storage=args.storage))
+    return run_best(Request(data=data, minutes=args.minutes, base=base, artifacts=artifacts, storage=args.storage,
+                            trials=args.trials))  # fmt: skip
 
 
 COMMANDS = {

@@ -115,6 +115,8 @@ class Request:
     base: RunConfig
     artifacts: str
     storage: str | None = None
+    trials: int | None = None  # stop after this many finished trials too (default: only the minutes end it)
+    space: dict[str, dict[str, Any]] | None = None  # narrows BEST_SPACE (tests); its first trials then are none
 
     @property
     def key(self) -> str:
@@ -152,18 +154,23 @@ def search(req: Request) -> optuna.Study:
     """Work on the request's study for its minutes (resumed where an earlier call stopped)."""
     if not req.minutes > 0:
         raise ConfigError(f"--minutes must be a positive number; received {req.minutes:g}.")
-    space = check_best_space()
+    if req.trials is not None and req.trials < 1:
+        raise ConfigError(f"--trials must be at least 1; received {req.trials}.")
+    space = check_best_space(req.space if req.space is not None else BEST_SPACE)
     url = resolve_storage_url(req.storage, req.artifacts)
     study, _ = create_or_resume(open_storage(url, heartbeat=True), req.key, settings=_settings(req, space))
     study.sampler = make_sampler("tpe", req.base.seed)
     study.pruner = make_pruner("median")
-    if not study.get_trials(deepcopy=False):
+    if not study.get_trials(deepcopy=False) and req.space is None:
         for start in BEST_STARTS:
             study.enqueue_trial(start)
     store = Store(req.artifacts)
     objective = BestObjective(base_config(req.base), space, req.data, store)
     logger.info("best search %s for %g minutes (storage %s)", req.key, req.minutes, redact(url))
-    run_worker(study, objective, TRIALS_CAP, timeout=req.minutes * 60.0, on_trial=_log_trial)
+    n = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) + (
+        req.trials or TRIALS_CAP
+    )
+    run_worker(study, objective, n, timeout=req.minutes * 60.0, on_trial=_log_trial)
     return study
 
 
@@ -263,6 +270,31 @@ def recipe(record: RunRecord) -> list[dict[str, Any]]:
     return list(runs) if runs else [record.config["run"]]
 
 
+def recipe_text(runs: list[dict[str, Any]]) -> str:
+    """A winner's recipe in words: "efficientnet_lite0 at 160 px, last 1 block fine-tuned, Adam 3.0e-04, 10 epochs,
+    dropout 0.30, test-time flip" (an ensemble: "mean of N runs: " and each run's)."""
+    from core.models.backbones import get_backbone
+
+    def one(run: dict[str, Any]) -> str:
+        trained = (
+            get_backbone(run["backbone"]).blocks - int(run.get("remove_blocks", 0)) - int(run.get("freeze_blocks", 0))
+        )
+        parts = [f"{run['backbone']} at {run['image_size']} px", f"last {trained} block{'s' * (trained != 1)} fine-tuned",
+                 f"{str(run['optimizer']).capitalize()} {float(run['lr']):.1e}", f"{run['epochs']} epochs",
+                 f"dropout {float(run['dropout']):.2f}"]  # fmt: skip
+        if run.get("reduce_lr_patience"):
+            parts.append(f"reduce-LR after {run['reduce_lr_patience']}")
+        if (run.get("augment") or {}).get("hflip"):
+            parts.append("flips")
+        if run.get("tta"):
+            parts.append("test-time flip")
+        return ", ".join(parts)
+
+    if len(runs) == 1:
+        return one(runs[0])
+    return f"mean of {len(runs)} runs: " + "; ".join(one(r) for r in runs)
+
+
 def run_best(req: Request) -> dict[str, Any]:
     """Search for ``req.minutes``, choose on validation, store the winner; its test accuracy is read here, once."""
     t0 = time.monotonic()
@@ -275,7 +307,7 @@ def run_best(req: Request) -> dict[str, Any]:
         "key": req.key, "run_id": record.run_id, "kind": "ensemble" if choice.is_ensemble else "run",
         "members": list(choice.run_ids), "val_accuracy": round(choice.val_accuracy, 4),
         "val_loss": round(choice.val_loss, 4), "test_accuracy": record.metrics.get("test_accuracy"),
-        "recipe": recipe(record), "minutes": round(search_seconds(study) / 60.0, 2),
+        "recipe": recipe(record), "recipe_text": recipe_text(recipe(record)), "minutes": round(search_seconds(study) / 60.0, 2),
         "minutes_this_call": round((time.monotonic() - t0) / 60.0, 2), "trials": len(study.trials),
         "runs": len(pool), "study": req.key, "storage": redact(resolve_storage_url(req.storage, req.artifacts)),
         "data": str(Path(req.data).resolve()), "data_fingerprint": record.config.get("dataset", {}).get("fingerprint"),

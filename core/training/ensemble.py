@@ -63,7 +63,7 @@ def ensemble_model(members: Sequence[RunRecord]) -> Any:
     for i, record in enumerate(members):
         clf = load_classifier(record)
         served = serving_model(clf, tta=bool(record.config["run"].get("tta")), image_size=size)
-        member = keras.Model(served.inputs, served.outputs, name=f"member_{i}")
+        member = keras.Model(served.inputs[0], served.outputs[0], name=f"member_{i}")
         outputs.append(member(inputs))
     return keras.Model(inputs, keras.layers.Average(name="ensemble_mean")(outputs), name="ensemble")
 
@@ -116,11 +116,12 @@ def save_ensemble(store: Store, members: Sequence[RunRecord], meta: dict[str, An
         return store.commit_run(run_id, tmp)
 
 
-def explained_record(record: RunRecord, store: Store) -> RunRecord:
-    """The run whose network a heatmap or a map explains: an ensemble's first member, else the run itself."""
+def explained_record(record: RunRecord, store: Store | None = None) -> RunRecord:
+    """The run whose network a heatmap or a map explains: an ensemble's first member (from ``store``, else the
+    store holding the ensemble), else the run itself."""
     if not record.members:
         return record
-    first = store.load_run(record.members[0])
+    first = (store or Store(record.path.parent.parent)).load_run(record.members[0])
     if first is None:
         raise ConfigError(f"Ensemble {record.run_id}'s first run is no longer stored; it cannot be explained.")
     return first
