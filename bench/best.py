@@ -73,6 +73,47 @@ def one_set(
             "wall_s": meter.get("seconds"), "own_cores": meter.get("own_cores"), "others_cores": meter.get("others_cores")}  # fmt: skip
 
 
+# -- the report (bench/report.py's Section "best") ---------------------------------------------------------------
+SET_LABELS = {"full": "full set", "small": "small set (50 per class)"}
+
+
+def target_rows(f: dict[str, Any]) -> list[list[Any]]:
+    """BENCHMARKS.md's targets table: each set's winner, chosen on validation, against its test target."""
+    return [[f"best model in {f['minutes']:g} min, {SET_LABELS[r['set']]}: test accuracy (chosen on validation)",
+             f"{f['dataset']}, {f['backbone']}", f"{r['test_accuracy']}", f"≥ {r['target']}", r["met"]]
+            for r in f["sets"]]  # fmt: skip
+
+
+def section(f: dict[str, Any], md_table: Any, load_line: Any) -> str:
+    """The curve (test accuracy of the winner chosen on validation after each many minutes) and each set's winner."""
+    from core.search.best import recipe_text
+
+    lines = [
+        "## The best model in a budget (bench/best.py)",
+        "",
+        f"`python -m core best --minutes {f['minutes']:g}` on {f['dataset']} with {f['backbone']} (ImageNet weights), "
+        "each set from an empty artifacts folder (decoding, prefix activations and every run on the clock). The curve "
+        "is read from the same study afterwards: after each many minutes of search, the run or ensemble that the "
+        "selection (validation only) would have picked from the runs finished by then, and its test accuracy.",
+    ]
+    for r in f["sets"]:
+        rows = [
+            [pt["minutes"], pt["runs"], pt["members"], pt["val_accuracy"], pt["test_accuracy"]] for pt in r["curve"]
+        ]
+        kind = f"an ensemble of {len(r['members'])} runs" if r["kind"] == "ensemble" else "one run"
+        lines += [
+            "",
+            f"**{SET_LABELS[r['set']]}**: {r['trials']} trials, {r['runs']} stored runs in {r['minutes']} minutes of "
+            f"search ({r['wall_s']:.0f} s wall with the choice; this process used {r['own_cores']} cores, others "
+            f"{r['others_cores']}). Winner: {kind} (`{r['run_id']}`), validation {r['val_accuracy']}, test "
+            f"**{r['test_accuracy']}** (target ≥ {r['target']}: {'met' if r['met'] else 'not met'}); "
+            f"{recipe_text(r['recipe'])}.",
+            "",
+            md_table(["minutes", "runs finished", "members", "validation acc", "test acc"], rows),
+        ]
+    return "\n".join([*lines, "", load_line(f)])
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=30.0, help="minutes of search per set")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import aug_finetune
+from bench import best as best_bench
 from bench.common import NOMINAL_PEAK_GFLOPS
 
 EXPLAIN_NAMES = {"gradcam_warm_s": "Grad-CAM", "gradcampp_warm_s": "Grad-CAM++", "scorecam_warm_s": "Score-CAM (64 channels)",
@@ -540,6 +541,8 @@ SECTIONS: list[Section] = [
     Section("aug_finetune", "augmented partial fine-tuning",
             lambda f: aug_finetune.section(f, md_table, load_line), lambda f: [aug_finetune.target_row(f)]),
     Section("browser", "in the browser", section_browser),
+    Section("best", "the best model in a budget", lambda f: best_bench.section(f, md_table, load_line),
+            best_bench.target_rows),
 ]
 
 
