@@ -10,6 +10,7 @@ import pytest
 
 from core.config import entry_config
 from core.errors import ConfigError
+from core.paths import REPO
 from core.search import best
 from core.search.best import BEST_SPACE, BEST_STARTS, Candidate, Request, check_best_space, choose
 
@@ -183,3 +184,26 @@ def test_best_command_prints_the_test_accuracy_once_at_the_end(tiny_dataset, tmp
     trial_lines = [line for line in captured.err.splitlines() if "best trial" in line]
     assert all("test" not in line for line in trial_lines)  # the trials' log lines show validation figures only
     assert main(["best", "--data", str(tiny_dataset), "--minutes", "0", "--artifacts", str(tmp_path / "a")]) == 2
+
+
+def test_the_runs_page_lists_and_shows_an_ensemble(searched, tiny_dataset):
+    from streamlit.testing.v1 import AppTest
+
+    from core.training.ensemble import save_ensemble
+    from tests.apphelpers import texts
+
+    req, study, store, out = searched
+    pool = best.candidates(study, store)
+    same = [c for c in pool if c.image_size == pool[0].image_size][:2]
+    ensemble = save_ensemble(store, [store.load_run(c.run_id) for c in same])
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    at.session_state["data_root"] = str(tiny_dataset)
+    at.session_state["artifacts"] = req.artifacts
+    at.session_state["runs_selected"] = [ensemble.run_id]
+    at.switch_page("pages/runs.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    names = list(at.dataframe[0].value["name"]) if at.dataframe else []
+    shown = texts(at)
+    assert any(str(n).startswith("Best model, mean of 2 runs") for n in names) or "mean of 2 runs" in shown
+    assert "has no learning curve of its own" in shown

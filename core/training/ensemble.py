@@ -100,7 +100,8 @@ def save_ensemble(store: Store, members: Sequence[RunRecord], meta: dict[str, An
         tmp = store.begin_run(run_id)
         try:
             ensemble_model(members).save(tmp / "model.keras")
-            config = {**first.config, "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            inherited = {k: v for k, v in first.config.items() if k != "search_study"}  # not a search trial
+            config = {**inherited, "run_id": run_id, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                       ENSEMBLE_KEY: {"members": [m.run_id for m in members],
                                      "runs": [m.config["run"] for m in members]},
                       "base_trained": True, "cache_format": CACHE_FORMAT_VERSION, **(meta or {})}  # fmt: skip
