@@ -55,6 +55,31 @@ def curve(result: dict[str, Any], artifacts: Path, minutes: float) -> list[dict[
     return out
 
 
+def verify(result: dict[str, Any], data: Path, artifacts: Path, workdir: Path) -> dict[str, Any]:
+    """Off the clock: the winner exported (``.keras``) and loaded by plain Keras, scored on the test images; and each
+    of its runs trained again from its stored recipe (same seed) in an empty store, scored on test."""
+    import keras
+
+    from core.config import RunConfig
+    from core.data.arrays import decode_dataset, scan_dataset
+    from core.store.folders import Store
+    from core.training.runs import export_model
+    from core.training.train import train
+
+    store = Store(artifacts)
+    record = store.load_run(result["run_id"])
+    dest = workdir / f"{result['run_id']}.keras"
+    export_model(record, dest)
+    ds = decode_dataset(scan_dataset(data), int(record.config["run"]["image_size"]), store.datasets_dir)
+    probs = keras.saving.load_model(dest).predict(ds.x_test.astype("float32"), verbose=0, batch_size=64)
+    again = [train(RunConfig.from_dict(cfg), data, Store(workdir / "again")) for cfg in result["recipe"]]
+    stored = [store.load_run(r).metrics["test_accuracy"] for r in result["members"]]
+    return {"exported_test_accuracy": round(float(np.mean(probs.argmax(1) == ds.y_test)), 4),
+            "reproduced_run_ids_equal": [a.run_id for a in again] == list(result["members"]),
+            "reproduced_test_accuracies": [a.record.metrics["test_accuracy"] for a in again],
+            "stored_test_accuracies": stored}  # fmt: skip
+
+
 def one_set(
     name: str, data: Path, minutes: float, backbone: str, workdir: Path, log: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -67,9 +92,10 @@ def one_set(
     with common.measured(log, name) as meter:
         result = run_best(Request(data=str(data), minutes=minutes, base=base, artifacts=str(artifacts)))
     points = curve(result, artifacts, minutes)
+    checks = verify(result, data, artifacts, workdir)
     keep = ("run_id", "kind", "members", "val_accuracy", "test_accuracy", "recipe", "minutes", "trials", "runs")
     return {"set": name, **{k: result[k] for k in keep}, "train_per_class": base.train_per_class,
-            "curve": points, "target": TARGETS[name], "met": (result["test_accuracy"] or 0) >= TARGETS[name],
+            "curve": points, **checks, "target": TARGETS[name], "met": (result["test_accuracy"] or 0) >= TARGETS[name],
             "wall_s": meter.get("seconds"), "own_cores": meter.get("own_cores"), "others_cores": meter.get("others_cores")}  # fmt: skip
 
 
@@ -111,6 +137,11 @@ def section(f: dict[str, Any], md_table: Any, load_line: Any) -> str:
             "",
             md_table(["minutes", "runs finished", "members", "validation acc", "test acc"], rows),
         ]
+        if "exported_test_accuracy" in r:
+            same = "the same run ids" if r["reproduced_run_ids_equal"] else "**other run ids**"
+            lines += ["", f"Off the clock: exported as `.keras` and loaded by plain Keras, test {r['exported_test_accuracy']}; "
+                      f"trained again from the stored recipe (same seed, empty store): {same}, test "
+                      f"{r['reproduced_test_accuracies']} (stored {r['stored_test_accuracies']})."]  # fmt: skip
     return "\n".join([*lines, "", load_line(f)])
 
 
