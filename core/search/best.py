@@ -308,7 +308,7 @@ def run_best(req: Request) -> dict[str, Any]:
         "members": list(choice.run_ids), "val_accuracy": round(choice.val_accuracy, 4),
         "val_loss": round(choice.val_loss, 4), "test_accuracy": record.metrics.get("test_accuracy"),
         "recipe": recipe(record), "recipe_text": recipe_text(recipe(record)), "minutes": round(search_seconds(study) / 60.0, 2),
-        "minutes_this_call": round((time.monotonic() - t0) / 60.0, 2), "trials": len(study.trials),
+        "minutes_this_call": round((time.monotonic() - t0) / 60.0, 2), "trials": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))),
         "runs": len(pool), "study": req.key, "storage": redact(resolve_storage_url(req.storage, req.artifacts)),
         "data": str(Path(req.data).resolve()), "data_fingerprint": record.config.get("dataset", {}).get("fingerprint"),
         "backbone": req.base.backbone, "train_per_class": req.base.train_per_class, "seed": req.base.seed,
