@@ -101,8 +101,10 @@ for r in chosen:
         verb = (
             "Open its settings in" if r.config.get("search_study") else "Open in"
         )  # a search trial: its settings' page
-        if page.takes_runs and not r.members and b3.button(
-            f"{verb} {page.label}", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:"
+        if (
+            page.takes_runs
+            and not r.members
+            and b3.button(f"{verb} {page.label}", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:")
         ):
             handover.load_config(r.config.get("run", {}), page.file, run_id=r.run_id)
 
