@@ -136,7 +136,7 @@ def _figure(r: reproduce.RowResult | None) -> str:
 def best_model_frame(store: Store, fingerprints: set[str]) -> pd.DataFrame:
     """The study's best figures beside the best models ``python -m core best`` stored for this dataset (read from
     their records under ``<artifacts>/best/``: nothing trains here), the newest of each training set."""
-    from core.search.best import best_records
+    from core.search.best import best_records, recipe_text
     from core.study import reference as ref
 
     small = max(ref.SMALL_DATA["accuracy"], ref.AUGMENTATION_BEST["accuracy"], ref.REGULARISATION_BEST["accuracy"])
@@ -156,7 +156,7 @@ def best_model_frame(store: Store, fingerprints: set[str]) -> pd.DataFrame:
         rows.append({"model": f"Best model ({kind}, chosen on validation)",
                      "training set": f"small ({per_class} per class)" if per_class else "full",
                      "test accuracy": f"{rec['test_accuracy']:.4f} (validation {rec.get('val_accuracy', float('nan')):.4f})",
-                     "recipe": rec.get("recipe_text") or "", "cost": f"{rec.get('minutes', 0):.1f} min of search",
+                     "recipe": recipe_text(rec["recipe"]) if rec.get("recipe") else "", "cost": f"{rec.get('minutes', 0):.1f} min of search",
                      "run": rec["run_id"]})  # fmt: skip
     return pd.DataFrame(rows)
 
