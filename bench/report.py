@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import aug_finetune, scale, startup
+from bench import best as best_bench
 from bench.common import NOMINAL_PEAK_GFLOPS
 
 EXPLAIN_NAMES = {"gradcam_warm_s": "Grad-CAM", "gradcampp_warm_s": "Grad-CAM++", "scorecam_warm_s": "Score-CAM (64 channels)",
@@ -586,6 +587,8 @@ SECTIONS: list[Section] = [
     Section("startup", "answers from the store", lambda f: startup.section(f, md_table, load_line), startup.target_rows),
     Section("scale", "a big folder", lambda f: scale.section(f, md_table, load_line), scale.target_rows),
     Section("cluster", "training on a Dask cluster", section_cluster),
+    Section("best", "the best model in a budget", lambda f: best_bench.section(f, md_table, load_line),
+            best_bench.target_rows),
 ]
 
 

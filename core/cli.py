@@ -24,7 +24,7 @@ from core.fields import Setting, flag_of, parse_text
 from core.search.objective import AUTO_REPEATS_CHEAP
 from core.search.request import DEFAULT_TRIALS, StudyRequest
 from core.search.samplers import PRUNERS, SAMPLERS
-from core.study.plan import DEFAULT_GRID_SAMPLE, DEFAULT_TRAINED_BLOCKS, MODES
+from core.study.plan import DEFAULT_GRID_SAMPLE, DEFAULT_TRAINED_BLOCKS, MODES, SMALL
 
 logger = logging.getLogger("core")
 DATA_HELP = (
@@ -293,6 +293,25 @@ def _add_runs(sub: Any) -> None:
     _add_artifacts_and_json(p)
 
 
+def _add_best(sub: Any) -> None:
+    p = sub.add_parser(
+        "best", help="the best model this machine can make in a budget of minutes, chosen on validation alone",
+        description="Search (Optuna, resumable) over the fine-tuned depth, image size, learning rate and schedule, "
+        "epochs, dropout, flips and test-time flip, fine-tuning the last blocks on cached activations of the frozen "
+        "prefix; keep the run, or the ensemble of the best few runs, that scores highest on validation; print its "
+        "test accuracy once, at the end. Calling it again goes on with the same search.",
+    )  # fmt: skip
+    p.add_argument("--data", default=None, help=DATA_HELP)
+    p.add_argument("--minutes", type=float, required=True, help="minutes of search in this call")
+    p.add_argument("--trials", type=int, default=None, help="also stop after this many trials in this call")
+    p.add_argument("--small", action="store_true", help=f"train on the study's small set ({SMALL} images per class)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL or file (default <artifacts>/studies/studies.db)")
+    defaults = entry_defaults()
+    for name in ("backbone", "weights", "seed"):
+        _add_run_setting(p, name, defaults[name])
+    _add_artifacts_and_json(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m core", description="SceneLab core: describe, train, tune, reproduce the study, export, explain."
@@ -310,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_explain,
         _add_project,
         _add_runs,
+        _add_best,
     ):
         add(sub)
     return parser

@@ -351,7 +351,26 @@ def _runs(args: Any) -> dict[str, Any]:
     return {"runs": rows, "count": len(rows), "artifacts": str(store.root)}
 
 
+def _best(args: Any) -> dict[str, Any]:
+    from core.study.plan import SMALL
+
+    base = entry_config(backbone=args.backbone, weights=args.weights, seed=args.seed,
+                        train_per_class=SMALL if args.small else None).validate()  # fmt: skip
+    import optuna
+
+    from core.data.bundled import default_dataset
+    from core.search.best import Request, run_best
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if args.verbose else optuna.logging.WARNING)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    artifacts = str(args.artifacts or default_artifacts())
+    data = str(args.data or default_dataset(artifacts))
+    return run_best(Request(data=data, minutes=args.minutes, base=base, artifacts=artifacts, storage=args.storage,
+                            trials=args.trials))  # fmt: skip
+
+
 COMMANDS = {
     "describe": _describe, "train": _train, "download-data": _download, "tune": _tune, "export": _export,
     "import-data": _import_data, "reproduce": _reproduce, "explain": _explain, "project": _project, "runs": _runs,
+    "best": _best,
 }  # fmt: skip

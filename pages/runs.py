@@ -80,7 +80,11 @@ if not chosen:
     st.caption("Tick two runs to compare their curves.")
 else:
     st.subheader("Learning curves")
-    draw_curves({f"{run_name(r.config.get('run', {}))} ({r.run_id[:6]})": r.history for r in chosen}, key=f"{P}_curves")
+    curves = {f"{run_name(r.config.get('run', {}))} ({r.run_id[:6]})": r.history for r in chosen if r.history}
+    if curves:
+        draw_curves(curves, key=f"{P}_curves")
+    if len(curves) < len(chosen):
+        st.caption("An ensemble (a best model of `python -m core best`) has no learning curve of its own; its runs do.")
     st.subheader("Selected runs")
 for r in chosen:
     with st.container(border=True):
@@ -97,8 +101,10 @@ for r in chosen:
         verb = (
             "Open its settings in" if r.config.get("search_study") else "Open in"
         )  # a search trial: its settings' page
-        if page.takes_runs and b3.button(
-            f"{verb} {page.label}", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:"
+        if (
+            page.takes_runs
+            and not r.members
+            and b3.button(f"{verb} {page.label}", key=f"{P}_open_{r.run_id}", icon=":material/open_in_new:")
         ):
             handover.load_config(r.config.get("run", {}), page.file, run_id=r.run_id)
 

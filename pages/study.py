@@ -17,6 +17,7 @@ from ui.resources import get_store
 from ui.settings import base_config, settings
 from ui.study import (
     DEFAULT_REPEATS,
+    best_model_frame,
     cached_estimate,
     cached_table,
     cancel_reproduction,
@@ -203,3 +204,13 @@ def study_table() -> None:
 
 
 study_table()
+
+st.subheader("Best model")
+best_frame = best_model_frame(store, {info.fingerprint})
+st.dataframe(best_frame, key="study_best", hide_index=True, width="stretch")
+if len(best_frame) <= 2:
+    st.caption("No best model is stored for this dataset yet: `python -m core best --minutes 30 [--small] --json` "
+               "searches for one, chosen on validation alone (the Runs page, page 6 and export then take it).")  # fmt: skip
+else:
+    st.caption("Each best model was chosen on the validation split alone; its test accuracy was read once, at the end. "
+               "Its run is on the Runs page; `python -m core export RUN_ID --to best.keras` writes it.")  # fmt: skip

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMMON_KEYS = {"bench", "tiny", "date", "dataset", "load", "machine", "command"}
 EXPECTED = {
     "pipeline": {"sizes", "ratio", "target_ratio", "augmentation", "batch_size"},
+    "best": {"backbone", "minutes", "sets"},
     "train_step": {"results", "best", "nominal_fp32_peak_gflops", "measured_ceiling_gflops", "threads"},
     "bundled": {"unpack_s", "second_call_ms", "images", "targets"},
     "scale": {"sizes", "results", "growth", "size_ratio", "image_size", "targets", "met"},
@@ -121,9 +122,19 @@ def check_scale(f: dict) -> None:
     assert f["met"]["peak_rss"] == (runs["240"]["peak_rss_gib"] <= f["targets"]["peak_rss_50k_gib"])
 
 
+def check_best(f: dict) -> None:
+    assert [r["set"] for r in f["sets"]] == ["full", "small"]
+    for r in f["sets"]:
+        winner = pytest.approx(r["test_accuracy"], abs=1e-4)
+        assert r["curve"][-1]["test_accuracy"] == winner  # the curve ends at the winner
+        assert r["exported_test_accuracy"] == winner and r["reproduced_run_ids_equal"]
+        assert r["reproduced_test_accuracies"] == r["stored_test_accuracies"]
+        assert r["met"] == (r["test_accuracy"] >= r["target"])
+
+
 CHECKS = {"pipeline": check_pipeline, "scale": check_scale, "train_step": check_train_step, "bundled": check_bundled,
           "time_to_accuracy": check_time_to_accuracy, "latency": check_latency,
-          "aug_finetune": check_aug_finetune}  # fmt: skip
+          "aug_finetune": check_aug_finetune, "best": check_best}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -25,6 +25,7 @@ from core.explain.heatmaps import METHODS, Comparison, Explanation, compare, exp
 from core.explain.render import DIVERGING, JET, colorbar
 from core.models.backbones import BACKBONES, get_backbone
 from core.store.folders import Store
+from core.training.ensemble import explained_record
 from core.training.runs import load_classifier
 
 SOURCE_TEST, SOURCE_UPLOAD, SOURCE_CAMERA = "Test-set image", "Upload a photo", "Camera"
@@ -51,6 +52,7 @@ def run_inspector(run_id: str, artifacts: str) -> Inspector:
     record = store_at(artifacts).load_run(run_id)
     if record is None:
         raise StoreError(f"Run {run_id} is no longer in {artifacts}; pick another run or train it again.")
+    record = explained_record(record, store_at(artifacts))  # an ensemble: its first run's network
     return Inspector(load_classifier(record), classes=record.config["dataset"]["classes"])
 
 

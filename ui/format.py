@@ -206,6 +206,9 @@ def runs_table(records: list[RunRecord]) -> pd.DataFrame:
         run = r.config.get("run", {})
         row["name"] = run_name(run, search=bool(r.config.get("search_study")))
         row["page"] = "5 Hyperparameter search" if r.config.get("search_study") else page_of_run(run).label
+        if r.members:  # an ensemble record (python -m core best): named by its size and its first run
+            row["name"] = f"Best model, mean of {len(r.members)} runs: {row['name']}"
+            row["page"] = "Study (best model)"
         row["trained_by"] = r.config.get("trained_by") or "–"
         row["backbone"] = backbone_label(row.get("backbone"))
         row["trained"] = fmt_time(row.get("created"))

@@ -135,6 +135,34 @@ def _figure(r: reproduce.RowResult | None) -> str:
     return text if r.cached else f"{text} · {r.done}/{r.runs} runs"
 
 
+def best_model_frame(store: Store, fingerprints: set[str]) -> pd.DataFrame:
+    """The study's best figures beside the best models ``python -m core best`` stored for this dataset (read from
+    their records under ``<artifacts>/best/``: nothing trains here), the newest of each training set."""
+    from core.search.best import best_records, recipe_text
+    from core.study import reference as ref
+
+    small = max(ref.SMALL_DATA["accuracy"], ref.AUGMENTATION_BEST["accuracy"], ref.REGULARISATION_BEST["accuracy"])
+    rows: list[dict[str, Any]] = [
+        {"model": "the study's best", "training set": "full", "test accuracy": f"{ref.TRUNCATION_300_EPOCHS:.4f}",
+         "recipe": f"{ref.STUDY_MODEL}, 300 epochs on a GPU ({ref.SELECTION_NOTE})", "cost": "–", "run": "–"},
+        {"model": "the study's best", "training set": f"small ({ref.SMALL_DATA['per_class']} per class)",
+         "test accuracy": f"{small:.4f}", "recipe": f"{ref.STUDY_MODEL} ({ref.SELECTION_NOTE})", "cost": "–", "run": "–"},
+    ]  # fmt: skip
+    seen: set[Any] = set()
+    for rec in best_records(store):  # newest first
+        per_class = rec.get("train_per_class")
+        if rec.get("data_fingerprint") not in fingerprints or per_class in seen:
+            continue
+        seen.add(per_class)
+        kind = f"ensemble of {len(rec.get('members', []))}" if rec.get("kind") == "ensemble" else "one run"
+        rows.append({"model": f"Best model ({kind}, chosen on validation)",
+                     "training set": f"small ({per_class} per class)" if per_class else "full",
+                     "test accuracy": f"{rec['test_accuracy']:.4f} (validation {rec.get('val_accuracy', float('nan')):.4f})",
+                     "recipe": recipe_text(rec["recipe"]) if rec.get("recipe") else "", "cost": f"{rec.get('minutes', 0):.1f} min of search",
+                     "run": rec["run_id"]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def table_frame(by_mode: dict[str, list[reproduce.RowResult]], rows: list[Row]) -> pd.DataFrame:
     """One line per row of the study: its figure, then each mode's (frozen, fine-tuned) with its interval."""
     keyed = {m: {r.key: r for r in results} for m, results in by_mode.items()}

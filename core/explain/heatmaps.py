@@ -42,6 +42,7 @@ from core.explain.methods import EXPLAIN_METHODS
 from core.models.backbones import get_backbone
 from core.store.atomic import atomic_write_bytes
 from core.store.folders import RunRecord
+from core.training.ensemble import explained_record
 from core.training.metrics import top_k
 from core.training.runs import load_classifier
 
@@ -267,6 +268,7 @@ def inspector_for(
 ) -> Inspector:
     """The Inspector of a stored run, or of a backbone with its ImageNet top (not fine-tuned)."""
     if run is not None:
+        run = explained_record(run)  # an ensemble: its first run's network
         return Inspector(load_classifier(run), classes=run.config["dataset"]["classes"], background_compile=False)
     if backbone is None:
         raise ConfigError("Give a run (--run) or a backbone (--backbone) to explain with.")

@@ -37,6 +37,7 @@ from core.models.backbones import ResolvedWeights, resolve_weights
 from core.models.model import classifier_for, head_for
 from core.store.atomic import atomic_write_bytes, atomic_write_npz, load_npz
 from core.store.folders import RunRecord, Store
+from core.training.ensemble import explained_record
 from core.training.features import FeatureFn, compute_features, features_key
 from core.training.runs import load_classifier
 
@@ -162,7 +163,7 @@ def _features(source: _Source, info: DatasetInfo, store: Store, n_classes: int) 
         return np.concatenate([cached["train"], cached["test"]])
     ds = decode_dataset(info, source.cfg.image_size, store.datasets_dir)
     if source.run is not None and not source.scores:
-        model = load_classifier(source.run)
+        model = load_classifier(explained_record(source.run))  # an ensemble: its first run's features
         feature_model = keras.Model(model.inputs, model.get_layer("avg_pool").output, name="fine_tuned_features")
     else:
         feature_model = classifier_for(source.cfg, n_classes, source.weights).features
@@ -182,6 +183,7 @@ def _head_of(run: RunRecord, in_features: int) -> Any:
     on 2 busy cores, every time a map of the run was computed (PCA, t-SNE, each run). Its features come from
     the cache, so only the head is built here (milliseconds). Runs with a weights file, or a saved whole
     model, go through ``load_classifier`` (which checks that file)."""
+    run = explained_record(run)  # an ensemble: its first run's head
     head = _HEADS.get(run.run_id)
     if head is not None:
         return head

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 RUN_FILES = ("config.json", "history.csv", "metrics.json")
+ENSEMBLE_KEY = "ensemble"  # config.json's key naming an ensemble record's members
 
 
 MIN_FREE_MB_ENV = "SCENELAB_MIN_FREE_MB"
@@ -73,6 +74,12 @@ class RunRecord:
 
     def predictions(self) -> dict[str, np.ndarray] | None:
         return load_npz(self.path / "predictions.npz")
+
+    @property
+    def members(self) -> list[str]:
+        """The run ids an ensemble record averages (``core.training.ensemble``); empty for a single run."""
+        ensemble = self.config.get(ENSEMBLE_KEY)
+        return list(ensemble.get("members", [])) if isinstance(ensemble, dict) else []
 
 
 class Store:

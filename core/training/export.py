@@ -33,7 +33,7 @@ from typing import Any
 from core.errors import ConfigError, SceneLabError, StoreError, first_line, os_error_phrase
 from core.paths import REPO
 from core.store.atomic import checkpoint, fsync_dir
-from core.store.folders import RunRecord
+from core.store.folders import ENSEMBLE_KEY, RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ def model_card(record: RunRecord, fmt: str, model_file: Path, sha256: str, size:
         "test_time_flip": tta,
         "run_id": record.run_id,
         "run": run,
+        **({"ensemble_of": record.members, "ensemble_runs": record.config[ENSEMBLE_KEY].get("runs")} if record.members else {}),
         "metrics": record.metrics,
         "dataset": {"name": dataset.get("name"), "fingerprint": dataset.get("fingerprint")},
         "weights": {"identity": record.config.get("weights_identity"), "request": record.config.get("weights_request")},
@@ -218,7 +219,8 @@ def write_export(record: RunRecord, model: Any, dest: str | os.PathLike[str]) ->
     path, fmt = check_destination(dest)
     start = time.perf_counter()
     run = record.config.get("run", {})
-    image_size, tta = int(run["image_size"]), bool(run.get("tta", False))
+    # an ensemble's members carry their own test-time flip inside its model (core.training.ensemble)
+    image_size, tta = int(run["image_size"]), bool(run.get("tta", False)) and not record.members
     classes = list(record.config.get("dataset", {}).get("classes", []))
     labels, card = path.parent / LABELS_FILE, path.with_suffix(".json")
     try:

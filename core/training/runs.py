@@ -38,8 +38,12 @@ def save_run(
     *,
     replace: bool = False,
     meta: dict[str, Any] | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> RunRecord:
     """Write the run's config, model, test predictions, history and metrics, then commit it atomically.
+
+    ``val`` (validation probabilities and labels) is kept beside the test predictions (``val_probs``,
+    ``val_true``), so runs can be combined and compared on validation alone (``core.search.best``).
 
     When the backbone is the pretrained file's (a head-only run), only the head is kept: kilobytes, not
     megabytes; ``load_classifier`` rebuilds the rest from the same weights."""
@@ -70,6 +74,7 @@ def save_run(
             probs=p_test.astype("float32"),
             y_true=ds.y_test.astype("int32"),
             paths=np.asarray(ds.test_paths, dtype=str),
+            **({} if val is None else {"val_probs": val[0].astype("float32"), "val_true": val[1].astype("int32")}),
         )
         write_history_csv(tmp / "history.csv", history)
         atomic_write_json(tmp / "metrics.json", metrics)

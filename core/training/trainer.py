@@ -100,7 +100,9 @@ def _evaluate_and_save(
     )
     if prep.freeze_blocks:
         metrics["freeze_blocks"] = prep.freeze_blocks
-    return save_run(prep, store, clf, run.ds, run.history, metrics, p_test, base_trained, replace=replace, meta=meta)
+    val = (p_val, run.ds.y_train[run.splits.val])
+    return save_run(prep, store, clf, run.ds, run.history, metrics, p_test, base_trained, replace=replace, meta=meta,
+                    val=val)
 
 
 def _with_trained_head(cfg: RunConfig, prep: Prepared, classes: int, head: Any) -> Any:
