@@ -75,3 +75,19 @@ def texts(at: Any) -> str:
     """Everything an AppTest shows as text (markdown, captions, info, errors, warnings, successes)."""
     parts = [e.value for kind in (at.markdown, at.caption, at.info, at.error, at.warning, at.success) for e in kind]
     return "\n".join(str(p) for p in parts)
+
+
+@contextlib.contextmanager
+def local_cluster(**kwargs: Any) -> Iterator[Any]:
+    """A real ``distributed.LocalCluster`` whose worker processes start clean. Dask spawns them, and a spawned
+    process first runs its parent's ``__main__`` again: after an AppTest in this test process that is ``app.py``
+    (which then fails outside Streamlit, and the nanny cannot start its worker). The cluster's lifetime sees a bare
+    ``__main__``, so workers restarted after a SIGKILL start clean too."""
+    import types
+
+    from distributed import LocalCluster
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+        with LocalCluster(**kwargs) as cluster:
+            yield cluster

@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from tests.apphelpers import streamlit_server
+from tests.apphelpers import local_cluster, streamlit_server
 from tests.browserkit import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -36,12 +36,10 @@ TRAIN_TIMEOUT_MS = 300_000
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     need_browser()
-    from distributed import LocalCluster
-
     tmp = tmp_path_factory.mktemp("browser-cluster")
     data = make_dataset(tmp / "tiny")
     workers = {"SCENELAB_WORKER_ARTIFACTS": str(tmp / "worker"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, env=workers) as lc:
+    with local_cluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, env=workers) as lc:
         env = dict(os.environ, SCENELAB_DATA=str(data), SCENELAB_ARTIFACTS=str(tmp / "artifacts"),
                    SCENELAB_CLUSTER=lc.scheduler_address, TF_CPP_MIN_LOG_LEVEL="2")  # fmt: skip
         with streamlit_server(env, tmp / "streamlit.log", timeout=90) as (_proc, url):

@@ -28,6 +28,7 @@ from core.data.security import DATA_ROOTS_ENV
 from core.errors import ConfigError
 from core.store.folders import Store
 from core.worker import Worker
+from tests.apphelpers import local_cluster
 from tests.conftest import make_dataset
 from tests.test_interrupts import _env
 
@@ -38,13 +39,13 @@ SLOW = CFG.replace(phase="full", epochs=60)  # the whole network for a while: ti
 
 @pytest.fixture(scope="module")
 def cluster(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     workers = tmp_path_factory.mktemp("cluster-workers")
     env = {WORKER_ARTIFACTS_ENV: str(workers), DATA_ROOTS_ENV: os.pathsep.join([str(tiny_dataset), str(workers)]),
            "TF_CPP_MIN_LOG_LEVEL": "2"}  # fmt: skip
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as lc,
+        local_cluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=env) as lc,
         Client(lc.scheduler_address, set_as_default=False) as client,
     ):
         yield lc.scheduler_address, client, workers

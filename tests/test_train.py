@@ -14,7 +14,7 @@ from core.store import folders as store_mod
 from core.store.folders import Store
 from core.training import features, identity
 from core.training import runs as runs_mod
-from core.training import train as train_mod
+from core.training import trainer as trainer_mod
 from core.training.runs import load_classifier
 from core.training.train import TrainingCancelled, find_run, train
 
@@ -47,7 +47,7 @@ def test_head_run_trains_reports_and_is_cached(tiny_dataset, store, monkeypatch)
     def boom(*a, **k):
         raise AssertionError("a cached run must not train")
 
-    monkeypatch.setattr(train_mod, "_train_uncached", boom)
+    monkeypatch.setattr(trainer_mod, "train_uncached", boom)  # train() imports it only to train
     second = train(TINY, tiny_dataset, store)
     assert second.cached and second.run_id == first.run_id
     assert second.record.metrics == m
