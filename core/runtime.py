@@ -7,8 +7,14 @@ DenseNet121 its optimised graph (about 10 s) although nothing random changes.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import random
+import sys
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +56,46 @@ def configure_threads(intra_op: int | None = None, inter_op: int | None = None) 
         "intra_op": int(tf.config.threading.get_intra_op_parallelism_threads()),
         "inter_op": int(tf.config.threading.get_inter_op_parallelism_threads()),
     }
+
+
+class _ThenCall(importlib.abc.Loader):
+    """A module's own loader, then ``callback`` once the module has run (other attributes: the real loader's)."""
+
+    def __init__(self, loader: Any, callback: Callable[[], None]) -> None:
+        self.loader, self.callback = loader, callback
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        self.callback()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    def __init__(self, name: str, callback: Callable[[], None]) -> None:
+        self.name, self.callback = name, callback
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)  # once; and the real finders answer the lookup below
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _ThenCall(spec.loader, self.callback)
+        return spec
+
+
+def when_imported(name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback`` right after the top-level module ``name`` is first imported in this process, whichever
+    thread imports it (at once if it already is). The app makes Keras' ``clear_session`` thread-local this way
+    before any model is built, without importing Keras for pages that never build one."""
+    if name in sys.modules:
+        callback()
+        return
+    if not any(isinstance(f, _AfterImport) and f.name == name for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImport(name, callback))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,8 @@ from core.training import identity
 from core.training import train as train_mod
 from core.training.train import train
 from core.worker import Worker, error_sentence, estimate_eta
+
+REPO = Path(__file__).resolve().parent.parent
 
 TINY = RunConfig(
     backbone="densenet121",
@@ -173,3 +178,24 @@ def test_training_survives_clear_session_from_other_threads(tiny_dataset, store)
     other.start()
     other.join()
     assert keras.layers.Dense(1).name != before  # this thread's name counter was not reset
+
+
+def test_a_callback_runs_once_right_after_its_module_is_first_imported_by_any_thread() -> None:
+    """``core.runtime.when_imported`` (how the app makes Keras' clear_session thread-local before any thread builds
+    a model, without importing Keras itself), on a module no fresh process has imported yet."""
+    code = """
+import sys, threading
+from core.runtime import when_imported
+seen = []
+assert "colorsys" not in sys.modules
+when_imported("colorsys", lambda: seen.append(sys.modules["colorsys"].rgb_to_hsv(1, 0, 0)))
+when_imported("colorsys", lambda: seen.append("twice"))  # registered once per module
+assert seen == []
+t = threading.Thread(target=lambda: __import__("colorsys")); t.start(); t.join()
+import colorsys
+when_imported("colorsys", lambda: seen.append("now"))  # already imported: at once
+print(seen)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[(0.0, 1.0, 1), 'now']"

@@ -17,12 +17,18 @@ from core.cluster import CLUSTER_ENV, executor_for
 from core.config import RunConfig
 from core.data.arrays import DatasetInfo, decode_image, scan_dataset
 from core.errors import SceneLabError
+from core.runtime import when_imported
 from core.store.folders import RunRecord, Store
 from core.tasks import Task, TaskFn
 from core.training.identity import prepare
 from core.training.runs import runs_like as _runs_like
-from core.worker import Worker
+from core.worker import Worker, isolate_keras_sessions
 from ui.settings import settings
+
+# Every thread of the app may build models (the worker, the speed task, page 6, the dataset map), and clearing Keras'
+# session is global unless made thread-local: do that the moment Keras is first imported, by whichever thread,
+# without importing it for pages that never build a model
+when_imported("keras", isolate_keras_sessions)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
