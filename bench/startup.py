@@ -34,20 +34,13 @@ from bench.common import CpuMeter, dataset_label, emit, parser, quiet, resolve_d
 
 quiet()
 from core.config import RunConfig  # noqa: E402
-from core.search.request import option_argv  # noqa: E402
+from core.search.request import config_argv  # noqa: E402
 from core.store.folders import Store  # noqa: E402
+from tests.apphelpers import CORE_REPORTING_IMPORTS  # noqa: E402 - after quiet() put the repository on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = {"train_stored_s": 2.0, "reproduce_cached_s": 5.0, "first_page_s": 3.0}
 TINY = ["--image-size", "32", "--trials", "2", "--grid-sample", "2"]
-#: run in a fresh process: ``python -m core ARGS``, then one line naming the heavy modules it imported
-REPORTING = """
-import atexit, json, runpy, sys
-HEAVY = ("tensorflow", "keras", "sklearn")
-atexit.register(lambda: sys.stderr.write("HEAVY=" + json.dumps([m for m in HEAVY if m in sys.modules]) + "\\n"))
-sys.argv = ["core", *sys.argv[1:]]
-runpy.run_module("core", run_name="__main__", alter_sys=True)
-"""
 IMPORT_TF = "import tensorflow, keras"
 
 
@@ -73,9 +66,7 @@ def timed_process(code: str, args: list[str], cwd: Path) -> dict[str, Any]:
 
 def stored_run_flags(store: Store, run_id: str) -> list[str]:
     """``train``'s flags that ask for the stored run ``run_id`` (from the settings' declarations)."""
-    cfg = RunConfig.from_dict(store.load_run(run_id).config["run"])
-    options = {k: v for k, v in vars(cfg).items() if k != "augment" and v is not None}
-    return option_argv({**options, **{f"aug_{k}": v for k, v in vars(cfg.augment).items()}})
+    return config_argv(RunConfig.from_dict(store.load_run(run_id).config["run"]))
 
 
 def cli_steps(data: Path, artifacts: Path, base: list[str], run_flags: list[str]) -> dict[str, list[str]]:
@@ -94,7 +85,7 @@ def measure_cli(steps: dict[str, list[str]], arms: dict[str, Path], repeats: int
     """Each step ``repeats`` times per arm, the arms interleaved; the median and what the process imported."""
     out: dict[str, dict[str, Any]] = {arm: {} for arm in arms}
     for label, args in steps.items():
-        code = IMPORT_TF if not args else REPORTING
+        code = IMPORT_TF if not args else CORE_REPORTING_IMPORTS
         for arm, cwd in arms.items():
             step_args = args
             if arm != "candidate" and args[:1] == ["describe"]:  # before: describe had no --artifacts (no cache)
@@ -174,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         artifacts = Path(args.artifacts) if args.artifacts else work / "artifacts"
         filled_s = None if args.artifacts else fill_store(data, artifacts, base)
         store = Store(artifacts)
-        rows = json.loads(timed_process(REPORTING, ["reproduce", "--data", str(data), "--artifacts", str(artifacts),
+        rows = json.loads(timed_process(CORE_REPORTING_IMPORTS, ["reproduce", "--data", str(data), "--artifacts", str(artifacts),
                                                     *base, "--json"], REPO)["stdout"].strip().splitlines()[-1])["rows"]  # fmt: skip
         run_id = rows[0]["run_id"]
         arms = {"candidate": REPO, **({"baseline": Path(args.baseline).resolve()} if args.baseline else {})}

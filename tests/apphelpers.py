@@ -15,6 +15,15 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+#: ``python -c CORE_REPORTING_IMPORTS ARGS`` runs ``python -m core ARGS``, then writes one stderr line
+#: ``HEAVY=[...]``: which of TensorFlow, Keras and scikit-learn the process imported (tests and bench/startup.py)
+CORE_REPORTING_IMPORTS = """
+import atexit, json, runpy, sys
+HEAVY = ("tensorflow", "keras", "sklearn")
+atexit.register(lambda: sys.stderr.write("HEAVY=" + json.dumps([m for m in HEAVY if m in sys.modules]) + "\\n"))
+sys.argv = ["core", *sys.argv[1:]]
+runpy.run_module("core", run_name="__main__", alter_sys=True)
+"""
 
 
 def free_port() -> int:

@@ -18,9 +18,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.config import RunConfig
-from core.search.request import option_argv
+from core.search.request import config_argv
 from core.store.folders import Store
 from core.training.train import train
+from tests.apphelpers import CORE_REPORTING_IMPORTS
 from tests.test_interrupts import _env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,19 +102,9 @@ def test_a_second_reproduction_is_all_cached(reproduced, mode: str) -> None:
     assert [r["run_id"] for r in figures["rows"]] == figures["first_run_ids"]
 
 
-# ``python -m core ARGS`` run through runpy, reporting at exit which heavy modules the process imported
-_REPORTING = """
-import atexit, json, runpy, sys
-HEAVY = ("tensorflow", "keras", "sklearn")
-atexit.register(lambda: sys.stderr.write("HEAVY=" + json.dumps([m for m in HEAVY if m in sys.modules]) + "\\n"))
-sys.argv = ["core", *sys.argv[1:]]
-runpy.run_module("core", run_name="__main__", alter_sys=True)
-"""
-
-
 def core_reporting_imports(*args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     """``python -m core ARGS`` in a fresh process; its result and the heavy modules (TensorFlow...) it imported."""
-    proc = subprocess.run([sys.executable, "-c", _REPORTING, *args], cwd=REPO, env=_env(), capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", CORE_REPORTING_IMPORTS, *args], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     heavy = [json.loads(line[6:]) for line in proc.stderr.splitlines() if line.startswith("HEAVY=")]
@@ -134,9 +125,7 @@ def test_cached_answers_never_import_tensorflow(reproduced, tiny_dataset: Path, 
     _, heavy = core_reporting_imports("reproduce", *common, *BASE, "--mode", mode, "--estimate")
     assert heavy == []
     stored = Store(artifacts).load_run(rows[2]["run_id"])  # a task 1 row: a cut backbone
-    cfg = RunConfig.from_dict(stored.config["run"])  # its settings as the CLI's flags, from their declarations
-    options = {k: v for k, v in vars(cfg).items() if k != "augment" and v is not None}
-    flags = option_argv({**options, **{f"aug_{k}": v for k, v in vars(cfg.augment).items()}})
+    flags = config_argv(RunConfig.from_dict(stored.config["run"]))  # its settings as the CLI's flags
     proc, heavy = core_reporting_imports("train", *common, *flags)
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
     assert heavy == [] and answer["cached"] and answer["run_id"] == stored.run_id, answer

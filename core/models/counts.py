@@ -63,8 +63,7 @@ def describe_cached(
         pass
     from core.models.model import describe
 
-    answer = describe(backbone, remove_blocks, classes=classes, dense_1024=dense_1024, batch_norm=batch_norm,
-                      image_size=image_size)  # fmt: skip
+    answer = describe(**question)
     try:
         atomic_write_json(path, answer)
     except Exception as exc:  # a cache that cannot be written costs time, never the answer

@@ -61,6 +61,12 @@ def option_argv(options: dict[str, Any]) -> list[str]:
     return [text for option, value in options.items() for text in (option_flag(option), to_text(value))]
 
 
+def config_argv(cfg: RunConfig) -> list[str]:
+    """Every setting of ``cfg`` as ``train``'s flags (a setting left unset, None, is left out)."""
+    options = {k: v for k, v in vars(cfg).items() if k != "augment" and v is not None}
+    return option_argv({**options, **{f"aug_{k}": v for k, v in vars(cfg.augment).items()}})
+
+
 def tune_argv(req: StudyRequest) -> list[str]:
     """The ``python -m core tune`` arguments that ask for ``req`` (``core.cli.parse_tune`` reads them back):
     what the app's background workers are started with."""
