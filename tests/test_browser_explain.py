@@ -67,7 +67,9 @@ def test_page_6_before_and_after_and_the_dataset_map(tab):
     tab.locator('[data-testid="stMain"] input[type="file"]').set_input_files(
         files=[{"name": "coast.jpg", "mimeType": "image/jpeg", "buffer": buf.getvalue()}]
     )
-    tab.get_by_text("What fine-tuning changed").first.wait_for(timeout=120_000)
+    # the difference map's caption: only drawn once both maps are computed (the page's introduction also says
+    # "what fine-tuning changed", and get_by_text ignores case, so waiting on that returned at once)
+    tab.get_by_text("After − before, both for").first.wait_for(timeout=120_000)
     settle(tab, timeout_s=120)
     text = main_text(tab)
     for words in ("Before: head only, backbone frozen", "After: fine-tuned (head, then the whole network)",
