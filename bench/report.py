@@ -163,6 +163,14 @@ def targets_reproduce(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def targets_repeats(r: dict[str, Any]) -> list[Row]:
+    f = r["modes"]["faithful"]
+    where = f"{f['dataset']}, {f['backbone']}, {f['image_size']} px, tasks 0-4, {f['repeats']} seeds per row"
+    return [[label, where, f"{f[key]} s", f"≤ {f['targets'][key]:g} s", f[key] <= f["targets"][key]]
+            for key, label in (("first_s", "the study fine-tuned with repeats, empty artifacts"),
+                               ("second_s", "the same again, every row cached"))]  # fmt: skip
+
+
 def targets_bundled(b: dict[str, Any]) -> list[Row]:
     return [["unpack the bundled dataset (first start)", f"{b['dataset']}, {b['images']} images", f"{b['unpack_s']} s",
              f"≤ {b['targets']['unpack_s']:g} s", b["unpack_s"] <= b["targets"]["unpack_s"]]]  # fmt: skip
@@ -392,7 +400,8 @@ def _reproduce_mode(mode: str, f: dict[str, Any]) -> list[str]:
     return [
         f"### {mode.capitalize()} mode ({words.get(mode, mode)})",
         "",
-        f"{f['runs_trained']} runs plus the search in **{f['first_s']} s**; the same command again in a fresh process: "
+        f"{f['runs_trained']} runs{' plus the search' if f.get('trials') else ''} in **{f['first_s']} s**; the same "
+        "command again in a fresh process: "
         f"**{f['second_s']} s**, {f['second_trained']} runs trained, every row cached: {f['all_cached_second']}. "
         "What each task cost (a run two tasks share is counted for the first):",
         "",
@@ -420,6 +429,23 @@ def section_reproduce(r: dict[str, Any]) -> str:
             + (f" The faithful mode took **{ratio}x** the quick one's time." if ratio else ""),
             "",
             *[line for mode, f in modes.items() for line in _reproduce_mode(mode, f)],
+            load_line(r),
+        ]
+    )
+
+
+def section_repeats(r: dict[str, Any]) -> str:
+    f = r["modes"]["faithful"]
+    return "\n".join(
+        [
+            "## The study with seeds: tasks 0-4 fine-tuned, several seeds per row (bench/repeats.py)",
+            "",
+            f"`python -m core reproduce --mode faithful --repeats {f['repeats']} --trials 0` on {f['dataset']} with "
+            f"{f['backbone']} ImageNet at {f['image_size']} px from an empty artifacts folder ({r['import_s']} s "
+            "importing TensorFlow first): every row's run with its other seeds, so each figure is a mean with its 95% "
+            "interval over seeds and the test set's size.",
+            "",
+            *_reproduce_mode("faithful", f),
             load_line(r),
         ]
     )
@@ -575,6 +601,7 @@ class Section:
 #: The report's sections in order (a new benchmark adds one entry here).
 SECTIONS: list[Section] = [
     Section("reproduce", "the whole study reproduced", section_reproduce, targets_reproduce),
+    Section("repeats", "the study with seeds", section_repeats, targets_repeats),
     Section("bundled", "first start", section_bundled, targets_bundled),
     Section("pipeline", "1. input pipeline", section_pipeline, targets_pipeline),
     Section("train_step", "2. training step", section_train_step, targets_train_step),

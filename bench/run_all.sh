@@ -10,7 +10,7 @@ PY=${PYTHON:-python}
 OUT=bench/results
 [[ " $* " == *" --tiny "* ]] && OUT=$(mktemp -d)
 mkdir -p "$OUT"
-for name in reproduce bundled pipeline train_step latency time_to_accuracy search aug_finetune browser startup scale cluster best; do
+for name in reproduce repeats bundled pipeline train_step latency time_to_accuracy search aug_finetune browser startup scale cluster best; do
   echo "== bench/$name.py $*" >&2
   # wait up to a minute for other processes to go quiet before each benchmark
   "$PY" -m "bench.$name" --quiet-wait 60 "$@" | tee "$OUT/$name.txt"
