@@ -253,11 +253,9 @@ def test_a_scheduler_killed_mid_run_is_one_sentence_and_nothing_trains_here(tiny
     """A scheduler SIGKILLed while its worker trains: the job fails with one sentence naming the scheduler, nothing
     is stored, and nothing trained on this machine instead. Its own scheduler and worker processes (the module's
     cluster stays up for the other tests)."""
-    from tests.test_interrupts import _env as env_of
-
     spec = tmp_path / "scheduler.json"
     workers = tmp_path / "worker-store"
-    env = env_of(**{WORKER_ARTIFACTS_ENV: str(workers), DATA_ROOTS_ENV: os.pathsep.join([str(tiny_dataset), str(workers)]),
+    env = _env(**{WORKER_ARTIFACTS_ENV: str(workers), DATA_ROOTS_ENV: os.pathsep.join([str(tiny_dataset), str(workers)]),
                     "TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
     scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--scheduler-file", str(spec),
                                   "--host", "127.0.0.1", "--port", "0", "--no-dashboard"], cwd=tmp_path, env=env,
