@@ -609,7 +609,7 @@ SECTIONS: list[Section] = [
     Section("latency", "4. interactive latencies", section_latency, targets_latency),
     Section("search", "search", section_search),
     Section("aug_finetune", "augmented partial fine-tuning",
-            lambda f: aug_finetune.section(f, md_table, load_line), lambda f: [aug_finetune.target_row(f)]),
+            lambda f: aug_finetune.section(f, md_table, load_line), aug_finetune.target_rows),
     Section("browser", "in the browser", section_browser),
     Section("startup", "answers from the store", lambda f: startup.section(f, md_table, load_line), startup.target_rows),
     Section("scale", "a big folder", lambda f: scale.section(f, md_table, load_line), scale.target_rows),

@@ -118,6 +118,12 @@ class RunConfig:
                                       "is lowered.", "float", low=0.0, high=1.0, low_open=True, high_open=True,
                                       step=0.05, ui_min=0.05, ui_max=0.95)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    aug_copies: int = setting(0, "Augmented copies", "A named shortcut, not the study's way: the epochs cycle "
+                              "through this many augmented copies of the training images (epoch e trains on copy "
+                              "e mod K) instead of a fresh copy each epoch (0, as the study's ImageDataGenerator). "
+                              "Each copy costs one pass through the frozen part of the network, so fewer copies "
+                              "train faster, on less variety.", "int", low=0, ui_max=50, late=True,
+                              searchable=False)
     tta: bool = setting(False, "Test-time flip", "Validation and test predictions average each image with its "
                         "mirror image.", "bool", late=True, shared=True, searchable=False)
     seed: int = setting(0, "Seed", "Seeds the validation split, the small set, initial weights and shuffling.",
@@ -164,6 +170,15 @@ class RunConfig:
         return self.phase in ("head", "head+full") and (self.augment.is_identity() or self.augment.is_hflip_only())
 
     @property
+    def resolved_aug_copies(self) -> int:
+        """The augmented copies the epochs cycle through (0: a fresh copy each epoch), where they apply: with an
+        augmentation, on a part of the network that stays frozen (the head's backbone, a frozen prefix); the
+        whole network trained on images draws every epoch afresh."""
+        if self.augment.is_identity() or (self.phase == "full" and not self.freeze_blocks):
+            return 0
+        return self.aug_copies
+
+    @property
     def resolved_full_epochs(self) -> int:
         return self.full_epochs if self.full_epochs is not None else self.epochs
 
@@ -200,9 +215,10 @@ def entry_config(**changes: Any) -> RunConfig:
 def hashed_config(cfg: RunConfig) -> dict[str, Any]:
     """The config as it enters a run's id: settings added later (``late``) only when they differ from
     their defaults, so ids of runs stored before they existed stay valid; ``freeze_blocks`` never
-    (``core.training.train.run_id_for`` adds it where it applies)."""
+    (``core.training.train.run_id_for`` adds it where it applies); ``aug_copies`` only where it applies."""
     config = cfg.to_dict()
     config.pop("freeze_blocks", None)
+    config["aug_copies"] = cfg.resolved_aug_copies  # only where copies apply (a late setting: absent when 0)
     defaults = RunConfig().to_dict()
     for name, info in RUN_SETTINGS.items():
         if info.late and config.get(name) == defaults[name]:

@@ -29,7 +29,7 @@ AUG_FIELDS = tuple(AUGMENT_SETTINGS)
 SLIDERS = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "float")
 TOGGLES = tuple(f for f, info in AUGMENT_SETTINGS.items() if info.kind == "bool")
 SLIDER_MAX = {"rotation": 180.0}  # the fractions' sliders stop at 0.5
-FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "train_per_class", "epochs", "lr")
+FIELDS = (*(f"augment.{k}" for k in AUG_FIELDS), "train_per_class", "epochs", "lr", "aug_copies")
 STUDY_AUG = {f"augment.{k}": v for k, v in dataclasses.asdict(STUDY_BEST_AUG).items() if v}  # the study's setting
 DEFAULTS = {
     **panel.defaults(P, FIELDS, {"train_per_class": SMALL, **STUDY_AUG}),
@@ -79,7 +79,13 @@ with switches:
         P, "epochs", e1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head."
     )
     panel.widget(P, "lr", e2)
+    panel.widget(P, "aug_copies", help="A named shortcut, off at 0 (the study's way: a fresh augmentation of every image "
+                 "each epoch). K > 0: the epochs cycle through K augmented copies, so the backbone runs K times "
+                 "instead of once per epoch; faster, on less variety. Runs with copies are named so.")  # fmt: skip
 values = panel.values(P, FIELDS)
+if values["aug_copies"] and not values["augment"].is_identity():
+    switches.caption(f"Shortcut on: {values['aug_copies']} augmented copies cycled over the epochs, not a fresh "
+                     "augmentation each epoch as the study drew.")  # fmt: skip
 aug = values["augment"]
 with shown:
     files = preview_files(info)

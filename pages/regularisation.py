@@ -22,7 +22,7 @@ from ui.strip import result_strip
 
 P = "regularisation"
 REG_KEYS = ("dropout", "batch_norm", "early_stopping_patience", "reduce_lr_patience", "reduce_lr_factor")
-FIELDS = (*REG_KEYS, "train_per_class", "epochs", "lr")
+FIELDS = (*REG_KEYS, "train_per_class", "epochs", "lr", "aug_copies")
 STUDY_REG = {k: getattr(regularisation_configs(RunConfig())[0], k) for k in REG_KEYS}  # the study's best setting
 DEFAULTS = {**panel.defaults(P, FIELDS, {**STUDY_REG, "train_per_class": SMALL}), f"{P}_best_aug": True}
 PLAIN = {
@@ -72,6 +72,9 @@ with st.container(border=True):
         help=f"The study's best augmentation ({ref.AUGMENTATION_BEST['setting']}, page 3) under these settings, "
         "as the study did.",
     )
+    panel.widget(P, "aug_copies", f1, disabled=not ss[f"{P}_best_aug"],
+                 help="A named shortcut, off at 0 (the study's way: a fresh augmentation each epoch). K > 0: the "
+                 "epochs cycle through K augmented copies; faster, on less variety. Runs with copies are named so.")  # fmt: skip
 
 values = panel.values(P, FIELDS, rounding=4)
 values["augment"] = STUDY_BEST_AUG if ss[f"{P}_best_aug"] else AugmentConfig()

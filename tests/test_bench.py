@@ -105,11 +105,21 @@ def check_latency(f: dict) -> None:
 
 
 def check_aug_finetune(f: dict) -> None:
-    assert set(f["arms"]) == {"plain", "augmented"} and f["ratio"] > 0
+    assert set(f["arms"]) == {"plain", "augmented", "copies"} and f["ratio"] > 0
     assert all(arm["epochs_run"] == f["epochs"] for arm in f["arms"].values())
-    plain, augmented = f["arms"]["plain"], f["arms"]["augmented"]
+    plain, augmented, copies = f["arms"]["plain"], f["arms"]["augmented"], f["arms"]["copies"]
     assert f["ratio"] == pytest.approx(augmented["train_s"] / plain["train_s"], abs=0.02)
     assert f["met"] == (f["ratio"] <= f["target_ratio"])
+    assert f["ratio_copies"] == pytest.approx(copies["train_s"] / plain["train_s"], abs=0.02)
+    assert f["met_copies"] == (f["ratio_copies"] <= f["target_ratio"])
+    assert f["copies"] == 1 and "--aug-copies 1" in copies["what"]
+    for arm in f["arms"].values():  # every arm's accuracy with its interval, from its runs
+        runs = [r["test_accuracy"] for r in arm["runs"]]
+        assert arm["test_mean"]["mean"] == pytest.approx(sum(runs) / len(runs), abs=1e-4)
+        assert arm["test_mean"]["low"] <= arm["test_mean"]["mean"] <= arm["test_mean"]["high"]
+    d = f["copies_minus_augmented"]
+    assert d["diff"] == pytest.approx(copies["test_accuracy"] - augmented["test_accuracy"], abs=1e-4)
+    assert d["low"] < d["diff"] < d["high"]
 
 
 def check_scale(f: dict) -> None:

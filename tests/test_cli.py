@@ -150,7 +150,7 @@ def test_a_worker_request_survives_its_command_line():
 
 @pytest.mark.parametrize(("name", "raw", "want"), [
     ("dense_1024", "on", True), ("dense_1024", "No", False), ("train_per_class", "all", None), ("train_per_class", "50", 50),
-    ("epochs", "7", 7), ("lr", "1e-3", 1e-3), ("full_lr", "none", None), ("tta", "1", True),
+    ("epochs", "7", 7), ("lr", "1e-3", 1e-3), ("full_lr", "none", None), ("tta", "1", True), ("aug_copies", "5", 5),
 ])  # fmt: skip
 def test_the_command_line_and_a_link_read_a_value_alike(name, raw, want):
     from core.config import RUN_SETTINGS

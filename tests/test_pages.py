@@ -192,6 +192,24 @@ def test_augmentation_preview_follows_the_controls(tiny_dataset, tmp_path):
     assert at.image[1].value != flipped  # another draw of the same transformations
 
 
+def test_augmented_copies_are_a_named_shortcut_on_page_3(tiny_dataset, tmp_path):
+    """Off (the study's way) unless asked; asked, the page says so and the run it trains carries the copies in its
+    settings and its name."""
+    from ui.format import run_name
+
+    artifacts = tmp_path / "artifacts"
+    at = open_page("pages/augmentation.py", tiny_dataset, artifacts, augmentation_extra=TINY_EXTRAS, augmentation_epochs=2,
+                   augmentation_train_per_class=None)  # fmt: skip
+    assert at.number_input(key="_w_augmentation_aug_copies").value == 0 and "Shortcut on" not in texts(at)
+    at.number_input(key="_w_augmentation_aug_copies").set_value(1).run()
+    assert "Shortcut on: 1 augmented copies cycled over the epochs, not a fresh augmentation each epoch" in texts(at)
+    at.button(key="augmentation_train").click().run()
+    at = wait_for(at, lambda a: any(m.label == "Test accuracy" for m in a.metric))
+    (record,) = Store(artifacts).list_runs()
+    assert record.config["run"]["aug_copies"] == 1 and record.config["run"]["augment"]["zoom"] == 0.2
+    assert "augmented copies 1" in run_name(record.config["run"])
+
+
 def test_augmentation_grid_lists_its_runs_against_the_baseline(tiny_dataset, trained):
     artifacts, record = trained
     small = TINY.replace(train_per_class=4)

@@ -244,7 +244,7 @@ def test_tta_averages_image_and_mirror(tiny_dataset, tmp_path, phase):
 def test_late_settings_at_default_keep_earlier_run_ids():
     weights = backbones.resolve_weights("densenet121", "none")
     cfg = TINY
-    payload = {k: v for k, v in cfg.to_dict().items() if k not in ("tta", "freeze_blocks")}
+    payload = {k: v for k, v in cfg.to_dict().items() if k not in ("tta", "freeze_blocks", "aug_copies")}
     from core.config import stable_hash
 
     expected = stable_hash({"config": payload, "dataset": "x", "weights": weights.identity, "v": store_mod.CACHE_FORMAT_VERSION})
@@ -344,3 +344,54 @@ def test_cancelled_augmented_partial_fine_tuning_leaves_no_bank_thread(tiny_data
         train(PARTIAL_AUG.replace(seed=11), tiny_dataset, store, should_stop=stop)
     assert not [t for t in threading.enumerate() if t.name.startswith("prefix-banks")]
     assert find_run(PARTIAL_AUG.replace(seed=11), tiny_dataset, store) is None
+
+
+# -- the named shortcut: K augmented copies cycled over the epochs ---------------------------------------------
+def test_augmented_copies_pass_once_per_copy_and_match_the_fresh_run_on_their_epochs(tiny_dataset, tmp_path, monkeypatch):
+    """``aug_copies`` K: epoch e trains on copy e mod K, so a run computes K banks, not one per epoch; copy k is the
+    fresh run's epoch k, so the fresh run then computes only its later epochs, and both start alike."""
+    from core.training import augbank
+
+    passes: list[int] = []
+    augmented_pass = augbank._augmented_pass
+
+    def counting(fn, images, augment, seed, epoch, batch, on_batch=None):
+        passes.append(epoch)
+        return augmented_pass(fn, images, augment, seed, epoch, batch, on_batch)
+
+    monkeypatch.setattr(augbank, "_augmented_pass", counting)
+    augbank._banks.clear()
+    cfg = PARTIAL_AUG.replace(epochs=5)
+    cycled = train(cfg.replace(aug_copies=2), tiny_dataset, Store(tmp_path / "a"))
+    assert sorted(passes) == [0, 1] and len(_prefix_banks(augbank)) == 2
+    assert cycled.record.config["run"]["aug_copies"] == 2 and len(cycled.record.history) == 5
+    passes.clear()
+    fresh = train(cfg, tiny_dataset, Store(tmp_path / "a"))
+    assert sorted(passes) == [2, 3, 4]  # epochs 0 and 1 are the copies already computed
+    assert fresh.run_id != cycled.run_id
+    assert fresh.record.history[:2] == cycled.record.history[:2]  # the same data, order and weights
+    assert fresh.record.history[2:] != cycled.record.history[2:]  # then epoch 2 sees copy 0 again, not copy 2
+
+    # heads: the backbone's features of each copy, once
+    passes.clear()
+    head = TINY.replace(augment=AugmentConfig(zoom=0.2), epochs=4, seed=5, aug_copies=1)
+    train(head, tiny_dataset, Store(tmp_path / "a"))
+    assert passes == [0]
+
+
+def test_augmented_copies_enter_the_run_id_only_where_they_apply(tiny_dataset):
+    weights = backbones.resolve_weights("densenet121", "none")
+    assert identity.prepare(TINY.replace(aug_copies=3), tiny_dataset).cfg.aug_copies == 0  # stored as it trains
+    aug = AugmentConfig(zoom=0.2)
+
+    def same(a: RunConfig, b: RunConfig) -> bool:
+        return identity.run_id_for(a, "x", weights) == identity.run_id_for(b, "x", weights)
+
+    assert same(TINY.replace(aug_copies=3), TINY)  # no augmentation: nothing to copy
+    whole = TINY.replace(phase="full", augment=aug)  # the whole network on images draws every epoch afresh
+    assert same(whole.replace(aug_copies=3), whole)
+    for cfg in (TINY.replace(augment=aug), TINY.replace(augment=AugmentConfig(hflip=True)),
+                whole.replace(remove_blocks=2, freeze_blocks=1), whole.replace(phase="head+full")):  # fmt: skip
+        assert not same(cfg.replace(aug_copies=3), cfg), cfg
+        assert not same(cfg.replace(aug_copies=3), cfg.replace(aug_copies=4)), cfg
+        assert identity.prepare(cfg.replace(aug_copies=3), tiny_dataset).cfg.aug_copies == 3

@@ -9,6 +9,9 @@ frozen network, BENCHMARKS.md) and keeps them, keyed by everything that decides 
 key, the augmentation, the seed, the training images, the epoch). Runs that differ only in their head (the
 regularisation variants of task 4 on the study's best augmentation) then train on the same banks in
 seconds. Epoch ``e``'s augmentation is seeded by ``(seed, e)`` alone: a run repeats exactly.
+
+The named shortcut ``aug_copies`` K (``--aug-copies``; 0, the default, is the study's way) cycles the epochs through K
+augmented copies (:func:`copy_of`), so only K banks are computed however many epochs run: fewer passes, less variety.
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(stable_hash({"seed": seed, "epoch": epoch}, 8), 16) % (2**31 - 1)
 
 
+def copy_of(epoch: int, copies: int) -> int:
+    """Which augmented copy of the training images epoch ``epoch`` trains on: its own (``copies`` 0, the study's
+    way: a fresh augmentation each epoch), or copy ``epoch mod copies`` (the named shortcut ``aug_copies``). Copy
+    ``k`` is the augmentation seeded ``(seed, k)``, so a run with K copies trains its first K epochs on exactly
+    what the run with fresh copies trains them on."""
+    return epoch % copies if copies else epoch
+
+
 def _augmented_pass(
     fn: FeatureFn | FrozenFn, images: np.ndarray, augment: AugmentConfig, seed: int, epoch: int, batch: int,
     on_batch: Callable[[int], bool | None] | None = None,
@@ -80,27 +91,29 @@ def _images_digest(images: np.ndarray) -> str:
 
 def augmented_epochs(
     fn: FeatureFn, images: np.ndarray, augment: AugmentConfig, seed: int, epochs: int, features_key: str,
-    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None, *, copies: int = 0,
 ) -> list[np.ndarray]:
-    """One array of pooled features per epoch: epoch ``e`` is ``images`` under augmentation seeded ``(seed, e)``."""
+    """One array of pooled features per epoch: epoch ``e`` is ``images`` under augmentation seeded
+    ``(seed, copy_of(e, copies))``; only the distinct copies are computed."""
     base = stable_hash({"f": features_key, "a": asdict(augment), "s": seed, "x": _images_digest(images)})
-    out = []
-    total, t0 = epochs * len(images), time.monotonic()
-    for e in range(epochs):
-        key = f"{base}-{e}"
+    distinct = sorted({copy_of(e, copies) for e in range(epochs)})
+    banks: dict[int, np.ndarray] = {}
+    total, t0 = len(distinct) * len(images), time.monotonic()
+    for i, c in enumerate(distinct):
+        key = f"{base}-{c}"
         bank = _recall(key)
         if bank is None:
 
-            def report(done: int, e: int = e) -> None:
+            def report(done: int, i: int = i) -> None:
                 if progress is not None:
-                    progress({"event": "features", "done": e * len(images) + done, "total": total,
+                    progress({"event": "features", "done": i * len(images) + done, "total": total,
                               "elapsed": time.monotonic() - t0})  # fmt: skip
 
-            bank = _augmented_pass(fn, images, augment, seed, e, BATCH, report)
+            bank = _augmented_pass(fn, images, augment, seed, c, BATCH, report)
             assert bank is not None  # report never abandons the pass
             _remember(key, bank)
-        out.append(bank)
-    return out
+        banks[c] = bank
+    return [banks[copy_of(e, copies)] for e in range(epochs)]
 
 
 # -- partial fine-tuning: per-epoch banks of prefix activations ------------------------------------------------
@@ -120,18 +133,19 @@ class EpochBanks:
     ``e`` is seeded by ``(seed, e)``: a run repeats exactly, and runs that differ only in what trains after the
     prefix (its learning rate, the head's dropout) share the banks. What remains is the passes themselves: the
     study's small set at 128 px on Lite0 (3 blocks frozen, 15 epochs) computes 6000 augmented prefix activations
-    where the run without augmentation computes none beyond its cached 2688, so it takes about 2.0x that run's CPU
-    time (the former path 2.5x; BENCHMARKS.md, bench/aug_finetune.py).
+    where the run without augmentation computes none beyond its cached 2688, so it takes about 1.9x that run's CPU
+    time (the former path 2.5x; BENCHMARKS.md, bench/aug_finetune.py). With ``copies`` K (the named shortcut
+    ``aug_copies``), epoch ``e`` takes copy ``e mod K``'s bank: K passes in all.
 
     Use it as a context manager: leaving it abandons a pass still running (a cancelled or early-stopped run).
     """
 
     def __init__(
         self, fn: FrozenFn, images: np.ndarray, augment: AugmentConfig, seed: int, prefix_key: str, epochs: int,
-        *, batch: int = PREFIX_BATCH,
+        *, batch: int = PREFIX_BATCH, copies: int = 0,
     ) -> None:  # fmt: skip
         self.fn, self.images, self.augment, self.seed = fn, images, augment, seed
-        self.epochs, self.batch = epochs, batch
+        self.epochs, self.batch, self.copies = epochs, batch, copies
         self.shape = tuple(int(d) for d in fn.model.output.shape[1:])
         digest = _images_digest(images)
         self._base = stable_hash({"p": prefix_key, "a": asdict(augment), "s": seed, "x": digest, "b": batch})
@@ -152,7 +166,8 @@ class EpochBanks:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _compute(self, epoch: int, on_batch: Callable[[int], None] | None = None) -> np.ndarray | None:
-        key = f"{self._base}-{epoch}"
+        copy = copy_of(epoch, self.copies)
+        key = f"{self._base}-{copy}"
         bank = _recall(key)
         if bank is None:
 
@@ -161,7 +176,7 @@ class EpochBanks:
                     on_batch(done)
                 return self._closed.is_set()
 
-            bank = _augmented_pass(self.fn, self.images, self.augment, self.seed, epoch, self.batch, step)
+            bank = _augmented_pass(self.fn, self.images, self.augment, self.seed, copy, self.batch, step)
             if bank is not None:
                 _remember(key, bank)
         return bank

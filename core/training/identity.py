@@ -73,6 +73,7 @@ def prepare(
     """Validate the config, scan the dataset (or take ``info``, a scan of it that a caller preparing many
     configs made once; ``progress`` hears the scan's) and resolve weights (no decoding, no training)."""
     cfg.validate()
+    cfg = cfg.replace(aug_copies=cfg.resolved_aug_copies)  # stored as trained: copies only where they apply
     freeze = resolve_freeze_blocks(cfg)
     info = info if info is not None else scan_dataset(data_root, progress)
     weights = resolve_weights(cfg.backbone, cfg.weights)

@@ -37,7 +37,7 @@ from core.models.model import (
 )
 from core.models.warm import WarmEntry
 from core.store.folders import Store
-from core.training.augbank import EpochBanks, augmented_epochs, banks_dataset
+from core.training.augbank import EpochBanks, augmented_epochs, banks_dataset, copy_of
 from core.training.features import (
     FeatureFn,
     FrozenFn,
@@ -164,7 +164,7 @@ def head_on_features(run: Phases) -> None:
     y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
     if cfg.augment.hflip:
         f, m = f_train[sp.train], m_train[sp.train]
-        inputs = lambda e: mirrored_epoch(f, m, cfg.seed, e)  # noqa: E731
+        inputs = lambda e: mirrored_epoch(f, m, cfg.seed, copy_of(e, cfg.resolved_aug_copies))  # noqa: E731
     else:
         inputs = lambda e: f_train[sp.train]  # noqa: E731
     _train_head(run, inputs, y_tr, (f_train[sp.val], y_val))
@@ -243,7 +243,8 @@ def head_on_augmented_features(run: Phases) -> None:
     run.status("augmenting the training images")
     owner = run.backbone()
     fn = run.fn("features_fn", lambda: owner.features, owner)
-    banks = augmented_epochs(fn, ds.x_train[sp.train], cfg.augment, cfg.seed, cfg.epochs, run.features_key, run.progress)
+    banks = augmented_epochs(fn, ds.x_train[sp.train], cfg.augment, cfg.seed, cfg.epochs, run.features_key, run.progress,
+                             copies=cfg.resolved_aug_copies)  # fmt: skip
     y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
     _train_head(run, lambda e: banks[min(e, len(banks) - 1)], y_tr, (f_train[sp.val], y_val))
     run.predict = _head_predict(run, f_train, f_test, m_train, m_test)
@@ -278,7 +279,8 @@ def suffix_on_prefix(run: Phases) -> None:
     else:
         run.status("augmenting the training images")
         frozen = _frozen_prefix(clf, prefix, key)
-        with EpochBanks(frozen, ds.x_train[sp.train], cfg.augment, cfg.seed, key, epochs) as banks:
+        copies = cfg.resolved_aug_copies
+        with EpochBanks(frozen, ds.x_train[sp.train], cfg.augment, cfg.seed, key, epochs, copies=copies) as banks:
             banks.first(run.progress)
             train_ds = banks_dataset(banks, y_tr, cfg.batch_size, cfg.seed)
             run.run_fit(model, train_ds, None, val_ds, epochs=epochs, phase="full", stream=True)
