@@ -22,6 +22,40 @@ CLEAR_SESSION_MODULES = (
 )
 
 
+# -- Keras' unseeded draws, per thread -----------------------------------------------------------------
+# Keras seeds every initializer and SeedGenerator built without a seed (``seed=None``: Dense kernels, Dropout
+# masks, a random-weights backbone) by ``make_default_seed``: a draw from Python's global ``random``. So the
+# numbers a model starts from after ``random.seed(s)`` depend on every other thread that draws from it meanwhile:
+# a Dask worker's event loop does (``dask.sizeof`` samples large dicts with ``random.sample``), so a run trained on
+# a cluster started elsewhere now and then (issue 23's test caught one). :func:`thread_keras_draws` gives the
+# calling thread its own generator for those draws: the same sequence ``random.seed(s)`` gives, in no other
+# thread's reach.
+KERAS_DEFAULT_SEED_MODULES = ("keras.src.random.seed_generator", "keras.src.backend.tensorflow.random")
+_thread_draws: Any = None  # threading.local(), made on first use
+
+
+def _keras_default_seed() -> int:
+    import random
+
+    rng = getattr(_thread_draws, "rng", None)
+    return (rng or random).randint(1, int(1e9))  # what keras.src.random.seed_generator.make_default_seed draws
+
+
+def thread_keras_draws(seed: int) -> None:
+    """From now on, Keras' unseeded draws in the calling thread come from ``random.Random(seed)``; other threads
+    keep the global generator. Installs the hook in Keras' modules once."""
+    import importlib
+    import random
+    import threading
+
+    global _thread_draws
+    if _thread_draws is None:
+        _thread_draws = threading.local()
+        for name in KERAS_DEFAULT_SEED_MODULES:
+            importlib.import_module(name).make_default_seed = _keras_default_seed
+    _thread_draws.rng = random.Random(seed)
+
+
 # -- Keras global state --------------------------------------------------------------------------------
 def keras_global_state() -> Any:
     """``keras.src.backend.common.global_state``: per-thread global attributes and ``clear_session``."""

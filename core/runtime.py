@@ -28,6 +28,7 @@ def seed_all(seed: int) -> None:
     differs from the current one (see the module docstring)."""
     import keras
 
+    compat.thread_keras_draws(seed)  # Keras' unseeded draws: this thread's own, as random.seed(seed) would give
     if compat.tf_global_seed() != seed:
         keras.utils.set_random_seed(seed)
         return

@@ -37,6 +37,46 @@ def test_keras_global_state_and_seeds() -> None:
     assert [context.internal_operation_seed() for _ in range(3)] == fresh  # as after set_random_seed(7)
 
 
+def test_keras_unseeded_draws_are_the_seeding_threads_own() -> None:
+    """After ``seed_all(s)`` Keras' unseeded draws (Dense kernels, Dropout masks) follow ``random.Random(s)``, as
+    they did from the global generator after ``random.seed(s)``, and another thread drawing from the global
+    generator meanwhile (a Dask worker's event loop does) changes nothing; a thread that never seeded keeps the
+    global generator."""
+    import importlib
+    import random
+
+    import keras
+    import numpy as np
+
+    from core.models.model import build_head
+    from core.runtime import seed_all
+
+    def head() -> list[np.ndarray]:
+        return [v.numpy() for v in build_head(6, 3, dropout=0.5, dense_1024=True).variables]
+
+    seed_all(5)
+    expected = random.Random(5)
+    layer = keras.layers.Dense(2)
+    assert layer.kernel_initializer.seed == expected.randint(1, int(1e9))
+    assert keras.random.SeedGenerator().state.numpy()[0] == expected.randint(1, int(1e9))
+    seed_all(5)
+    alone = head()
+    seed_all(5)
+    meddler = threading.Thread(target=lambda: [random.sample(range(100), 5) for _ in range(1000)])
+    meddler.start()
+    meddler.join()
+    random.random()  # the seeding thread's own use of the global generator does not shift Keras' draws either
+    assert all(np.array_equal(a, b) for a, b in zip(alone, head(), strict=True))
+    for name in compat.KERAS_DEFAULT_SEED_MODULES:
+        assert importlib.import_module(name).make_default_seed is compat._keras_default_seed, name
+    random.seed(9)
+    seen: list[int] = []
+    other = threading.Thread(target=lambda: seen.append(keras.layers.Dense(2).kernel_initializer.seed))
+    other.start()
+    other.join()
+    assert seen == [random.Random(9).randint(1, int(1e9))]  # an unseeded thread: the global generator
+
+
 def test_thread_state_clear_is_per_thread() -> None:
     state = compat.keras_global_state()
     state.set_global_attribute("scenelab_probe", "main")
