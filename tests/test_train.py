@@ -395,3 +395,30 @@ def test_augmented_copies_enter_the_run_id_only_where_they_apply(tiny_dataset):
         assert not same(cfg.replace(aug_copies=3), cfg), cfg
         assert not same(cfg.replace(aug_copies=3), cfg.replace(aug_copies=4)), cfg
         assert identity.prepare(cfg.replace(aug_copies=3), tiny_dataset).cfg.aug_copies == 3
+
+
+def test_array_dataset_gathers_its_rows_in_the_order_of_slicing_them(tmp_path):
+    """Partial fine-tuning reads the cached prefix activations by row position (a mapped file is never copied whole
+    into TensorFlow): the batches, over two epochs of reshuffling, are exactly those of slicing the rows first."""
+    import tensorflow as tf
+
+    x = np.lib.format.open_memmap(tmp_path / "a.npy", mode="w+", dtype="float32", shape=(50, 2, 3))
+    x[:] = np.random.default_rng(0).random((50, 2, 3), dtype="float32")
+    y = np.arange(50) % 4
+    rows = np.random.default_rng(1).permutation(50)[:37]
+
+    def epochs(ds):
+        return [[(np.asarray(a), np.asarray(b)) for a, b in ds] for _ in range(2)]
+
+    tf.random.set_seed(3)
+    gathered = epochs(features.array_dataset(x, y[rows], 8, shuffle=True, seed=7, rows=rows))
+    tf.random.set_seed(3)
+    sliced = epochs(tf.data.Dataset.from_tensor_slices((x[rows], y[rows])).shuffle(37, seed=7, reshuffle_each_iteration=True).batch(8))
+    assert [len(e) for e in gathered] == [5, 5]
+    for got, want in zip(gathered, sliced, strict=True):
+        for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+    assert not np.array_equal(gathered[0][0][1], gathered[1][0][1])  # reshuffled each epoch
+    plain = [np.asarray(b) for _, b in features.array_dataset(x, y, 16)]  # no rows, no shuffle: in order
+    np.testing.assert_array_equal(np.concatenate(plain), y)

@@ -234,14 +234,34 @@ def mirrored_epoch(f: np.ndarray, f_mirror: np.ndarray, seed: int, epoch: int) -
     return np.where(flip[:, None], f_mirror, f)
 
 
-def array_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0) -> Any:
-    """In-memory arrays (prefix activations) as a batched ``tf.data.Dataset``, reshuffled each epoch with
-    ``seed``. Cheaper per epoch than Keras' pipeline for NumPy inputs (about 2x for a head on cached
-    features), but it shuffles differently, so heads keep NumPy inputs: their results stay the ones every
-    stored run was trained with. Partial fine-tuning (new) uses this."""
+def array_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0, rows: Any = None
+) -> Any:
+    """Rows ``rows`` (default: all) of ``x`` (prefix activations, perhaps memory-mapped) with their labels ``y`` as a batched
+    ``tf.data.Dataset``, reshuffled each epoch with ``seed``. Cheaper per epoch than Keras' pipeline for NumPy inputs
+    (about 2x for a head on cached features), but it shuffles differently, so heads keep NumPy inputs: their results
+    stay the ones every stored run was trained with. Partial fine-tuning uses this.
+
+    Only the row positions enter TensorFlow: each batch is gathered from ``x`` when it is drawn, so a mapped array
+    is never copied whole into TensorFlow's memory. The positions are shuffled by the same ``shuffle`` as the rows
+    themselves were (same count, same seed), so the batches are exactly those of ``from_tensor_slices((x[rows],
+    y[rows])).shuffle(...)``, the form used before (``tests/test_train.py`` checks it)."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    index = np.arange(len(x)) if rows is None else np.asarray(rows)
+    labels = np.asarray(y)  # the labels of the rows taken, in their order
+    assert len(labels) == len(index), (len(labels), len(index))
+    row_shape = tuple(int(d) for d in x.shape[1:])
+
+    def gather(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        picked = index[positions]
+        return np.asarray(x[picked], dtype="float32"), labels[positions]
+
+    def load(positions: Any) -> tuple[Any, Any]:
+        xs, ys = tf.numpy_function(gather, [positions], (tf.float32, tf.as_dtype(labels.dtype)), stateful=False)
+        return tf.ensure_shape(xs, (None, *row_shape)), tf.ensure_shape(ys, (None,))
+
+    ds = tf.data.Dataset.range(len(index))
     if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)

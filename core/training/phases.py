@@ -272,9 +272,9 @@ def suffix_on_prefix(run: Phases) -> None:
     lr, epochs = _full_phase(cfg)
     model = compiled_stage(run.entry, "partial", lambda: build_suffix_classifier(suffix, clf.head), cfg, lr)
     y_tr, y_val = ds.y_train[sp.train], ds.y_train[sp.val]
-    val_ds = array_dataset(a_train[sp.val], y_val, cfg.batch_size)
+    val_ds = array_dataset(a_train, y_val, cfg.batch_size, rows=sp.val)
     if cfg.augment.is_identity():
-        train_ds = array_dataset(a_train[sp.train], y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        train_ds = array_dataset(a_train, y_tr, cfg.batch_size, shuffle=True, seed=cfg.seed, rows=sp.train)
         run.run_fit(model, train_ds, None, val_ds, epochs=epochs, phase="full")
     else:
         run.status("augmenting the training images")
@@ -286,8 +286,8 @@ def suffix_on_prefix(run: Phases) -> None:
             run.run_fit(model, train_ds, None, val_ds, epochs=epochs, phase="full", stream=True)
 
     def predict() -> tuple[np.ndarray, np.ndarray]:
-        p_val = np.asarray(model.predict(a_train[sp.val], verbose=0, batch_size=64))
-        p_test = np.asarray(model.predict(a_test, verbose=0, batch_size=64))
+        p_val = np.asarray(model.predict(array_dataset(a_train, y_val, 64, rows=sp.val), verbose=0))
+        p_test = np.asarray(model.predict(array_dataset(a_test, ds.y_test, 64), verbose=0))
         return run.with_image_tta(p_val, p_test)
 
     run.predict = predict
