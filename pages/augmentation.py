@@ -79,9 +79,7 @@ with switches:
         P, "epochs", e1, help="Augmented images go through the frozen backbone every epoch: slower than a plain head."
     )
     panel.widget(P, "lr", e2)
-    panel.widget(P, "aug_copies", help="A named shortcut, off at 0 (the study's way: a fresh augmentation of every image "
-                 "each epoch). K > 0: the epochs cycle through K augmented copies, so the backbone runs K times "
-                 "instead of once per epoch; faster, on less variety. Runs with copies are named so.")  # fmt: skip
+    panel.widget(P, "aug_copies")  # its help, declared once in RunConfig, says it is a named shortcut
 values = panel.values(P, FIELDS)
 if values["aug_copies"] and not values["augment"].is_identity():
     switches.caption(f"Shortcut on: {values['aug_copies']} augmented copies cycled over the epochs, not a fresh "

@@ -72,9 +72,7 @@ with st.container(border=True):
         help=f"The study's best augmentation ({ref.AUGMENTATION_BEST['setting']}, page 3) under these settings, "
         "as the study did.",
     )
-    panel.widget(P, "aug_copies", f1, disabled=not ss[f"{P}_best_aug"],
-                 help="A named shortcut, off at 0 (the study's way: a fresh augmentation each epoch). K > 0: the "
-                 "epochs cycle through K augmented copies; faster, on less variety. Runs with copies are named so.")  # fmt: skip
+    panel.widget(P, "aug_copies", f1, disabled=not ss[f"{P}_best_aug"])
 
 values = panel.values(P, FIELDS, rounding=4)
 values["augment"] = STUDY_BEST_AUG if ss[f"{P}_best_aug"] else AugmentConfig()
