@@ -29,7 +29,8 @@ bindir() {  # Debian's versioned folders first (newest), then initdb/pg_ctl/post
 }
 
 as_owner() {  # run a server binary as the folder's owner: `postgres` when we are root, else ourselves
-  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+  # runuser lives in /usr/sbin, which a minimal PATH (env -i, some CI shells) leaves out
+  if [ "$(id -u)" = 0 ]; then PATH="$PATH:/usr/sbin:/sbin" runuser -u postgres -- "$@"; else "$@"; fi
 }
 
 free_port() {
